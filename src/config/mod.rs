@@ -1,0 +1,355 @@
+//! Configuration: the TOML file format, its validation and its defaults.
+//!
+//! This module owns the *validated* configuration types that the rest of the
+//! program is built from, and the parser that produces them from
+//! `switchyard.toml`. It is pure: apart from reading the file in [`load`], it does
+//! no I/O — it does not resolve host names, bind sockets or touch runtime state.
+//! Runtime structures (`upstream`, `proxy`) are built *from* these types and never
+//! write back into them.
+//!
+//! Every problem found in a file is reported with its place (file, line, column),
+//! and all of them are reported at once, so `switchyard check` can list them all.
+
+mod parse;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use parse::parse;
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub admin: Option<AdminConfig>,
+    pub runtime: RuntimeConfig,
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstreams by name. Every route's `upstream` names a key of this map.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// `[admin]`: where the admin API listens and who may use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// CIDR rules; first match wins, in the order given (`allow` rules are tried
+    /// before `deny` rules only when they come first in the file — see `rules`).
+    pub rules: Vec<AccessRule>,
+    pub state_file: Option<PathBuf>,
+}
+
+/// One nginx-style `allow`/`deny` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessRule {
+    Allow(IpNet),
+    Deny(IpNet),
+}
+
+/// `[runtime]`: process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Data-plane worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[[listener]]`: one socket and the routes of requests arriving on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A route: requests whose host and path match go to `upstream`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// `None` matches any host.
+    pub host: Option<HostMatch>,
+    /// `None` is the same as `"/"`.
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+}
+
+/// How a route matches the request's host (port stripped, case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `foo.com` matches exactly `foo.com` (stored lowercase).
+    Exact(String),
+    /// `*.foo.com` matches `a.foo.com`, `a.b.foo.com`, not `foo.com`.
+    /// Stored lowercase with the leading dot: `.foo.com`.
+    Suffix(String),
+}
+
+/// `[upstream.NAME]`: a named group of servers and how to reach them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    /// Required when `balance = "hash"`, forbidden otherwise.
+    pub hash_key: Option<HashKey>,
+    pub servers: Vec<ServerConfig>,
+    pub keepalive: KeepaliveConfig,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Balancing method of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Hash,
+    RandomTwo,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::Hash => "hash",
+            Balance::RandomTwo => "random_two",
+        }
+    }
+}
+
+/// Where `balance = "hash"` takes its key from. In the file:
+/// `"uri"`, `"remote_addr"`, `"header:NAME"`, `"cookie:NAME"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Path and query of the request.
+    Uri,
+    /// The client's IP address.
+    RemoteAddr,
+    /// A request header (name stored lowercase).
+    Header(String),
+    /// A cookie by name.
+    Cookie(String),
+}
+
+/// One server of an upstream, as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// `host:port`, as written (a host name is resolved at start-up, not here).
+    pub addr: String,
+    /// 1..=1000, default 1.
+    pub weight: u32,
+    /// 0 means unlimited.
+    pub max_conns: u32,
+    /// Default 1; 0 disables passive failure accounting.
+    pub max_fails: u32,
+    /// Default 10s.
+    pub fail_timeout: Duration,
+    /// Default 0 (off).
+    pub slow_start: Duration,
+    pub backup: bool,
+    /// Starts with admin state `down`.
+    pub down: bool,
+}
+
+impl ServerConfig {
+    /// A server with every setting at its default.
+    pub fn new(addr: impl Into<String>) -> Self {
+        ServerConfig {
+            addr: addr.into(),
+            weight: 1,
+            max_conns: 0,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            slow_start: Duration::ZERO,
+            backup: false,
+            down: false,
+        }
+    }
+}
+
+/// Idle keep-alive connections kept per server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Most idle connections kept per server (`keepalive`, default 32; 0 = no reuse).
+    pub max_idle: usize,
+    /// Idle connections older than this are closed (`keepalive_timeout`, default 60s).
+    pub idle_timeout: Duration,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            max_idle: 32,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Timeouts towards the servers of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (`connect_timeout`, default 5s).
+    pub connect: Duration,
+    /// Waiting for response headers, and between two reads of the response body
+    /// (`read_timeout`, default 60s). Expiry before headers is a 504.
+    pub read: Duration,
+    /// Between two successful writes to the server (`send_timeout`, default 60s).
+    pub send: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `retry = { tries = 3, timeout = "0s", non_idempotent = false }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most servers tried for one request, the first included (default 3; 1 = no retry).
+    pub tries: u32,
+    /// Give up trying further servers after this long (0 = no limit).
+    pub timeout: Duration,
+    /// Also retry non-idempotent requests (POST, PATCH) after a reset before response
+    /// headers. Connect failures are always retried, since nothing was sent.
+    pub non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            tries: 3,
+            timeout: Duration::ZERO,
+            non_idempotent: false,
+        }
+    }
+}
+
+/// `health_check = { ... }`. Parsed and validated here; run by the `health` module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    /// Raw request bytes, as lua-resty-upstream-healthcheck takes them.
+    pub http_req: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    /// Empty means any 2xx or 3xx.
+    pub valid_statuses: Vec<u16>,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+}
+
+/// One problem in a configuration, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem has no place in the file.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in one configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse(&src, &name),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: name,
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }])),
+    }
+}
+
+impl Config {
+    /// The configuration `switchyard proxy --listen L --to A --to B` stands for: one
+    /// listener routing everything to one round-robin upstream named `default`.
+    pub fn single_upstream(listen: SocketAddr, servers: Vec<ServerConfig>) -> Config {
+        let name = "default".to_string();
+        let mut upstreams = BTreeMap::new();
+        upstreams.insert(
+            name.clone(),
+            UpstreamConfig {
+                name: name.clone(),
+                balance: Balance::RoundRobin,
+                hash_key: None,
+                servers,
+                keepalive: KeepaliveConfig::default(),
+                timeouts: Timeouts::default(),
+                retry: RetryPolicy::default(),
+                health_check: None,
+            },
+        );
+        Config {
+            admin: None,
+            runtime: RuntimeConfig::default(),
+            listeners: vec![ListenerConfig {
+                listen,
+                routes: vec![RouteConfig {
+                    host: None,
+                    path_prefix: None,
+                    upstream: name,
+                }],
+            }],
+            upstreams,
+        }
+    }
+}

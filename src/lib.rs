@@ -1,0 +1,13 @@
+//! switchyard: a reverse proxy and load balancer whose upstream table is live.
+//!
+//! The tree follows the concerns of the product, one module each:
+//! - [`config`]: the file format, validation and defaults (pure).
+//! - [`upstream`]: the live table — servers, admin state, snapshots, balancing.
+//! - [`proxy`]: listeners, routing, forwarding, retries, connection pools.
+//! - [`health`]: passive failure accounting (and later active checks); writes
+//!   health, never admin state.
+//! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod upstream;

@@ -1,0 +1,93 @@
+//! Balancing methods: given the members of one tier of an upstream snapshot, choose
+//! one for a request.
+//!
+//! A method is *built* once per snapshot from the members' weights and identities
+//! (so its precomputed structures are immutable and shared by every thread), then
+//! asked to *select* for each request. Selection asks the caller, through
+//! [`Peers`], whether a member is eligible right now (not `unavail`, under
+//! `max_conns`, not already tried for this request) and how loaded it is, so a
+//! method never needs rebuilding when a server's runtime state changes.
+//!
+//! This module owns no server state and takes no locks on the pick path.
+
+mod hash;
+mod least_conn;
+mod random_two;
+mod round_robin;
+
+pub use hash::HashRing;
+pub use least_conn::LeastConn;
+pub use random_two::RandomTwo;
+pub use round_robin::RoundRobin;
+
+use crate::config::Balance;
+
+/// One member of a tier, as the method is built from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// 1..=1000.
+    pub weight: u32,
+    /// Stable identity (the configured `addr`), used by consistent hashing so that a
+    /// key keeps its server when *other* servers come and go.
+    pub key: &'a str,
+}
+
+/// What a method may ask about members at pick time. Indexes are positions in the
+/// slice the method was built from.
+pub trait Peers {
+    /// Whether member `i` may take this request.
+    fn eligible(&self, i: usize) -> bool;
+    /// Requests in flight on member `i` (for `least_conn` and `random_two`).
+    fn active(&self, i: usize) -> u64;
+}
+
+/// A balancing method.
+pub trait Select: Send + Sync + Sized {
+    /// Builds the method for members in this order. `members` is never empty.
+    fn build(members: &[Member<'_>]) -> Self;
+
+    /// Chooses an eligible member, or `None` when no member is eligible.
+    ///
+    /// `key` is the request's hash key (`hash`, `ip_hash`), `None` when the request
+    /// has none or the method takes none. Must not allocate.
+    fn select(&self, peers: &dyn Peers, key: Option<u64>) -> Option<usize>;
+}
+
+/// A built method of any kind (enum dispatch keeps the pick path free of vtables).
+#[derive(Debug)]
+pub enum Balancer {
+    RoundRobin(RoundRobin),
+    LeastConn(LeastConn),
+    /// `hash` and `ip_hash`: the key's source differs, the ring is the same.
+    Hash(HashRing),
+    RandomTwo(RandomTwo),
+}
+
+impl Balancer {
+    pub fn build(method: Balance, members: &[Member<'_>]) -> Balancer {
+        match method {
+            Balance::RoundRobin => Balancer::RoundRobin(RoundRobin::build(members)),
+            Balance::LeastConn => Balancer::LeastConn(LeastConn::build(members)),
+            Balance::IpHash | Balance::Hash => Balancer::Hash(HashRing::build(members)),
+            Balance::RandomTwo => Balancer::RandomTwo(RandomTwo::build(members)),
+        }
+    }
+
+    #[inline]
+    pub fn select(&self, peers: &dyn Peers, key: Option<u64>) -> Option<usize> {
+        match self {
+            Balancer::RoundRobin(m) => m.select(peers, key),
+            Balancer::LeastConn(m) => m.select(peers, key),
+            Balancer::Hash(m) => m.select(peers, key),
+            Balancer::RandomTwo(m) => m.select(peers, key),
+        }
+    }
+}
+
+/// Hashes a request key (header value, cookie, URI, client network) to the `u64`
+/// that [`Select::select`] takes. Stable across processes and versions, so every
+/// instance of a fleet maps a key to the same server.
+#[inline]
+pub fn hash_key(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}

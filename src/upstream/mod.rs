@@ -1,0 +1,2 @@
+//! The upstream table (skeleton).
+pub mod balance;
