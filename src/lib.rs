@@ -4,10 +4,15 @@
 //! - [`config`]: the file format, validation and defaults (pure).
 //! - [`upstream`]: the live table — servers, admin state, snapshots, balancing.
 //! - [`proxy`]: listeners, routing, forwarding, retries, connection pools.
-//! - [`health`]: passive failure accounting (and later active checks); writes
+//! - [`health`]: passive failure accounting (active checks come later); writes
 //!   health, never admin state.
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod health;
+pub mod proxy;
 pub mod upstream;

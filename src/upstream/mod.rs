@@ -1,2 +1,23 @@
-//! The upstream table (skeleton).
+//! The live upstream table: servers, admin state, snapshots and balancing.
+//!
+//! Each upstream publishes an immutable [`Snapshot`] (membership, admin state,
+//! weights, the built balancer) behind one `ArcSwap`; the request path loads it
+//! without a lock. Every change goes through [`Table::apply`], the single writer:
+//! it builds the next snapshots, and returns only after they are published, so a
+//! request that starts after `apply` returns routes by the change on every thread.
+//!
+//! Runtime state that changes per request — counters, passive `unavail`, the
+//! connection pool — lives in each server's `Arc<ServerRuntime>`, which the next
+//! snapshot takes over; a swap loses nothing and a verdict never needs a rebuild.
+//!
+//! This module does not open connections or read health checks: `proxy` uses the
+//! pool, `health` writes the failure counters.
+
 pub mod balance;
+mod server;
+mod snapshot;
+mod table;
+
+pub use server::{AdminState, Server, ServerRuntime, ServerStats};
+pub use snapshot::{Lease, Snapshot, Tried};
+pub use table::{Command, ServerRef, ServerSpec, Table, TableError, Upstream, UpstreamSettings};

@@ -1,0 +1,482 @@
+//! Forwarding one request: route, pick, connect or reuse, send, retry, answer.
+//!
+//! Retries follow what is safe: a connect failure sent nothing, so the request
+//! always goes on to the next server; a failure after sending is retried only for
+//! a request that can be sent again (no body, and idempotent unless the upstream
+//! allows more). A stale keep-alive connection — the server closed it while it
+//! sat in the pool — is not held against the server: the request is sent again on
+//! another connection to the same server.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::time::{Instant, timeout};
+use tracing::{debug, warn};
+
+use super::body::{ProxyBody, UpstreamBody, UpstreamResponse};
+use super::io::UpstreamIo;
+use super::pool::Sender;
+use super::router::Router;
+use crate::config::{Balance, HashKey, Timeouts};
+use crate::health::passive;
+use crate::upstream::balance::hash_key;
+use crate::upstream::{Lease, Server, Tried, Upstream};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the
+/// non-standard ones that clients still send.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The request handler of one listener.
+#[derive(Debug)]
+pub struct Forwarder {
+    router: Router,
+}
+
+/// Why one attempt on one server failed.
+#[derive(Debug)]
+enum AttemptError {
+    Connect(std::io::Error),
+    ConnectTimeout(Duration),
+    Handshake(hyper::Error),
+    ClosedBeforeReady,
+    Send(hyper::Error),
+    ResponseTimeout(Duration),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Connect(e) => write!(f, "connect failed: {e}"),
+            AttemptError::ConnectTimeout(d) => write!(f, "connect timed out after {d:?}"),
+            AttemptError::Handshake(e) => write!(f, "connection setup failed: {e}"),
+            AttemptError::ClosedBeforeReady => f.write_str("connection closed before it was ready"),
+            AttemptError::Send(e) => write!(f, "request failed: {e}"),
+            AttemptError::ResponseTimeout(d) => {
+                write!(f, "no response headers within {d:?} (read_timeout)")
+            }
+        }
+    }
+}
+
+/// What is kept of a body-less request so that it can be sent again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::text(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The request's host without port, from `Host` or the URI (HTTP/2 `:authority`).
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: `[::1]:8080`.
+        return rest.split(']').next();
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    Some(host)
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn request_key<B>(upstream: &Upstream, req: &Request<B>, client: IpAddr) -> Option<u64> {
+    match upstream.settings.balance {
+        Balance::IpHash => Some(match client {
+            // nginx's ip_hash keys IPv4 clients by their /24.
+            IpAddr::V4(v4) => hash_key(&v4.octets()[..3]),
+            IpAddr::V6(v6) => hash_key(&v6.octets()),
+        }),
+        Balance::Hash => match upstream.settings.hash_key.as_ref()? {
+            HashKey::Uri => req
+                .uri()
+                .path_and_query()
+                .map(|pq| hash_key(pq.as_str().as_bytes())),
+            HashKey::RemoteAddr => Some(match client {
+                IpAddr::V4(v4) => hash_key(&v4.octets()),
+                IpAddr::V6(v6) => hash_key(&v6.octets()),
+            }),
+            HashKey::Header(name) => req
+                .headers()
+                .get(name.as_str())
+                .map(|v| hash_key(v.as_bytes())),
+            HashKey::Cookie(name) => req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_key(v.as_bytes())),
+        },
+        _ => None,
+    }
+}
+
+/// Opens a new connection to `server` and starts driving it.
+async fn connect(server: &Server, timeouts: &Timeouts) -> Result<Sender, AttemptError> {
+    let stream = match timeout(
+        timeouts.connect,
+        tokio::net::TcpStream::connect(server.sockaddr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(AttemptError::Connect(e)),
+        Err(_) => return Err(AttemptError::ConnectTimeout(timeouts.connect)),
+    };
+    let _ = stream.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(UpstreamIo::new(stream, timeouts.send));
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(AttemptError::Handshake)?;
+    let addr = server.sockaddr;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+impl Forwarder {
+    pub fn new(router: Router) -> Self {
+        Forwarder { router }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let Some(upstream) = self
+            .router
+            .route(request_host(&req), req.uri().path())
+            .cloned()
+        else {
+            return Ok(text_response(
+                StatusCode::NOT_FOUND,
+                "404 Not Found: no route for this host and path\n".into(),
+            ));
+        };
+        Ok(forward(&upstream, req, client).await)
+    }
+}
+
+async fn forward(
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<ProxyBody> {
+    let key = request_key(upstream, &req, client.ip());
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // The request as the server will see it.
+    if parts.headers.get(header::HOST).is_none() {
+        if let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, authority);
+        }
+    }
+    let upgrade_proto = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let (true, Some(proto)) = (upgrade, upgrade_proto) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto);
+    }
+    let ip = client.ip().to_string();
+    let xff = match parts
+        .headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        parts.headers.insert(X_REAL_IP.clone(), v);
+    }
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    parts.version = Version::HTTP_11;
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+
+    let settings = &upstream.settings;
+    let replay = (body.is_end_stream()
+        && !upgrade
+        && (is_idempotent(&parts.method) || settings.retry.non_idempotent))
+        .then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
+    let mut pending = Some(Request::from_parts(parts, UpstreamBody::Client(body)));
+
+    let started = Instant::now();
+    let mut tried = Tried::default();
+    let mut last_error: Option<AttemptError> = None;
+    let tries = settings.retry.tries.max(1);
+    while tried.len() < tries as usize {
+        if !tried.is_empty()
+            && !settings.retry.timeout.is_zero()
+            && started.elapsed() >= settings.retry.timeout
+        {
+            break;
+        }
+        let Some(req) = pending
+            .take()
+            .or_else(|| replay.as_ref().map(Replay::request))
+        else {
+            break;
+        };
+        let lease = {
+            let snapshot = upstream.snapshot();
+            snapshot.pick(key, &tried, crate::clock::now_ms())
+        };
+        let Some(lease) = lease else {
+            if tried.is_empty() {
+                return text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "502 Bad Gateway: no server available in upstream \"{}\"\n",
+                        upstream.name
+                    ),
+                );
+            }
+            break;
+        };
+        tried.push(lease.server().id);
+        match attempt(
+            lease.server(),
+            &settings.timeouts,
+            req,
+            upgrade,
+            replay.as_ref(),
+        )
+        .await
+        {
+            Ok((resp, sender)) => {
+                return respond(upstream, lease, resp, sender, client_upgrade);
+            }
+            Err((error, unsent)) => {
+                let server = lease.server();
+                let outcome = passive::record_failure(server, crate::clock::now_ms());
+                warn!(upstream = %upstream.name, server = %server.addr, error = %error, ?outcome, "upstream attempt failed");
+                pending = unsent;
+                let timed_out = matches!(error, AttemptError::ResponseTimeout(_));
+                last_error = Some(error);
+                if timed_out && pending.is_none() && replay.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    match last_error {
+        Some(AttemptError::ResponseTimeout(d)) => text_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "504 Gateway Timeout: upstream \"{}\" sent no response within {d:?}\n",
+                upstream.name
+            ),
+        ),
+        Some(e) => text_response(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "502 Bad Gateway: upstream \"{}\" failed after {} tries: {e}\n",
+                upstream.name,
+                tried.len()
+            ),
+        ),
+        None => text_response(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "502 Bad Gateway: no server available in upstream \"{}\"\n",
+                upstream.name
+            ),
+        ),
+    }
+}
+
+type Unsent = Option<Request<UpstreamBody>>;
+
+/// One server's turn: send `req` on a pooled connection (again on another one if
+/// that turns out stale) or on a new one. On failure, gives the request back if
+/// it was never sent.
+async fn attempt(
+    server: &Arc<Server>,
+    timeouts: &Timeouts,
+    mut req: Request<UpstreamBody>,
+    upgrade: bool,
+    replay: Option<&Replay>,
+) -> Result<(Response<Incoming>, Sender), (AttemptError, Unsent)> {
+    loop {
+        let pooled = if upgrade {
+            None
+        } else {
+            server.runtime.pool.checkout()
+        };
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => match connect(server, timeouts).await {
+                Ok(s) => s,
+                Err(e) => return Err((e, Some(req))),
+            },
+        };
+        if sender.ready().await.is_err() {
+            if reused {
+                continue;
+            }
+            return Err((AttemptError::ClosedBeforeReady, Some(req)));
+        }
+        server
+            .runtime
+            .stats
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match timeout(timeouts.read, sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let error = e.into_error();
+                match (reused, unsent, replay) {
+                    (true, Some(r), _) => req = r,
+                    (true, None, Some(replay)) => req = replay.request(),
+                    (_, unsent, _) => return Err((AttemptError::Send(error), unsent)),
+                }
+                debug!(server = %server.addr, %error, "stale keep-alive connection, sending again");
+            }
+            Err(_) => return Err((AttemptError::ResponseTimeout(timeouts.read), None)),
+        }
+    }
+}
+
+fn respond(
+    upstream: &Upstream,
+    lease: Lease,
+    mut resp: Response<Incoming>,
+    sender: Sender,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let server = Arc::clone(lease.server());
+    server.runtime.stats.count_response(resp.status().as_u16());
+    passive::record_success(&server);
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (parts, _) = resp.into_parts();
+            tokio::spawn(super::upgrade::tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                lease,
+                sender,
+            ));
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The client's connection has its own version; an HTTP/1.0 server's answer
+    // must not make hyper speak 1.0 to a 1.1 client.
+    parts.version = Version::HTTP_11;
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream(UpstreamResponse::new(
+            body,
+            lease,
+            sender,
+            upstream.settings.timeouts.read,
+        )),
+    )
+}

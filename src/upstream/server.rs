@@ -1,0 +1,150 @@
+//! One server of an upstream: its settings and admin state (immutable, inside a
+//! snapshot) and its runtime (counters and connection pool, shared by every
+//! snapshot that contains the server, so a swap loses nothing).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::pool::Pool;
+
+/// What an operator asked for. Orthogonal to health: a check never writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new requests when health allows.
+    Up,
+    /// Takes no new requests.
+    Down,
+    /// Takes no new requests; in-flight ones finish.
+    Drain,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Up => "up",
+            AdminState::Down => "down",
+            AdminState::Drain => "drain",
+        }
+    }
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "up" => Ok(AdminState::Up),
+            "down" => Ok(AdminState::Down),
+            "drain" | "draining" => Ok(AdminState::Drain),
+            other => Err(format!(
+                "unknown state {other:?} (expected up, down or drain)"
+            )),
+        }
+    }
+}
+
+/// A server as one snapshot sees it. Changing any field makes a new `Server` in a
+/// new snapshot; `runtime` is carried over.
+#[derive(Debug)]
+pub struct Server {
+    /// Stable inside its upstream, never reused.
+    pub id: u32,
+    /// `host:port` as configured (the identity operators use).
+    pub addr: String,
+    /// Where connections go (the resolved `addr`).
+    pub sockaddr: SocketAddr,
+    pub weight: u32,
+    pub max_conns: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub slow_start: Duration,
+    pub backup: bool,
+    pub state: AdminState,
+    pub runtime: Arc<ServerRuntime>,
+}
+
+impl Server {
+    /// A copy with the same id and runtime; the caller then changes fields.
+    pub(crate) fn clone_settings(&self) -> Server {
+        Server {
+            id: self.id,
+            addr: self.addr.clone(),
+            sockaddr: self.sockaddr,
+            weight: self.weight,
+            max_conns: self.max_conns,
+            max_fails: self.max_fails,
+            fail_timeout: self.fail_timeout,
+            slow_start: self.slow_start,
+            backup: self.backup,
+            state: self.state,
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    /// Whether this server may take a new request now, judged from runtime state
+    /// (admin state is already applied: only `up` servers are in a tier).
+    #[inline]
+    pub fn available(&self, now_ms: u64) -> bool {
+        let stats = &self.runtime.stats;
+        if stats.unavail_until_ms.load(Ordering::Relaxed) > now_ms {
+            return false;
+        }
+        self.max_conns == 0 || stats.active.load(Ordering::Relaxed) < u64::from(self.max_conns)
+    }
+}
+
+/// State of a server that outlives snapshots.
+#[derive(Debug)]
+pub struct ServerRuntime {
+    pub stats: ServerStats,
+    pub pool: Pool,
+}
+
+impl ServerRuntime {
+    pub fn new(pool: Pool) -> Self {
+        ServerRuntime {
+            stats: ServerStats::default(),
+            pool,
+        }
+    }
+}
+
+/// Counters of one server. Written with relaxed atomics: each is a statistic or a
+/// deadline on its own, and no reader needs two of them to agree.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Requests in flight (from pick to the end of the response body).
+    pub active: AtomicU64,
+    /// Requests sent to this server.
+    pub requests: AtomicU64,
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [AtomicU64; 5],
+    /// Failed attempts (connect errors, resets, timeouts), ever.
+    pub fails_total: AtomicU64,
+    /// Times the server became `unavail`.
+    pub unavail_total: AtomicU64,
+    /// Failures in the current `fail_timeout` window (passive accounting).
+    pub(crate) window_fails: AtomicU32,
+    /// Start of the current failure window, in `clock::now_ms` time.
+    pub(crate) window_start_ms: AtomicU64,
+    /// The server is `unavail` until this time (0: never was).
+    pub(crate) unavail_until_ms: AtomicU64,
+}
+
+impl ServerStats {
+    /// Counts a response by its status class.
+    #[inline]
+    pub fn count_response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether passive accounting has the server `unavail` at `now_ms`.
+    pub fn is_unavail(&self, now_ms: u64) -> bool {
+        self.unavail_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+}

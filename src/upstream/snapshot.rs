@@ -1,0 +1,168 @@
+//! One immutable view of an upstream, and picking a server from it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::balance::{Balancer, Member, Peers};
+use super::server::{AdminState, Server};
+use crate::config::Balance;
+
+/// The servers of one tier (primary or backup) that an operator has `up`, with the
+/// balancer built over them.
+#[derive(Debug)]
+struct Tier {
+    members: Vec<Arc<Server>>,
+    balancer: Option<Balancer>,
+}
+
+impl Tier {
+    fn build(method: Balance, members: Vec<Arc<Server>>) -> Tier {
+        let balancer = if members.is_empty() {
+            None
+        } else {
+            let view: Vec<Member<'_>> = members
+                .iter()
+                .map(|s| Member {
+                    weight: s.weight,
+                    key: &s.addr,
+                })
+                .collect();
+            Some(Balancer::build(method, &view))
+        };
+        Tier { members, balancer }
+    }
+}
+
+/// An upstream as of one change: every server (in id order) and the tiers.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Bumped by every published change.
+    pub generation: u64,
+    /// All servers, whatever their state, in id order.
+    pub servers: Vec<Arc<Server>>,
+    primary: Tier,
+    backup: Tier,
+}
+
+/// Servers already tried for one request (not picked again for it).
+#[derive(Debug, Default)]
+pub struct Tried(Vec<u32>);
+
+impl Tried {
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.contains(&id)
+    }
+    pub fn push(&mut self, id: u32) {
+        self.0.push(id);
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+struct View<'a> {
+    members: &'a [Arc<Server>],
+    tried: &'a Tried,
+    skip: Option<u32>,
+    now_ms: u64,
+}
+
+impl Peers for View<'_> {
+    #[inline]
+    fn eligible(&self, i: usize) -> bool {
+        let s = &self.members[i];
+        !(self.tried.contains(s.id) || self.skip == Some(s.id)) && s.available(self.now_ms)
+    }
+    #[inline]
+    fn active(&self, i: usize) -> u64 {
+        self.members[i].runtime.stats.active.load(Ordering::Relaxed)
+    }
+}
+
+/// A picked server with one request counted as active on it; dropping the lease
+/// ends the request's count.
+#[derive(Debug)]
+pub struct Lease {
+    server: Arc<Server>,
+}
+
+impl Lease {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server
+            .runtime
+            .stats
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn build(method: Balance, generation: u64, servers: Vec<Arc<Server>>) -> Snapshot {
+        let tier = |backup: bool| {
+            servers
+                .iter()
+                .filter(|s| s.backup == backup && s.state == AdminState::Up)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        Snapshot {
+            generation,
+            primary: Tier::build(method, tier(false)),
+            backup: Tier::build(method, tier(true)),
+            servers,
+        }
+    }
+
+    /// Picks a server for a request: an eligible primary, else an eligible backup.
+    /// The lease counts the request as active, and respects `max_conns` even when
+    /// several threads race for a server's last slot.
+    pub fn pick(&self, key: Option<u64>, tried: &Tried, now_ms: u64) -> Option<Lease> {
+        for tier in [&self.primary, &self.backup] {
+            let Some(balancer) = &tier.balancer else {
+                continue;
+            };
+            let mut skip = None;
+            // A server can lose its last slot between the check and the count; the
+            // loop then looks once more without it. Bounded by the tier size.
+            for _ in 0..=tier.members.len() {
+                let view = View {
+                    members: &tier.members,
+                    tried,
+                    skip,
+                    now_ms,
+                };
+                let Some(i) = balancer.select(&view, key) else {
+                    break;
+                };
+                let server = &tier.members[i];
+                let active = server.runtime.stats.active.fetch_add(1, Ordering::Relaxed);
+                if server.max_conns != 0 && active >= u64::from(server.max_conns) {
+                    server.runtime.stats.active.fetch_sub(1, Ordering::Relaxed);
+                    skip = Some(server.id);
+                    continue;
+                }
+                return Some(Lease {
+                    server: Arc::clone(server),
+                });
+            }
+        }
+        None
+    }
+
+    /// The server with this id, whatever its state.
+    pub fn server(&self, id: u32) -> Option<&Arc<Server>> {
+        self.servers
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .map(|i| &self.servers[i])
+    }
+}
