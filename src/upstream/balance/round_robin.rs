@@ -265,6 +265,32 @@ mod tests {
     }
 
     #[test]
+    fn exact_shares_across_threads() {
+        let weights = [5u32, 3, 1, 1];
+        let rr = build(&weights);
+        let per_thread = 10 * 1000; // 4 threads × 10,000 = 4,000 full periods of 10
+        let counts: Vec<[u64; 4]> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let peers = TestPeers::all(4);
+                        let mut c = [0u64; 4];
+                        for _ in 0..per_thread {
+                            c[rr.select(&peers, None).unwrap()] += 1;
+                        }
+                        c
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, &w) in weights.iter().enumerate() {
+            let total: u64 = counts.iter().map(|c| c[i]).sum();
+            assert_eq!(total, u64::from(w) * 4_000);
+        }
+    }
+
+    #[test]
     fn skips_ineligible() {
         let rr = build(&[5, 1, 1]);
         let mut peers = TestPeers::all(3);
@@ -330,5 +356,19 @@ mod tests {
             Plan::Rotation { .. } => "rotation",
         };
         println!("round_robin build(10k, w 1..=1000): {dt:?} plan={plan}, pick ≈ {pick:?} ({s})");
+
+        // Worst case for the exact plan: P × n just under the 2^24-step budget.
+        let weights = random_weights(180, 1, 1000, 1);
+        let period: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        let a = addrs(weights.len());
+        let m = members(&a, &weights);
+        let t0 = std::time::Instant::now();
+        let rr = RoundRobin::build(&m);
+        let dt = t0.elapsed();
+        assert!(matches!(rr.plan, Plan::Smooth(_)));
+        println!(
+            "round_robin build(180, w 1..=1000, P×n = {}): {dt:?} plan=smooth",
+            period * 180
+        );
     }
 }
