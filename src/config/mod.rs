@@ -10,7 +10,12 @@
 //! Every problem found in a file is reported with its place (file, line, column),
 //! and all of them are reported at once, so `switchyard check` can list them all.
 
+mod addr;
+mod fields;
 mod parse;
+#[cfg(test)]
+mod tests;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::fmt;
