@@ -174,12 +174,13 @@ impl<'a, 'i> Table<'a, 'i> {
         };
         match humantime::parse_duration(s) {
             Ok(d) => Some(d),
-            Err(e) => {
-                self.err(
-                    sink,
-                    &v.span(),
-                    format!("bad duration {s:?} for {key}: {e}"),
+            // humantime's own messages ("expected number at 0") assume one knows its
+            // grammar; an example says more.
+            Err(_) => {
+                let msg = format!(
+                    "bad duration {s:?} for {key} (expected a number and a unit, as in \"500ms\", \"2s\" or \"1m\")"
                 );
+                self.err(sink, &v.span(), msg);
                 None
             }
         }

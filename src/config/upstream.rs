@@ -192,7 +192,10 @@ fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec
         let Some(s) = as_table(t, sink, "servers", v, "server", ctx) else {
             continue;
         };
-        let Some((server, addr_span, backup_span)) = read_server(&s, sink) else {
+        let (server, addr_span, backup_span) = read_server(&s, sink);
+        let Some(addr_span) = addr_span else {
+            // No usable addr: already reported, and nothing to compare or keep.
+            check_backup(&s, sink, &server, backup_span, balance);
             continue;
         };
         if let Some(first) = seen.get(&server.addr.to_ascii_lowercase()) {
@@ -205,25 +208,39 @@ fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec
         } else {
             seen.insert(server.addr.to_ascii_lowercase(), addr_span.start);
         }
-        if let (Some(span), true, Balance::Hash | Balance::IpHash) =
-            (backup_span, server.backup, balance)
-        {
-            let msg = format!(
-                "backup servers cannot be used with balance {:?}",
-                balance.as_str()
-            );
-            s.err(sink, &span, msg);
-        }
+        check_backup(&s, sink, &server, backup_span, balance);
         servers.push(server);
     }
     servers
 }
 
-/// The server, where its `addr` is, and where its `backup` flag is if given.
+/// nginx refuses backup servers with hashing: a key's server must not change
+/// merely because another server went down, which a backup would make it do.
+fn check_backup(
+    s: &Table<'_, '_>,
+    sink: &mut Sink<'_>,
+    server: &ServerConfig,
+    backup_span: Option<Span>,
+    balance: Balance,
+) {
+    if let (Some(span), true, Balance::Hash | Balance::IpHash) =
+        (backup_span, server.backup, balance)
+    {
+        let msg = format!(
+            "backup servers cannot be used with balance {:?}",
+            balance.as_str()
+        );
+        s.err(sink, &span, msg);
+    }
+}
+
+/// The server, where its `addr` is (`None` when it has no valid one), and where
+/// its `backup` flag is if given. Every field is checked even when `addr` is bad,
+/// so that all of a server's problems are reported together.
 fn read_server(
     s: &Table<'_, '_>,
     sink: &mut Sink<'_>,
-) -> Option<(ServerConfig, Span, Option<Span>)> {
+) -> (ServerConfig, Option<Span>, Option<Span>) {
     s.check_keys(sink, SERVER_KEYS);
     let addr = s.str(sink, "addr");
     let mut ok = addr.is_some();
@@ -260,7 +277,11 @@ fn read_server(
     if let Some((d, _)) = s.bool(sink, "down") {
         server.down = d;
     }
-    ok.then_some((server, addr_span, backup.map(|(_, span)| span)))
+    (
+        server,
+        ok.then_some(addr_span),
+        backup.map(|(_, span)| span),
+    )
 }
 
 fn read_retry(r: &Table<'_, '_>, sink: &mut Sink<'_>) -> RetryPolicy {
