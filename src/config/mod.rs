@@ -41,8 +41,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// CIDR rules; first match wins, in the order given (`allow` rules are tried
-    /// before `deny` rules only when they come first in the file — see `rules`).
+    /// CIDR rules; first match wins. The file's `deny` list comes first, then its
+    /// `allow` list, each in file order, so an address both denied and allowed is
+    /// kept out whatever the order of the two keys.
     pub rules: Vec<AccessRule>,
     pub state_file: Option<PathBuf>,
 }

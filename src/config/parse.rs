@@ -81,7 +81,14 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
                     let name = name.get_ref().as_ref();
                     names.insert(name.to_string());
                     let ctx = format!("upstream {name:?}: ");
-                    if let Some(t) = as_table(&all, sink, name, v, "upstream", ctx) {
+                    if let Some(t) = as_table(
+                        &all,
+                        sink,
+                        &format!("upstream {name:?}"),
+                        v,
+                        "upstream",
+                        ctx,
+                    ) {
                         let u: UpstreamConfig = read_upstream(name, &t, sink);
                         upstreams.insert(name.to_string(), u);
                     }
@@ -104,7 +111,8 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
                         Some(l) => format!("listener {l:?}: "),
                         None => format!("listener #{}: ", i + 1),
                     };
-                    let Some(t) = as_table(root, sink, "listener", v, "listener", ctx) else {
+                    let key = format!("listener #{}", i + 1);
+                    let Some(t) = as_table(root, sink, &key, v, "listener", ctx) else {
                         continue;
                     };
                     if let Some(l) = read_listener(&t, sink, &names, &mut seen) {
@@ -210,7 +218,8 @@ fn read_listener(
         Some((list, _)) => {
             for (i, v) in list.iter().enumerate() {
                 let ctx = format!("{}route #{}: ", t.ctx, i + 1);
-                if let Some(r) = as_table(t, sink, "routes", v, "route", ctx) {
+                let key = format!("route #{}", i + 1);
+                if let Some(r) = as_table(t, sink, &key, v, "route", ctx) {
                     routes.extend(read_route(&r, sink, upstreams));
                 }
             }

@@ -447,3 +447,50 @@ fn host_names_are_checked_not_resolved() {
         assert!(addr::server_addr(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn misshapen_sections_are_reported_not_guessed_at() {
+    assert_errors(
+        "[listener]\nlisten = \"0.0.0.0:80\"\n[upstream.a]\nservers = [\"10.0.0.1:80\", { weight = 2 }]\n",
+        &[
+            (
+                1,
+                1,
+                "wrong type for listener: expected an array of tables ([[listener]]), found table",
+            ),
+            (
+                4,
+                12,
+                "upstream \"a\": wrong type for server #1: expected a table, found string",
+            ),
+            (
+                4,
+                27,
+                "upstream \"a\": server #2: missing key \"addr\" in server",
+            ),
+        ],
+    );
+    // An unknown balance is reported once, not again as a hash_key conflict.
+    assert_errors(
+        &with_upstream("balance = \"rr\"\nhash_key = \"uri\"\nservers = \"x\"\n"),
+        &[
+            (5, 11, "unknown balance method \"rr\""),
+            (
+                7,
+                11,
+                "wrong type for servers: expected an array, found string",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn every_good_fixture_parses() {
+    for entry in std::fs::read_dir(fixtures().join("good")).unwrap() {
+        let path = entry.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = parse(&src, &path.display().to_string()) {
+            panic!("{e}");
+        }
+    }
+}

@@ -60,9 +60,13 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
 
     let mut balance = Balance::RoundRobin;
     let mut balance_span = t.span.clone();
+    let mut balance_known = t.get("balance").is_none();
     if let Some((s, span)) = t.str(sink, "balance") {
         match BALANCES.iter().find(|b| b.as_str() == s) {
-            Some(b) => balance = *b,
+            Some(b) => {
+                balance = *b;
+                balance_known = true;
+            }
             None => {
                 let valid: Vec<_> = BALANCES.iter().map(|b| b.as_str()).collect();
                 let msg = format!(
@@ -91,7 +95,7 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
             &balance_span,
             "balance \"hash\" needs a hash_key (\"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")",
         ),
-        (Some((_, span)), b) if b != Balance::Hash => {
+        (Some((_, span)), b) if b != Balance::Hash && balance_known => {
             let msg = format!(
                 "hash_key is only used with balance = \"hash\" (balance is {:?})",
                 b.as_str()
@@ -189,7 +193,8 @@ fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec
             Some(a) => format!("{}server {a:?}: ", t.ctx),
             None => format!("{}server #{}: ", t.ctx, i + 1),
         };
-        let Some(s) = as_table(t, sink, "servers", v, "server", ctx) else {
+        let key = format!("server #{}", i + 1);
+        let Some(s) = as_table(t, sink, &key, v, "server", ctx) else {
             continue;
         };
         let (server, addr_span, backup_span) = read_server(&s, sink);
