@@ -41,11 +41,30 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// CIDR rules; first match wins. The file's `deny` list comes first, then its
-    /// `allow` list, each in file order, so an address both denied and allowed is
-    /// kept out whatever the order of the two keys.
+    /// Who may use the API at all: first match wins; when there are rules, an
+    /// address no rule matches is denied. No rules: everyone who can connect.
     pub rules: Vec<AccessRule>,
+    /// Who may change things (checked after `rules`); `None`: the same as `rules`.
+    pub write_rules: Option<Vec<AccessRule>>,
+    /// No changes through the API at all.
+    pub read_only: bool,
+    /// Bearer token required for every change, when set.
+    pub token: Option<String>,
     pub state_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// Loopback only, no rules, no token, no state file.
+    pub fn new(listen: SocketAddr) -> AdminConfig {
+        AdminConfig {
+            listen,
+            rules: Vec::new(),
+            write_rules: None,
+            read_only: false,
+            token: None,
+            state_file: None,
+        }
+    }
 }
 
 /// One nginx-style `allow`/`deny` rule.

@@ -16,7 +16,17 @@ use super::{
 };
 
 const TOP_KEYS: &[&str] = &["admin", "runtime", "listener", "upstream"];
-const ADMIN_KEYS: &[&str] = &["listen", "allow", "deny", "state_file"];
+const ADMIN_KEYS: &[&str] = &[
+    "listen",
+    "allow",
+    "deny",
+    "rules",
+    "write_allow",
+    "write_deny",
+    "read_only",
+    "token",
+    "state_file",
+];
 const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace"];
 const LISTENER_KEYS: &[&str] = &["listen", "routes"];
 const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream"];
@@ -141,36 +151,99 @@ fn read_admin(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> AdminConfig {
             Err(e) => t.err(sink, &span, format!("bad listen address {s:?}: {e}")),
         }
     }
+    let rules = read_rules(t, sink, "rules", "deny", "allow").unwrap_or_default();
+    let write_rules = read_rules(t, sink, "", "write_deny", "write_allow");
+    let read_only = t.bool(sink, "read_only").is_some_and(|(b, _)| b);
+    let token = t.str(sink, "token").and_then(|(s, span)| {
+        if s.len() < 16 {
+            t.err(sink, &span, "token must be at least 16 characters");
+        }
+        Some(s.to_string())
+    });
+    let state_file = t.str(sink, "state_file").map(|(s, _)| PathBuf::from(s));
+    AdminConfig {
+        listen,
+        rules,
+        write_rules,
+        read_only,
+        token,
+        state_file,
+    }
+}
+
+/// `"all"`, an IP or a CIDR.
+fn net(s: &str) -> Option<Vec<ipnet::IpNet>> {
+    if s == "all" {
+        return Some(vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+        ]);
+    }
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(Into::into))
+        .map(|n| vec![n])
+}
+
+/// Access rules from either the ordered form (`rules = ["allow 10.0.0.0/8",
+/// "deny all"]`, first match wins, as nginx reads them) or the two lists `deny`
+/// and `allow` (deny entries first: an address both denied and allowed is meant
+/// to be kept out). `None` when none of the keys is present.
+fn read_rules(
+    t: &Table<'_, '_>,
+    sink: &mut Sink<'_>,
+    ordered: &str,
+    deny: &str,
+    allow: &str,
+) -> Option<Vec<AccessRule>> {
     let mut rules = Vec::new();
-    // Deny first: an address both denied and allowed is meant to be kept out.
+    let mut present = false;
+    if !ordered.is_empty()
+        && let Some((list, _)) = t.array(sink, ordered)
+    {
+        present = true;
+        for v in list.iter() {
+            let parsed = v.get_ref().as_str().and_then(|s| {
+                let (verb, what) = s.trim().split_once(char::is_whitespace)?;
+                let nets = net(what.trim())?;
+                match verb {
+                    "allow" => Some(nets.into_iter().map(AccessRule::Allow).collect::<Vec<_>>()),
+                    "deny" => Some(nets.into_iter().map(AccessRule::Deny).collect()),
+                    _ => None,
+                }
+            });
+            match parsed {
+                Some(r) => rules.extend(r),
+                None => t.err(
+                    sink,
+                    &v.span(),
+                    format!(
+                        "bad rule in {ordered} (expected \"allow IP|CIDR|all\" or \"deny IP|CIDR|all\")"
+                    ),
+                ),
+            }
+        }
+    }
     for (key, rule) in [
-        ("deny", AccessRule::Deny as fn(_) -> _),
-        ("allow", AccessRule::Allow),
+        (deny, AccessRule::Deny as fn(_) -> _),
+        (allow, AccessRule::Allow),
     ] {
         let Some((list, _)) = t.array(sink, key) else {
             continue;
         };
+        present = true;
         for v in list.iter() {
             let Some(s) = v.get_ref().as_str() else {
                 t.wrong_type(sink, key, v, "a string (IP or CIDR)");
                 continue;
             };
-            let net = s
-                .parse::<ipnet::IpNet>()
-                .ok()
-                .or_else(|| s.parse::<std::net::IpAddr>().ok().map(Into::into));
-            match net {
-                Some(net) => rules.push(rule(net)),
+            match net(s) {
+                Some(nets) => rules.extend(nets.into_iter().map(rule)),
                 None => t.err(sink, &v.span(), format!("bad IP or CIDR {s:?} in {key}")),
             }
         }
     }
-    let state_file = t.str(sink, "state_file").map(|(s, _)| PathBuf::from(s));
-    AdminConfig {
-        listen,
-        rules,
-        state_file,
-    }
+    present.then_some(rules)
 }
 
 fn read_runtime(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> RuntimeConfig {

@@ -494,3 +494,71 @@ fn every_good_fixture_parses() {
         }
     }
 }
+
+#[test]
+fn admin_rules_keep_their_order_and_write_rules_token_read_only_are_read() {
+    let src = r#"
+[admin]
+listen = "127.0.0.1:18080"
+rules = ["deny 127.0.0.2", "allow 127.0.0.0/8", "allow ::1", "deny all"]
+write_allow = ["127.0.0.1"]
+read_only = true
+token = "0123456789abcdef0123"
+
+[[listener]]
+listen = "127.0.0.1:8080"
+routes = [{ upstream = "a" }]
+
+[upstream.a]
+servers = [{ addr = "127.0.0.1:9000" }]
+"#;
+    let cfg = super::parse(src, "t.toml").unwrap();
+    let admin = cfg.admin.unwrap();
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    assert_eq!(
+        admin.rules,
+        vec![
+            AccessRule::Deny(net("127.0.0.2/32")),
+            AccessRule::Allow(net("127.0.0.0/8")),
+            AccessRule::Allow(net("::1/128")),
+            AccessRule::Deny(net("0.0.0.0/0")),
+            AccessRule::Deny(net("::/0")),
+        ]
+    );
+    assert_eq!(
+        admin.write_rules,
+        Some(vec![AccessRule::Allow(net("127.0.0.1/32"))])
+    );
+    assert!(admin.read_only);
+    assert_eq!(admin.token.as_deref(), Some("0123456789abcdef0123"));
+}
+
+#[test]
+fn bad_admin_rules_and_short_tokens_are_errors_with_places() {
+    let src = r#"
+[admin]
+rules = ["permit 10.0.0.0/8"]
+token = "short"
+
+[[listener]]
+listen = "127.0.0.1:8080"
+routes = [{ upstream = "a" }]
+
+[upstream.a]
+servers = [{ addr = "127.0.0.1:9000" }]
+"#;
+    let errs = super::parse(src, "t.toml").unwrap_err().0;
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (3, 10));
+    assert!(
+        errs[0].message.contains("bad rule in rules"),
+        "{}",
+        errs[0].message
+    );
+    assert_eq!(errs[1].line, 4);
+    assert!(
+        errs[1].message.contains("at least 16"),
+        "{}",
+        errs[1].message
+    );
+}
