@@ -154,11 +154,11 @@ fn read_admin(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> AdminConfig {
     let rules = read_rules(t, sink, "rules", "deny", "allow").unwrap_or_default();
     let write_rules = read_rules(t, sink, "", "write_deny", "write_allow");
     let read_only = t.bool(sink, "read_only").is_some_and(|(b, _)| b);
-    let token = t.str(sink, "token").and_then(|(s, span)| {
+    let token = t.str(sink, "token").map(|(s, span)| {
         if s.len() < 16 {
             t.err(sink, &span, "token must be at least 16 characters");
         }
-        Some(s.to_string())
+        s.to_string()
     });
     let state_file = t.str(sink, "state_file").map(|(s, _)| PathBuf::from(s));
     AdminConfig {
