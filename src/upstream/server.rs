@@ -102,6 +102,9 @@ impl Server {
 pub struct ServerRuntime {
     pub stats: ServerStats,
     pub pool: Pool,
+    /// Woken when the last request in flight ends (`active` reaches 0), for
+    /// operators waiting on a drain.
+    pub idle: tokio::sync::Notify,
 }
 
 impl ServerRuntime {
@@ -109,6 +112,24 @@ impl ServerRuntime {
         ServerRuntime {
             stats: ServerStats::default(),
             pool,
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits until no request is in flight on this server, or `timeout` passes.
+    /// Returns the requests still in flight (0 when it became idle).
+    pub async fn wait_idle(&self, timeout: std::time::Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register before reading, so a wake-up between the two is not lost.
+            let notified = self.idle.notified();
+            let active = self.stats.active.load(Ordering::SeqCst);
+            if active == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.stats.active.load(Ordering::SeqCst);
+            }
         }
     }
 }
@@ -133,6 +154,10 @@ pub struct ServerStats {
     pub(crate) window_start_ms: AtomicU64,
     /// The server is `unavail` until this time (0: never was).
     pub(crate) unavail_until_ms: AtomicU64,
+    /// Time spent out of traffic by an operator's `down`/`drain`, ended periods.
+    pub(crate) admin_downtime_ms: AtomicU64,
+    /// When the current `down`/`drain` began (0: the server is `up`).
+    pub(crate) admin_down_since_ms: AtomicU64,
 }
 
 impl ServerStats {
@@ -146,5 +171,43 @@ impl ServerStats {
     /// Whether passive accounting has the server `unavail` at `now_ms`.
     pub fn is_unavail(&self, now_ms: u64) -> bool {
         self.unavail_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Total time the server was out of traffic, by operator or by passive
+    /// `unavail` (each unavail period lasts `fail_timeout`; the current one counts
+    /// up to now).
+    pub fn downtime_ms(&self, fail_timeout: Duration, now_ms: u64) -> u64 {
+        let since = self.admin_down_since_ms.load(Ordering::Relaxed);
+        let admin = self.admin_downtime_ms.load(Ordering::Relaxed)
+            + if since == 0 { 0 } else { now_ms.saturating_sub(since) };
+        let periods = self.unavail_total.load(Ordering::Relaxed);
+        let until = self.unavail_until_ms.load(Ordering::Relaxed);
+        let window = fail_timeout.as_millis() as u64;
+        let passive = periods * window - until.saturating_sub(now_ms).min(window * periods);
+        admin + passive
+    }
+
+    /// Records an admin state change for downtime accounting.
+    pub(crate) fn admin_state_changed(&self, was_up: bool, is_up: bool, now_ms: u64) {
+        if was_up && !is_up {
+            self.admin_down_since_ms.store(now_ms, Ordering::Relaxed);
+        } else if !was_up && is_up {
+            let since = self.admin_down_since_ms.swap(0, Ordering::Relaxed);
+            if since != 0 {
+                self.admin_downtime_ms
+                    .fetch_add(now_ms.saturating_sub(since), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Zeroes the statistics (not the passive state or the active count).
+    pub fn reset(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        for r in &self.responses {
+            r.store(0, Ordering::Relaxed);
+        }
+        self.fails_total.store(0, Ordering::Relaxed);
+        self.unavail_total.store(0, Ordering::Relaxed);
+        self.admin_downtime_ms.store(0, Ordering::Relaxed);
     }
 }

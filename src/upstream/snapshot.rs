@@ -97,11 +97,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.server
-            .runtime
-            .stats
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        let runtime = &self.server.runtime;
+        if runtime.stats.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            runtime.idle.notify_waiters();
+        }
     }
 }
 

@@ -352,6 +352,7 @@ impl Table {
         let mut touched = Vec::new();
         let mut closed: Vec<Arc<Server>> = Vec::new();
         let mut events: Vec<Event> = Vec::new();
+        let mut state_changes: Vec<(Arc<Server>, bool, bool)> = Vec::new();
         let event = |upstream: &str,
                      server: Option<&Server>,
                      change: &str,
@@ -463,6 +464,13 @@ impl Table {
                     if new.state != AdminState::Up {
                         closed.push(Arc::clone(&new));
                     }
+                    if new.state != old.state {
+                        state_changes.push((
+                            Arc::clone(&new),
+                            old.state == AdminState::Up,
+                            new.state == AdminState::Up,
+                        ));
+                    }
                     draft.servers[i] = Arc::clone(&new);
                     touched.push(new);
                 }
@@ -513,6 +521,13 @@ impl Table {
         // connections will not be wanted. In-flight ones finish on their own.
         for server in closed {
             server.runtime.pool.clear();
+        }
+        let now = crate::clock::now_ms();
+        for (server, was_up, is_up) in state_changes {
+            server
+                .runtime
+                .stats
+                .admin_state_changed(was_up, is_up, now);
         }
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         for mut e in events {
