@@ -167,26 +167,31 @@ pub fn named_on(listener: TcpListener, name: &'static str) -> Backend {
     })
 }
 
-/// Reads the whole request body, counting bytes, and answers with the count.
+/// Reads the whole request body without keeping it and answers with the byte
+/// count; a body that is not [`Generated`]'s pattern gets a 422 naming the
+/// first wrong offset.
 pub async fn sink() -> Backend {
     serve_http(bind().await, |req| async move {
-        let mut body = req.into_body();
-        let mut n: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Some(d) = f.data_ref() {
-                        n += d.len() as u64;
-                    }
-                }
-                Err(e) => {
-                    let mut r = Response::new(full(format!("body error after {n}: {e}")));
-                    *r.status_mut() = StatusCode::BAD_REQUEST;
-                    return r;
-                }
+        match check_body(req.into_body()).await {
+            Ok(PatternCheck {
+                offset,
+                first_bad: None,
+                ..
+            }) => Response::new(full(offset.to_string())),
+            Ok(c) => {
+                let mut r = Response::new(full(format!(
+                    "{} bytes, first wrong byte at {:?}",
+                    c.offset, c.first_bad
+                )));
+                *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                r
+            }
+            Err(e) => {
+                let mut r = Response::new(full(format!("body error: {e}")));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
             }
         }
-        Response::new(full(n.to_string()))
     })
 }
 
@@ -298,12 +303,49 @@ pub struct Generated {
     chunk: Bytes,
 }
 
+/// The 64 KiB that [`Generated`] repeats: byte `i` is `i % 251`, so a lost,
+/// repeated or reordered piece shows.
+fn pattern() -> Bytes {
+    Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+}
+
 impl Generated {
     pub fn new(n: u64) -> Self {
-        let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
         Generated {
             remaining: n,
-            chunk: Bytes::from(chunk),
+            chunk: pattern(),
+        }
+    }
+}
+
+/// Checks a stream of [`Generated`] bytes piece by piece, keeping nothing.
+pub struct PatternCheck {
+    pub offset: u64,
+    /// Offset of the first byte that differed.
+    pub first_bad: Option<u64>,
+    chunk: Bytes,
+}
+
+impl Default for PatternCheck {
+    fn default() -> Self {
+        PatternCheck {
+            offset: 0,
+            first_bad: None,
+            chunk: pattern(),
+        }
+    }
+}
+
+impl PatternCheck {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let at = (self.offset % CHUNK as u64) as usize;
+            let n = data.len().min(CHUNK - at);
+            if self.first_bad.is_none() && data[..n] != self.chunk[at..at + n] {
+                self.first_bad = Some(self.offset);
+            }
+            self.offset += n as u64;
+            data = &data[n..];
         }
     }
 }
@@ -333,15 +375,16 @@ impl Body for Generated {
     }
 }
 
-/// Reads a body to the end, counting bytes without keeping them.
-pub async fn count_body(mut body: Incoming) -> Result<u64, hyper::Error> {
-    let mut n = 0u64;
+/// Reads a body of [`Generated`] bytes to the end without keeping it: how many
+/// bytes came, and the offset of the first wrong one.
+pub async fn check_body(mut body: Incoming) -> Result<PatternCheck, hyper::Error> {
+    let mut check = PatternCheck::default();
     while let Some(frame) = body.frame().await {
         if let Some(d) = frame?.data_ref() {
-            n += d.len() as u64;
+            check.feed(d);
         }
     }
-    Ok(n)
+    Ok(check)
 }
 
 // ---------------------------------------------------------------------------
