@@ -71,7 +71,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run { config, workers } => {
             let cfg = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let workers = workers.or(cfg.runtime.workers);
-            runtime(workers)?.block_on(serve(cfg, None))
+            runtime(workers)?.block_on(serve(cfg, None, || ()))
         }
         Command::Proxy {
             listen,
@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let servers = to.into_iter().map(ServerConfig::new).collect();
             let cfg = Config::single_upstream(listen, servers);
-            runtime(workers)?.block_on(serve(cfg, admin))
+            runtime(workers)?.block_on(serve(cfg, admin, || ()))
         }
         Command::Demo {
             listen,
@@ -142,7 +142,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve(cfg: Config, admin: Option<SocketAddr>) -> Result<ExitCode> {
+async fn serve(cfg: Config, admin: Option<SocketAddr>, ready: impl FnOnce()) -> Result<ExitCode> {
     let table = Arc::new(Table::from_config(&cfg)?);
     let proxy = Proxy::bind(&cfg, Arc::clone(&table)).await?;
     for addr in proxy.local_addrs() {
@@ -151,6 +151,7 @@ async fn serve(cfg: Config, admin: Option<SocketAddr>) -> Result<ExitCode> {
     if let Some(addr) = admin.or(cfg.admin.as_ref().map(|a| a.listen)) {
         println!("switchyard: admin API on {addr} is not available in this version yet");
     }
+    ready();
     match proxy.run(shutdown_signal()).await {
         Shutdown::Clean => info!("stopped; every in-flight request finished"),
         Shutdown::GraceExpired(n) => info!(cut = n, "stopped; grace period expired"),
@@ -172,15 +173,18 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
         backends[0], backends[1], backends[2]
     );
     println!("--- configuration in use ---\n{}---", text.trim_start());
-    println!("Try:");
-    println!(
-        "  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo"
-    );
-    println!(
-        "  curl -si http://{listen}/ -H 'Host: anything'              # headers as the backend sees them"
-    );
-    println!(
-        "Admin API ({admin}): not available in this version yet; it arrives with the live upstream API."
-    );
-    serve(cfg, None).await
+    serve(cfg, None, move || {
+        println!("Try:");
+        println!(
+            "  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo"
+        );
+        println!(
+            "  curl -si --http2-prior-knowledge http://{listen}/            # HTTP/2 cleartext works too"
+        );
+        println!(
+            "Admin API ({admin}): not available in this version yet; it arrives with the live upstream API."
+        );
+        println!("Ctrl-C stops the demo (in-flight requests finish first).");
+    })
+    .await
 }

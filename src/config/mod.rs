@@ -10,7 +10,12 @@
 //! Every problem found in a file is reported with its place (file, line, column),
 //! and all of them are reported at once, so `switchyard check` can list them all.
 
+mod addr;
+mod fields;
 mod parse;
+#[cfg(test)]
+mod tests;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,8 +41,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// CIDR rules; first match wins, in the order given (`allow` rules are tried
-    /// before `deny` rules only when they come first in the file — see `rules`).
+    /// CIDR rules; first match wins. The file's `deny` list comes first, then its
+    /// `allow` list, each in file order, so an address both denied and allowed is
+    /// kept out whatever the order of the two keys.
     pub rules: Vec<AccessRule>,
     pub state_file: Option<PathBuf>,
 }

@@ -1,15 +1,279 @@
-//! The TOML reader: raw (spanned) file types, unknown-key detection, and the
-//! validation that turns them into [`super::Config`].
+//! The TOML reader: walks the spanned document, reports every problem with its
+//! place, and builds [`super::Config`] only when there are none.
 
-use super::{Config, ConfigError, ConfigErrors};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use toml::de::{DeTable, DeValue};
+
+use super::addr;
+use super::fields::{Sink, Table, as_table};
+use super::upstream::read_upstream;
+use super::{
+    AccessRule, AdminConfig, Config, ConfigErrors, ListenerConfig, RouteConfig, RuntimeConfig,
+    UpstreamConfig,
+};
+
+const TOP_KEYS: &[&str] = &["admin", "runtime", "listener", "upstream"];
+const ADMIN_KEYS: &[&str] = &["listen", "allow", "deny", "state_file"];
+const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace"];
+const LISTENER_KEYS: &[&str] = &["listen", "routes"];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream"];
+const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    18080,
+));
 
 /// Parses and validates `src`; `file` names it in messages.
+///
+/// On syntax errors only those are reported: the recovered tree is partial, and
+/// checking it would report sections as missing that are merely unreadable.
 pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
-    let _ = src;
-    Err(ConfigErrors(vec![ConfigError {
-        file: file.to_string(),
-        line: 0,
-        column: 0,
-        message: "config parser not written yet".into(),
-    }]))
+    let (doc, syntax) = DeTable::parse_recoverable(src);
+    let mut sink = Sink::new(src);
+    if !syntax.is_empty() {
+        for e in syntax {
+            let msg = format!("TOML syntax error: {}", e.message());
+            match e.span() {
+                Some(span) => sink.at(&span, msg),
+                None => sink.nowhere(msg),
+            }
+        }
+        return Err(sink.finish(file));
+    }
+    let root = Table {
+        map: doc.get_ref(),
+        span: doc.span(),
+        kind: "the top level",
+        ctx: String::new(),
+    };
+    let config = read_config(&root, &mut sink);
+    if sink.is_empty() {
+        Ok(config)
+    } else {
+        Err(sink.finish(file))
+    }
+}
+
+fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
+    root.check_keys(sink, TOP_KEYS);
+    let admin = root
+        .table(sink, "admin", "admin")
+        .map(|t| read_admin(&t, sink));
+    let runtime = root
+        .table(sink, "runtime", "runtime")
+        .map(|t| read_runtime(&t, sink))
+        .unwrap_or_default();
+
+    let mut upstreams = BTreeMap::new();
+    // Every name is known to routes, even of upstreams too broken to build, so a
+    // typo inside an upstream is not also reported at each route to it.
+    let mut names = BTreeSet::new();
+    match root.get("upstream") {
+        None => sink.nowhere("no upstream: add an [upstream.NAME] section"),
+        Some(v) => {
+            if let Some(all) = as_table(root, sink, "upstream", v, "upstream", String::new()) {
+                if all.map.is_empty() {
+                    sink.at(&all.span, "no upstream: add an [upstream.NAME] section");
+                }
+                for (name, v) in all.map.iter() {
+                    let name = name.get_ref().as_ref();
+                    names.insert(name.to_string());
+                    let ctx = format!("upstream {name:?}: ");
+                    if let Some(t) = as_table(
+                        &all,
+                        sink,
+                        &format!("upstream {name:?}"),
+                        v,
+                        "upstream",
+                        ctx,
+                    ) {
+                        let u: UpstreamConfig = read_upstream(name, &t, sink);
+                        upstreams.insert(name.to_string(), u);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut listeners = Vec::new();
+    match root.get("listener") {
+        None => sink.nowhere("no listener: add a [[listener]] section"),
+        Some(v) => match v.get_ref() {
+            DeValue::Array(list) => {
+                if list.is_empty() {
+                    sink.at(&v.span(), "no listener: add a [[listener]] section");
+                }
+                let mut seen: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+                for (i, v) in list.iter().enumerate() {
+                    let ctx = match v.get_ref().get("listen").and_then(|l| l.get_ref().as_str()) {
+                        Some(l) => format!("listener {l:?}: "),
+                        None => format!("listener #{}: ", i + 1),
+                    };
+                    let key = format!("listener #{}", i + 1);
+                    let Some(t) = as_table(root, sink, &key, v, "listener", ctx) else {
+                        continue;
+                    };
+                    if let Some(l) = read_listener(&t, sink, &names, &mut seen) {
+                        listeners.push(l);
+                    }
+                }
+            }
+            _ => root.wrong_type(sink, "listener", v, "an array of tables ([[listener]])"),
+        },
+    }
+
+    Config {
+        admin,
+        runtime,
+        listeners,
+        upstreams,
+    }
+}
+
+fn read_admin(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> AdminConfig {
+    t.check_keys(sink, ADMIN_KEYS);
+    let mut listen = ADMIN_LISTEN;
+    if let Some((s, span)) = t.str(sink, "listen") {
+        match addr::socket_addr(s) {
+            Ok(a) => listen = a,
+            Err(e) => t.err(sink, &span, format!("bad listen address {s:?}: {e}")),
+        }
+    }
+    let mut rules = Vec::new();
+    // Deny first: an address both denied and allowed is meant to be kept out.
+    for (key, rule) in [
+        ("deny", AccessRule::Deny as fn(_) -> _),
+        ("allow", AccessRule::Allow),
+    ] {
+        let Some((list, _)) = t.array(sink, key) else {
+            continue;
+        };
+        for v in list.iter() {
+            let Some(s) = v.get_ref().as_str() else {
+                t.wrong_type(sink, key, v, "a string (IP or CIDR)");
+                continue;
+            };
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| s.parse::<std::net::IpAddr>().ok().map(Into::into));
+            match net {
+                Some(net) => rules.push(rule(net)),
+                None => t.err(sink, &v.span(), format!("bad IP or CIDR {s:?} in {key}")),
+            }
+        }
+    }
+    let state_file = t.str(sink, "state_file").map(|(s, _)| PathBuf::from(s));
+    AdminConfig {
+        listen,
+        rules,
+        state_file,
+    }
+}
+
+fn read_runtime(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> RuntimeConfig {
+    t.check_keys(sink, RUNTIME_KEYS);
+    let mut runtime = RuntimeConfig {
+        workers: t.int(sink, "workers", 1, 4096),
+        ..RuntimeConfig::default()
+    };
+    if let Some(d) = t.duration(sink, "shutdown_grace") {
+        runtime.shutdown_grace = d;
+    }
+    runtime
+}
+
+fn read_listener(
+    t: &Table<'_, '_>,
+    sink: &mut Sink<'_>,
+    upstreams: &BTreeSet<String>,
+    seen: &mut BTreeMap<SocketAddr, usize>,
+) -> Option<ListenerConfig> {
+    t.check_keys(sink, LISTENER_KEYS);
+    let mut listen = None;
+    match t.str(sink, "listen") {
+        Some((s, span)) => match addr::socket_addr(s) {
+            Ok(a) => {
+                if let Some(first) = seen.get(&a) {
+                    let msg = format!(
+                        "duplicate listen address {a} (also at line {})",
+                        sink.line_of(*first)
+                    );
+                    t.err(sink, &span, msg);
+                } else {
+                    seen.insert(a, span.start);
+                }
+                listen = Some(a);
+            }
+            Err(e) => t.err(sink, &span, format!("bad address: {e}")),
+        },
+        None if t.get("listen").is_none() => t.missing(sink, "listen"),
+        None => {}
+    }
+    let mut routes = Vec::new();
+    match t.array(sink, "routes") {
+        Some((list, span)) if list.is_empty() => t.err(sink, &span, "listener has no routes"),
+        Some((list, _)) => {
+            for (i, v) in list.iter().enumerate() {
+                let ctx = format!("{}route #{}: ", t.ctx, i + 1);
+                let key = format!("route #{}", i + 1);
+                if let Some(r) = as_table(t, sink, &key, v, "route", ctx) {
+                    routes.extend(read_route(&r, sink, upstreams));
+                }
+            }
+        }
+        None if t.get("routes").is_none() => t.err(sink, &t.span, "listener has no routes"),
+        None => {}
+    }
+    Some(ListenerConfig {
+        listen: listen?,
+        routes,
+    })
+}
+
+fn read_route(
+    t: &Table<'_, '_>,
+    sink: &mut Sink<'_>,
+    upstreams: &BTreeSet<String>,
+) -> Option<RouteConfig> {
+    t.check_keys(sink, ROUTE_KEYS);
+    let host = t
+        .str(sink, "host")
+        .and_then(|(s, span)| match addr::host_match(s) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                t.err(sink, &span, e);
+                None
+            }
+        });
+    let path_prefix = t.str(sink, "path_prefix").map(|(p, span)| {
+        if !p.starts_with('/') {
+            t.err(
+                sink,
+                &span,
+                format!("path_prefix {p:?} must start with \"/\""),
+            );
+        }
+        p.to_string()
+    });
+    let upstream = match t.str(sink, "upstream") {
+        Some((u, span)) => {
+            if !upstreams.contains(u) {
+                t.err(sink, &span, format!("route to unknown upstream {u:?}"));
+            }
+            Some(u.to_string())
+        }
+        None if t.get("upstream").is_none() => {
+            t.missing(sink, "upstream");
+            None
+        }
+        None => None,
+    };
+    Some(RouteConfig {
+        host,
+        path_prefix,
+        upstream: upstream?,
+    })
 }

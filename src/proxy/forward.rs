@@ -249,14 +249,13 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
 
     // The request as the server will see it.
-    if parts.headers.get(header::HOST).is_none() {
-        if let Some(authority) = parts
+    if parts.headers.get(header::HOST).is_none()
+        && let Some(authority) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, authority);
-        }
+    {
+        parts.headers.insert(header::HOST, authority);
     }
     let upgrade_proto = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
@@ -452,18 +451,18 @@ fn respond(
     server.runtime.stats.count_response(resp.status().as_u16());
     passive::record_success(&server);
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let (parts, _) = resp.into_parts();
-            tokio::spawn(super::upgrade::tunnel(
-                client_upgrade,
-                upstream_upgrade,
-                lease,
-                sender,
-            ));
-            return Response::from_parts(parts, ProxyBody::empty());
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        tokio::spawn(super::upgrade::tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            lease,
+            sender,
+        ));
+        return Response::from_parts(parts, ProxyBody::empty());
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -363,3 +363,254 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Tried;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    fn table(addrs: &[&str]) -> Table {
+        let servers = addrs.iter().map(|a| ServerConfig::new(*a)).collect();
+        Table::from_config(&Config::single_upstream(
+            "127.0.0.1:0".parse().unwrap(),
+            servers,
+        ))
+        .unwrap()
+    }
+
+    fn spec(addr: &str) -> ServerSpec {
+        ServerSpec::resolve(ServerConfig::new(addr)).unwrap()
+    }
+
+    fn set(server: ServerRef, state: AdminState) -> Command {
+        Command::SetState {
+            upstream: "default".into(),
+            server,
+            state,
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_never_reused() {
+        let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let removed = t
+            .apply(&[Command::Remove {
+                upstream: "default".into(),
+                server: ServerRef::Id(1),
+            }])
+            .unwrap();
+        assert_eq!(removed[0].addr, "127.0.0.1:2");
+        let added = t
+            .apply(&[Command::Add {
+                upstream: "default".into(),
+                server: spec("127.0.0.1:2"),
+            }])
+            .unwrap();
+        assert_eq!(
+            added[0].id, 2,
+            "a removed server's id is not handed out again"
+        );
+        let snap = t.upstream("default").unwrap().snapshot();
+        let ids: Vec<u32> = snap.servers.iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![0, 2]);
+    }
+
+    #[test]
+    fn counters_survive_a_swap() {
+        let t = table(&["127.0.0.1:1"]);
+        let before = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
+        before.runtime.stats.requests.store(41, Ordering::Relaxed);
+        t.apply(&[Command::SetWeight {
+            upstream: "default".into(),
+            server: ServerRef::Addr("127.0.0.1:1".into()),
+            weight: 5,
+        }])
+        .unwrap();
+        let after = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
+        assert_eq!(after.weight, 5);
+        assert_eq!(after.runtime.stats.requests.load(Ordering::Relaxed), 41);
+        assert!(Arc::ptr_eq(&before.runtime, &after.runtime));
+    }
+
+    #[test]
+    fn a_batch_with_one_bad_command_changes_nothing() {
+        let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let generation = t.upstream("default").unwrap().snapshot().generation;
+        let err = t
+            .apply(&[
+                set(ServerRef::Id(0), AdminState::Down),
+                set(ServerRef::Addr("127.0.0.1:9".into()), AdminState::Down),
+            ])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TableError::UnknownServer {
+                upstream: "default".into(),
+                server: "127.0.0.1:9".into()
+            }
+        );
+        let snap = t.upstream("default").unwrap().snapshot();
+        assert_eq!(snap.generation, generation);
+        assert!(snap.servers.iter().all(|s| s.state == AdminState::Up));
+        // Same for a bad weight, an unknown upstream and a duplicate add.
+        for bad in [
+            Command::SetWeight {
+                upstream: "default".into(),
+                server: ServerRef::Id(0),
+                weight: 1001,
+            },
+            Command::Remove {
+                upstream: "nope".into(),
+                server: ServerRef::Id(0),
+            },
+            Command::Add {
+                upstream: "default".into(),
+                server: spec("127.0.0.1:1"),
+            },
+        ] {
+            assert!(
+                t.apply(&[set(ServerRef::Id(1), AdminState::Drain), bad])
+                    .is_err()
+            );
+        }
+        assert_eq!(
+            t.upstream("default").unwrap().snapshot().generation,
+            generation
+        );
+    }
+
+    #[test]
+    fn down_and_drained_servers_are_not_picked_and_backups_serve_only_when_no_primary_is_eligible()
+    {
+        let mut cfg = Config::single_upstream(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![
+                ServerConfig::new("127.0.0.1:1"),
+                ServerConfig::new("127.0.0.1:2"),
+            ],
+        );
+        let mut backup = ServerConfig::new("127.0.0.1:3");
+        backup.backup = true;
+        if let Some(u) = cfg.upstreams.get_mut("default") {
+            u.servers.push(backup);
+        }
+        let t = Table::from_config(&cfg).unwrap();
+        let up = t.upstream("default").unwrap();
+        let pick = || {
+            up.snapshot()
+                .pick(None, &Tried::default(), 1)
+                .map(|l| l.server().id)
+        };
+        assert_ne!(pick(), Some(2));
+        t.apply(&[set(ServerRef::Id(0), AdminState::Down)]).unwrap();
+        assert_eq!(pick(), Some(1));
+        t.apply(&[set(ServerRef::Id(1), AdminState::Drain)])
+            .unwrap();
+        assert_eq!(
+            pick(),
+            Some(2),
+            "the backup serves when no primary is eligible"
+        );
+        t.apply(&[set(ServerRef::Id(1), AdminState::Up)]).unwrap();
+        assert_eq!(pick(), Some(1), "and hands back when one returns");
+        t.apply(&[
+            set(ServerRef::Id(2), AdminState::Down),
+            set(ServerRef::Id(1), AdminState::Down),
+        ])
+        .unwrap();
+        assert_eq!(pick(), None);
+    }
+
+    #[test]
+    fn max_conns_caps_leases() {
+        let t = table(&["127.0.0.1:1"]);
+        t.apply(&[Command::SetMaxConns {
+            upstream: "default".into(),
+            server: ServerRef::Id(0),
+            max_conns: 2,
+        }])
+        .unwrap();
+        let snap = t.upstream("default").unwrap().snapshot();
+        let a = snap.pick(None, &Tried::default(), 1);
+        let b = snap.pick(None, &Tried::default(), 1);
+        assert!(a.is_some() && b.is_some());
+        assert!(snap.pick(None, &Tried::default(), 1).is_none());
+        drop(a);
+        assert!(snap.pick(None, &Tried::default(), 1).is_some());
+    }
+
+    /// The linearizability promise: once `apply` has returned, no pick that starts
+    /// afterwards, on any thread, selects the server it set down.
+    #[test]
+    fn no_pick_after_apply_returns_selects_a_server_set_down() {
+        let addrs: Vec<String> = (1..=4).map(|p| format!("127.0.0.1:{p}")).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let t = Arc::new(table(&refs));
+        const ROUNDS: u32 = 200;
+        // `fence` holds `generation << 8 | id` of the last completed apply: the
+        // snapshot generation it published and the server it set down.
+        let fence = Arc::new(AtomicU64::new(u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(AtomicU64::new(0));
+        let picks = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, fence, stop, violations, picks) = (
+                    Arc::clone(&t),
+                    Arc::clone(&fence),
+                    Arc::clone(&stop),
+                    Arc::clone(&violations),
+                    Arc::clone(&picks),
+                );
+                std::thread::spawn(move || {
+                    let up = Arc::clone(t.upstream("default").unwrap());
+                    while !stop.load(Ordering::SeqCst) {
+                        let f = fence.load(Ordering::SeqCst);
+                        let snap = up.snapshot();
+                        let lease = snap.pick(None, &Tried::default(), 1);
+                        if f == u64::MAX {
+                            continue;
+                        }
+                        let (published, down) = (f >> 8, f & 0xff);
+                        // A pick that starts after apply returned must see that
+                        // snapshot or a later one...
+                        if snap.generation < published {
+                            violations.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if let Some(lease) = lease {
+                            picks.fetch_add(1, Ordering::Relaxed);
+                            // ...and in that snapshot, not the server it set down.
+                            if snap.generation == published && u64::from(lease.server().id) == down
+                            {
+                                violations.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for round in 0..ROUNDS {
+            let id = round % 4;
+            let prev = (round + 3) % 4;
+            t.apply(&[
+                set(ServerRef::Id(prev), AdminState::Up),
+                set(ServerRef::Id(id), AdminState::Down),
+            ])
+            .unwrap();
+            let published = t.upstream("default").unwrap().snapshot().generation;
+            fence.store(published << 8 | u64::from(id), Ordering::SeqCst);
+            // Let the workers pick a while under this table.
+            let seen = picks.load(Ordering::Relaxed);
+            while picks.load(Ordering::Relaxed) < seen + 200 {
+                std::hint::spin_loop();
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(violations.load(Ordering::SeqCst), 0);
+        assert!(picks.load(Ordering::Relaxed) >= u64::from(ROUNDS) * 200);
+    }
+}

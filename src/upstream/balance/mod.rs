@@ -91,3 +91,88 @@ impl Balancer {
 pub fn hash_key(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
+
+/// Linear scan for the first eligible member, starting at `start` and wrapping.
+/// The O(n) fallback every method ends with, so `select` returns `None` only when
+/// no member at all is eligible.
+#[inline]
+fn scan_from(peers: &dyn Peers, n: usize, start: usize) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    let start = start % n;
+    (start..n).chain(0..start).find(|&i| peers.eligible(i))
+}
+
+/// Whether load `a_active / a_weight` is strictly below `b_active / b_weight`,
+/// compared by cross-multiplication (exact, no division, cannot overflow `u128`).
+#[inline]
+fn lighter(a_active: u64, a_weight: u32, b_active: u64, b_weight: u32) -> bool {
+    u128::from(a_active) * u128::from(b_weight) < u128::from(b_active) * u128::from(a_weight)
+}
+
+/// A weight as the methods use it: the configured 1..=1000, with 0 read as 1 so a
+/// bad value can never divide by zero or starve a member.
+#[inline]
+fn weight_of(m: &Member<'_>) -> u32 {
+    m.weight.max(1)
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::{Member, Peers};
+
+    /// A test view of runtime state: who is eligible and how loaded.
+    pub struct TestPeers {
+        pub eligible: Vec<bool>,
+        pub active: Vec<u64>,
+    }
+
+    impl TestPeers {
+        pub fn all(n: usize) -> Self {
+            TestPeers {
+                eligible: vec![true; n],
+                active: vec![0; n],
+            }
+        }
+
+        pub fn only(n: usize, i: usize) -> Self {
+            let mut p = TestPeers {
+                eligible: vec![false; n],
+                active: vec![0; n],
+            };
+            p.eligible[i] = true;
+            p
+        }
+    }
+
+    impl Peers for TestPeers {
+        fn eligible(&self, i: usize) -> bool {
+            self.eligible[i]
+        }
+        fn active(&self, i: usize) -> u64 {
+            self.active[i]
+        }
+    }
+
+    /// Owned addr strings for `n` members (`10.0.0.x:80`-style).
+    pub fn addrs(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("10.{}.{}.{}:80", i >> 16, (i >> 8) & 255, i & 255))
+            .collect()
+    }
+
+    pub fn members<'a>(addrs: &'a [String], weights: &[u32]) -> Vec<Member<'a>> {
+        addrs
+            .iter()
+            .zip(weights)
+            .map(|(a, &w)| Member { weight: w, key: a })
+            .collect()
+    }
+
+    /// Seeded random weights in `lo..=hi`.
+    pub fn random_weights(n: usize, lo: u32, hi: u32, seed: u64) -> Vec<u32> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..n).map(|_| rng.u32(lo..=hi)).collect()
+    }
+}

@@ -1,0 +1,354 @@
+//! `[upstream.NAME]`: servers, balancing, timeouts, retries and health checks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use toml::de::DeValue;
+
+use super::addr;
+use super::fields::{Sink, Span, Table, as_table, int_value};
+use super::{
+    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
+    ServerConfig, Timeouts, UpstreamConfig,
+};
+
+const UPSTREAM_KEYS: &[&str] = &[
+    "balance",
+    "hash_key",
+    "keepalive",
+    "keepalive_timeout",
+    "connect_timeout",
+    "read_timeout",
+    "send_timeout",
+    "retry",
+    "scheme",
+    "servers",
+    "health_check",
+];
+const SERVER_KEYS: &[&str] = &[
+    "addr",
+    "weight",
+    "max_fails",
+    "fail_timeout",
+    "max_conns",
+    "slow_start",
+    "backup",
+    "down",
+];
+const RETRY_KEYS: &[&str] = &["tries", "timeout", "non_idempotent"];
+const HEALTH_KEYS: &[&str] = &[
+    "type",
+    "http_req",
+    "interval",
+    "timeout",
+    "fall",
+    "rise",
+    "valid_statuses",
+    "concurrency",
+];
+const BALANCES: [Balance; 5] = [
+    Balance::RoundRobin,
+    Balance::LeastConn,
+    Balance::IpHash,
+    Balance::Hash,
+    Balance::RandomTwo,
+];
+const U32: i128 = u32::MAX as i128;
+
+pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) -> UpstreamConfig {
+    t.check_keys(sink, UPSTREAM_KEYS);
+
+    let mut balance = Balance::RoundRobin;
+    let mut balance_span = t.span.clone();
+    let mut balance_known = t.get("balance").is_none();
+    if let Some((s, span)) = t.str(sink, "balance") {
+        match BALANCES.iter().find(|b| b.as_str() == s) {
+            Some(b) => {
+                balance = *b;
+                balance_known = true;
+            }
+            None => {
+                let valid: Vec<_> = BALANCES.iter().map(|b| b.as_str()).collect();
+                let msg = format!(
+                    "unknown balance method {s:?} (expected one of: {})",
+                    valid.join(", ")
+                );
+                t.err(sink, &span, msg);
+            }
+        }
+        balance_span = span;
+    }
+
+    let hash_key = t.str(sink, "hash_key").and_then(|(s, span)| match hash_key(s) {
+        Some(k) => Some((k, span)),
+        None => {
+            let msg = format!(
+                "bad hash_key {s:?} (expected \"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")"
+            );
+            t.err(sink, &span, msg);
+            None
+        }
+    });
+    match (&hash_key, balance) {
+        (None, Balance::Hash) if t.get("hash_key").is_none() => t.err(
+            sink,
+            &balance_span,
+            "balance \"hash\" needs a hash_key (\"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")",
+        ),
+        (Some((_, span)), b) if b != Balance::Hash && balance_known => {
+            let msg = format!(
+                "hash_key is only used with balance = \"hash\" (balance is {:?})",
+                b.as_str()
+            );
+            t.err(sink, span, msg);
+        }
+        _ => {}
+    }
+
+    if let Some((s, span)) = t.str(sink, "scheme") {
+        match s {
+            "http" => {}
+            "https" => t.err(sink, &span, "HTTPS upstreams are not supported yet"),
+            _ => t.err(
+                sink,
+                &span,
+                format!("unknown scheme {s:?} (expected \"http\")"),
+            ),
+        }
+    }
+
+    let servers = read_servers(t, sink, balance);
+
+    let mut keepalive = KeepaliveConfig::default();
+    if let Some(n) = t.int(sink, "keepalive", 0, U32) {
+        keepalive.max_idle = n;
+    }
+    if let Some(d) = t.duration(sink, "keepalive_timeout") {
+        keepalive.idle_timeout = d;
+    }
+    let mut timeouts = Timeouts::default();
+    for (key, slot) in [
+        ("connect_timeout", &mut timeouts.connect),
+        ("read_timeout", &mut timeouts.read),
+        ("send_timeout", &mut timeouts.send),
+    ] {
+        if let Some(d) = t.duration(sink, key) {
+            *slot = d;
+        }
+    }
+
+    let retry = t
+        .table(sink, "retry", "retry")
+        .map(|r| read_retry(&r, sink))
+        .unwrap_or_default();
+    let health_check = t
+        .table(sink, "health_check", "health_check")
+        .map(|h| read_health_check(&h, sink));
+
+    UpstreamConfig {
+        name: name.to_string(),
+        balance,
+        hash_key: hash_key.map(|(k, _)| k),
+        servers,
+        keepalive,
+        timeouts,
+        retry,
+        health_check,
+    }
+}
+
+fn hash_key(s: &str) -> Option<HashKey> {
+    let token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match s.split_once(':') {
+        None if s == "uri" => Some(HashKey::Uri),
+        None if s == "remote_addr" => Some(HashKey::RemoteAddr),
+        Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
+        Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
+        _ => None,
+    }
+}
+
+fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec<ServerConfig> {
+    let Some((list, list_span)) = t.array(sink, "servers") else {
+        if t.get("servers").is_none() {
+            t.err(sink, &t.span, "upstream has no servers");
+        }
+        return Vec::new();
+    };
+    if list.is_empty() {
+        t.err(sink, &list_span, "upstream has no servers");
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut servers = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let addr = match v.get_ref() {
+            DeValue::Table(m) => m.get("addr").and_then(|a| a.get_ref().as_str()),
+            _ => None,
+        };
+        let ctx = match addr {
+            Some(a) => format!("{}server {a:?}: ", t.ctx),
+            None => format!("{}server #{}: ", t.ctx, i + 1),
+        };
+        let key = format!("server #{}", i + 1);
+        let Some(s) = as_table(t, sink, &key, v, "server", ctx) else {
+            continue;
+        };
+        let (server, addr_span, backup_span) = read_server(&s, sink);
+        let Some(addr_span) = addr_span else {
+            // No usable addr: already reported, and nothing to compare or keep.
+            check_backup(&s, sink, &server, backup_span, balance);
+            continue;
+        };
+        if let Some(first) = seen.get(&server.addr.to_ascii_lowercase()) {
+            let msg = format!(
+                "duplicate server {:?} (also at line {})",
+                server.addr,
+                sink.line_of(*first)
+            );
+            t.err(sink, &addr_span, msg);
+        } else {
+            seen.insert(server.addr.to_ascii_lowercase(), addr_span.start);
+        }
+        check_backup(&s, sink, &server, backup_span, balance);
+        servers.push(server);
+    }
+    servers
+}
+
+/// nginx refuses backup servers with hashing: a key's server must not change
+/// merely because another server went down, which a backup would make it do.
+fn check_backup(
+    s: &Table<'_, '_>,
+    sink: &mut Sink<'_>,
+    server: &ServerConfig,
+    backup_span: Option<Span>,
+    balance: Balance,
+) {
+    if let (Some(span), true, Balance::Hash | Balance::IpHash) =
+        (backup_span, server.backup, balance)
+    {
+        let msg = format!(
+            "backup servers cannot be used with balance {:?}",
+            balance.as_str()
+        );
+        s.err(sink, &span, msg);
+    }
+}
+
+/// The server, where its `addr` is (`None` when it has no valid one), and where
+/// its `backup` flag is if given. Every field is checked even when `addr` is bad,
+/// so that all of a server's problems are reported together.
+fn read_server(
+    s: &Table<'_, '_>,
+    sink: &mut Sink<'_>,
+) -> (ServerConfig, Option<Span>, Option<Span>) {
+    s.check_keys(sink, SERVER_KEYS);
+    let addr = s.str(sink, "addr");
+    let mut ok = addr.is_some();
+    if let Some((a, span)) = &addr
+        && let Err(e) = addr::server_addr(a)
+    {
+        s.err(sink, span, format!("bad address: {e}"));
+        ok = false;
+    }
+    if s.get("addr").is_none() {
+        s.missing(sink, "addr");
+    }
+    let (addr, addr_span) = addr.unwrap_or_default();
+    let mut server = ServerConfig::new(addr);
+    if let Some(w) = s.int(sink, "weight", 1, 1000) {
+        server.weight = w;
+    }
+    if let Some(n) = s.int(sink, "max_fails", 0, U32) {
+        server.max_fails = n;
+    }
+    if let Some(n) = s.int(sink, "max_conns", 0, U32) {
+        server.max_conns = n;
+    }
+    if let Some(d) = s.duration(sink, "fail_timeout") {
+        server.fail_timeout = d;
+    }
+    if let Some(d) = s.duration(sink, "slow_start") {
+        server.slow_start = d;
+    }
+    let backup = s.bool(sink, "backup");
+    if let Some((b, _)) = backup {
+        server.backup = b;
+    }
+    if let Some((d, _)) = s.bool(sink, "down") {
+        server.down = d;
+    }
+    (
+        server,
+        ok.then_some(addr_span),
+        backup.map(|(_, span)| span),
+    )
+}
+
+fn read_retry(r: &Table<'_, '_>, sink: &mut Sink<'_>) -> RetryPolicy {
+    r.check_keys(sink, RETRY_KEYS);
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = r.int(sink, "tries", 1, U32) {
+        retry.tries = n;
+    }
+    if let Some(d) = r.duration(sink, "timeout") {
+        retry.timeout = d;
+    }
+    if let Some((b, _)) = r.bool(sink, "non_idempotent") {
+        retry.non_idempotent = b;
+    }
+    retry
+}
+
+fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfig {
+    h.check_keys(sink, HEALTH_KEYS);
+    let mut kind = HealthCheckKind::Http;
+    match h.str(sink, "type") {
+        Some(("http", _)) => {}
+        Some(("tcp", _)) => kind = HealthCheckKind::Tcp,
+        Some((other, span)) => {
+            let msg = format!("unknown health check type {other:?} (expected \"http\" or \"tcp\")");
+            h.err(sink, &span, msg);
+        }
+        None if h.get("type").is_none() => h.missing(sink, "type"),
+        None => {}
+    }
+    let http_req = h.str(sink, "http_req");
+    if let (Some((_, span)), HealthCheckKind::Tcp) = (&http_req, kind) {
+        h.err(sink, span, "http_req is only used with type = \"http\"");
+    }
+    let mut positive = |key: &str, default: Duration| match h.duration(sink, key) {
+        Some(d) if d.is_zero() => {
+            if let Some(v) = h.get(key) {
+                h.err(sink, &v.span(), format!("{key} must be greater than 0"));
+            }
+            default
+        }
+        Some(d) => d,
+        None => default,
+    };
+    let interval = positive("interval", Duration::from_secs(2));
+    let timeout = positive("timeout", Duration::from_secs(1));
+    let mut valid_statuses = Vec::new();
+    if let Some((list, _)) = h.array(sink, "valid_statuses") {
+        for v in list.iter() {
+            if let Some(code) = int_value(h, sink, "status", v, 100, 599) {
+                valid_statuses.push(code);
+            }
+        }
+    }
+    HealthCheckConfig {
+        kind,
+        http_req: http_req.map(|(s, _)| s.to_string()),
+        interval,
+        timeout,
+        fall: h.int(sink, "fall", 1, U32).unwrap_or(3),
+        rise: h.int(sink, "rise", 1, U32).unwrap_or(2),
+        valid_statuses,
+        concurrency: h.int(sink, "concurrency", 1, U32).unwrap_or(10),
+    }
+}
