@@ -110,7 +110,13 @@ fn check_reports_every_problem_of_each_broken_fixture_with_its_place() {
                 panic!("{}: bad expected line {line:?}", expected_path.display());
             };
             let (l, c, text) = (l.trim(), c.trim(), text.trim());
-            let place = format!("{name}:{l}:{c}:");
+            // A problem without a place (`0:0` in .expected) is printed as
+            // `FILE: message`, like `ConfigError`'s Display.
+            let place = if (l, c) == ("0", "0") {
+                format!("{name}: ")
+            } else {
+                format!("{name}:{l}:{c}:")
+            };
             let found = stderr
                 .lines()
                 .any(|out| out.starts_with(&place) && out.contains(text));
@@ -122,6 +128,12 @@ fn check_reports_every_problem_of_each_broken_fixture_with_its_place() {
             lines += 1;
         }
         assert!(lines > 0, "{}: no expectations", expected_path.display());
+        // Every problem is reported, and no others.
+        assert!(
+            stderr.contains(&format!("{lines} problem(s) found")),
+            "{}: expected {lines} problem(s); stderr:\n{stderr}",
+            file.display()
+        );
         checked += 1;
     }
     assert_eq!(checked, files.len());
