@@ -15,4 +15,5 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod proxy;
+pub mod state;
 pub mod upstream;

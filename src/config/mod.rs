@@ -126,6 +126,19 @@ pub enum Balance {
 }
 
 impl Balance {
+    pub const ALL: [Balance; 5] = [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::IpHash,
+        Balance::Hash,
+        Balance::RandomTwo,
+    ];
+
+    /// The method named as in the file (`"round_robin"`...).
+    pub fn parse(s: &str) -> Option<Balance> {
+        Balance::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Balance::RoundRobin => "round_robin",
@@ -149,6 +162,36 @@ pub enum HashKey {
     Header(String),
     /// A cookie by name.
     Cookie(String),
+}
+
+impl HashKey {
+    /// Parses the file's form: `"uri"`, `"remote_addr"`, `"header:NAME"`,
+    /// `"cookie:NAME"` (names must be HTTP tokens).
+    pub fn parse(s: &str) -> Option<HashKey> {
+        let token = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        match s.split_once(':') {
+            None if s == "uri" => Some(HashKey::Uri),
+            None if s == "remote_addr" => Some(HashKey::RemoteAddr),
+            Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
+            Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::RemoteAddr => f.write_str("remote_addr"),
+            HashKey::Header(n) => write!(f, "header:{n}"),
+            HashKey::Cookie(n) => write!(f, "cookie:{n}"),
+        }
+    }
 }
 
 /// One server of an upstream, as configured.

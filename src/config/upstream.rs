@@ -46,13 +46,6 @@ const HEALTH_KEYS: &[&str] = &[
     "valid_statuses",
     "concurrency",
 ];
-const BALANCES: [Balance; 5] = [
-    Balance::RoundRobin,
-    Balance::LeastConn,
-    Balance::IpHash,
-    Balance::Hash,
-    Balance::RandomTwo,
-];
 const U32: i128 = u32::MAX as i128;
 
 pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) -> UpstreamConfig {
@@ -62,13 +55,13 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
     let mut balance_span = t.span.clone();
     let mut balance_known = t.get("balance").is_none();
     if let Some((s, span)) = t.str(sink, "balance") {
-        match BALANCES.iter().find(|b| b.as_str() == s) {
+        match Balance::parse(s) {
             Some(b) => {
-                balance = *b;
+                balance = b;
                 balance_known = true;
             }
             None => {
-                let valid: Vec<_> = BALANCES.iter().map(|b| b.as_str()).collect();
+                let valid: Vec<_> = Balance::ALL.iter().map(|b| b.as_str()).collect();
                 let msg = format!(
                     "unknown balance method {s:?} (expected one of: {})",
                     valid.join(", ")
@@ -79,7 +72,7 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
         balance_span = span;
     }
 
-    let hash_key = t.str(sink, "hash_key").and_then(|(s, span)| match hash_key(s) {
+    let hash_key = t.str(sink, "hash_key").and_then(|(s, span)| match HashKey::parse(s) {
         Some(k) => Some((k, span)),
         None => {
             let msg = format!(
@@ -154,21 +147,6 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
         timeouts,
         retry,
         health_check,
-    }
-}
-
-fn hash_key(s: &str) -> Option<HashKey> {
-    let token = |n: &str| {
-        !n.is_empty()
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
-    match s.split_once(':') {
-        None if s == "uri" => Some(HashKey::Uri),
-        None if s == "remote_addr" => Some(HashKey::RemoteAddr),
-        Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
-        Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
-        _ => None,
     }
 }
 

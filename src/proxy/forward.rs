@@ -26,7 +26,7 @@ use super::router::Router;
 use crate::config::{Balance, HashKey, Timeouts};
 use crate::health::passive;
 use crate::upstream::balance::hash_key;
-use crate::upstream::{Lease, Server, Tried, Upstream};
+use crate::upstream::{Lease, Server, Table, Tried, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -49,6 +49,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Debug)]
 pub struct Forwarder {
     router: Router,
+    table: Arc<Table>,
 }
 
 /// Why one attempt on one server failed.
@@ -215,8 +216,8 @@ async fn connect(server: &Server, timeouts: &Timeouts) -> Result<Sender, Attempt
 }
 
 impl Forwarder {
-    pub fn new(router: Router) -> Self {
-        Forwarder { router }
+    pub fn new(router: Router, table: Arc<Table>) -> Self {
+        Forwarder { router, table }
     }
 
     pub async fn handle(
@@ -224,14 +225,19 @@ impl Forwarder {
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let Some(upstream) = self
-            .router
-            .route(request_host(&req), req.uri().path())
-            .cloned()
-        else {
+        let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
             return Ok(text_response(
                 StatusCode::NOT_FOUND,
                 "404 Not Found: no route for this host and path\n".into(),
+            ));
+        };
+        let Some(upstream) = self.table.load().by_slot(target.slot).cloned() else {
+            return Ok(text_response(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 Bad Gateway: upstream \"{}\" does not exist\n",
+                    target.upstream
+                ),
             ));
         };
         Ok(forward(&upstream, req, client).await)
@@ -318,10 +324,9 @@ async fn forward(
         else {
             break;
         };
-        let lease = {
-            let snapshot = upstream.snapshot();
-            snapshot.pick(key, &tried, crate::clock::now_ms())
-        };
+        let lease = upstream
+            .snapshot()
+            .pick(key, &tried, crate::clock::now_ms());
         let Some(lease) = lease else {
             if tried.is_empty() {
                 return text_response(

@@ -38,8 +38,6 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listener {addr}: {reason}")]
-    Route { addr: SocketAddr, reason: String },
 }
 
 /// Listeners bound and ready to serve.
@@ -63,19 +61,14 @@ impl Proxy {
     pub async fn bind(config: &Config, table: Arc<Table>) -> Result<Proxy, ProxyError> {
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let router = Router::new(&l.routes, |name| table.upstream(name)).map_err(|reason| {
-                ProxyError::Route {
-                    addr: l.listen,
-                    reason,
-                }
-            })?;
+            let router = Router::new(&l.routes, |name| table.slot(name));
             let socket = TcpListener::bind(l.listen)
                 .await
                 .map_err(|source| ProxyError::Bind {
                     addr: l.listen,
                     source,
                 })?;
-            listeners.push((socket, Arc::new(Forwarder::new(router))));
+            listeners.push((socket, Arc::new(Forwarder::new(router, Arc::clone(&table)))));
         }
         Ok(Proxy {
             listeners,

@@ -4,16 +4,24 @@
 //! longest matching `*.suffix`, then routes without a host); among the routes of
 //! that host the longest matching path prefix wins, as with nginx prefix locations.
 
-use std::sync::Arc;
-
 use crate::config::{HostMatch, RouteConfig};
-use crate::upstream::Upstream;
 
 #[derive(Debug)]
 struct Route {
     host: Option<HostMatch>,
     prefix: String,
-    upstream: Arc<Upstream>,
+    /// The upstream's name and its slot in the table (see `Table::slot`): the
+    /// upstream is looked up per request, so one created or deleted at run time
+    /// is seen at once.
+    upstream: String,
+    slot: usize,
+}
+
+/// Where a request goes: the upstream's name and table slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub upstream: &'a str,
+    pub slot: usize,
 }
 
 #[derive(Debug)]
@@ -22,28 +30,22 @@ pub struct Router {
 }
 
 impl Router {
-    /// `lookup` finds the runtime upstream a route names (validated to exist).
-    pub fn new<'a>(
-        routes: &[RouteConfig],
-        lookup: impl Fn(&str) -> Option<&'a Arc<Upstream>>,
-    ) -> Result<Router, String> {
+    /// `slot_of` gives the table slot of an upstream name.
+    pub fn new(routes: &[RouteConfig], slot_of: impl Fn(&str) -> usize) -> Router {
         let routes = routes
             .iter()
-            .map(|r| {
-                let upstream = lookup(&r.upstream)
-                    .ok_or_else(|| format!("route to unknown upstream {:?}", r.upstream))?;
-                Ok(Route {
-                    host: r.host.clone(),
-                    prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
-                    upstream: Arc::clone(upstream),
-                })
+            .map(|r| Route {
+                host: r.host.clone(),
+                prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
+                slot: slot_of(&r.upstream),
+                upstream: r.upstream.clone(),
             })
-            .collect::<Result<_, String>>()?;
-        Ok(Router { routes })
+            .collect();
+        Router { routes }
     }
 
     /// `host` without port, any case; `path` as in the request line.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Target<'_>> {
         let host = host.map(|h| h.trim_end_matches('.'));
         let mut best: Option<(usize, usize, &Route)> = None;
         for r in &self.routes {
@@ -69,29 +71,16 @@ impl Router {
                 best = Some((rank.0, rank.1, r));
             }
         }
-        best.map(|(_, _, r)| &r.upstream)
+        best.map(|(_, _, r)| Target {
+            upstream: &r.upstream,
+            slot: r.slot,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ServerConfig, UpstreamConfig};
-    use crate::upstream::Table;
-
-    fn table(names: &[&str]) -> Table {
-        let mut config = Config::single_upstream(
-            "127.0.0.1:1".parse().unwrap(),
-            vec![ServerConfig::new("127.0.0.1:2")],
-        );
-        let template = config.upstreams.remove("default").unwrap();
-        for n in names {
-            let mut u: UpstreamConfig = template.clone();
-            u.name = n.to_string();
-            config.upstreams.insert(n.to_string(), u);
-        }
-        Table::from_config(&config).unwrap()
-    }
 
     fn route(host: Option<HostMatch>, prefix: &str, upstream: &str) -> RouteConfig {
         RouteConfig {
@@ -101,9 +90,12 @@ mod tests {
         }
     }
 
+    fn router(routes: &[RouteConfig]) -> Router {
+        Router::new(routes, |n| n.len())
+    }
+
     #[test]
     fn exact_host_beats_wildcard_beats_any_and_longest_prefix_wins() {
-        let t = table(&["exact", "wild", "deep", "any", "api"]);
         let routes = vec![
             route(None, "/", "any"),
             route(None, "/api", "api"),
@@ -111,8 +103,8 @@ mod tests {
             route(Some(HostMatch::Suffix(".b.foo.com".into())), "/", "deep"),
             route(Some(HostMatch::Exact("foo.com".into())), "/", "exact"),
         ];
-        let r = Router::new(&routes, |n| t.upstream(n)).unwrap();
-        let name = |h: Option<&str>, p: &str| r.route(h, p).map(|u| u.name.clone());
+        let r = router(&routes);
+        let name = |h: Option<&str>, p: &str| r.route(h, p).map(|t| t.upstream.to_string());
         assert_eq!(name(Some("FOO.com"), "/api/x").as_deref(), Some("exact"));
         assert_eq!(name(Some("a.foo.com"), "/"), Some("wild".into()));
         assert_eq!(name(Some("a.b.foo.com"), "/"), Some("deep".into()));
@@ -120,13 +112,13 @@ mod tests {
         assert_eq!(name(None, "/x"), Some("any".into()));
         // `*.foo.com` does not match `foo.com` itself nor `xfoo.com`.
         assert_eq!(name(Some("xfoo.com"), "/"), Some("any".into()));
+        assert_eq!(r.route(None, "/x").map(|t| t.slot), Some(3));
     }
 
     #[test]
     fn no_matching_route_is_none() {
-        let t = table(&["a"]);
         let routes = vec![route(Some(HostMatch::Exact("a.com".into())), "/app", "a")];
-        let r = Router::new(&routes, |n| t.upstream(n)).unwrap();
+        let r = router(&routes);
         assert!(r.route(Some("a.com"), "/other").is_none());
         assert!(r.route(Some("b.com"), "/app").is_none());
     }

@@ -1,8 +1,8 @@
 //! The live upstream table: servers, admin state, snapshots and balancing.
 //!
-//! Each upstream publishes an immutable [`Snapshot`] (membership, admin state,
-//! weights, the built balancer) behind one `ArcSwap`; the request path loads it
-//! without a lock. Every change goes through [`Table::apply`], the single writer:
+//! The table publishes an immutable [`TableSnapshot`] — every upstream with its
+//! membership, admin state, weights and built balancer — behind one `ArcSwap`; the
+//! request path loads it without a lock. Every change goes through [`Table::apply`], the single writer:
 //! it builds the next snapshots, and returns only after they are published, so a
 //! request that starts after `apply` returns routes by the change on every thread.
 //!
@@ -14,10 +14,15 @@
 //! pool, `health` writes the failure counters.
 
 pub mod balance;
+mod command;
+mod events;
+mod persist;
 mod server;
 mod snapshot;
 mod table;
 
+pub use command::{Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
+pub use events::Event;
 pub use server::{AdminState, Server, ServerRuntime, ServerStats};
 pub use snapshot::{Lease, Snapshot, Tried};
-pub use table::{Command, ServerRef, ServerSpec, Table, TableError, Upstream, UpstreamSettings};
+pub use table::{OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};

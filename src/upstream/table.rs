@@ -1,17 +1,26 @@
 //! The table of upstreams and its single writer.
+//!
+//! The whole table is one immutable [`TableSnapshot`] behind one `ArcSwap`, so a
+//! batch that touches several upstreams is seen by readers all at once or not at
+//! all. Unchanged upstreams are shared between consecutive snapshots; changed ones
+//! are rebuilt around the same server runtimes.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::broadcast;
+use tracing::info;
 
+use super::command::{Command, ServerPatch, ServerRef, ServerSpec, TableError};
+use super::events::Event;
 use super::server::{AdminState, Server, ServerRuntime};
 use super::snapshot::Snapshot;
-use crate::config::{
-    Balance, Config, HashKey, KeepaliveConfig, RetryPolicy, ServerConfig, Timeouts,
-};
+use crate::config::{Balance, Config, HashKey, KeepaliveConfig, RetryPolicy, Timeouts};
 use crate::proxy::pool::Pool;
+use crate::state::{StateError, StateStore};
 
 /// How an upstream is reached, apart from its servers.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,129 +32,102 @@ pub struct UpstreamSettings {
     pub retry: RetryPolicy,
 }
 
-/// A named group of servers. The request path reads [`Upstream::snapshot`]; only
-/// [`Table::apply`] publishes a new one.
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            balance: Balance::RoundRobin,
+            hash_key: None,
+            keepalive: KeepaliveConfig::default(),
+            timeouts: Timeouts::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl UpstreamSettings {
+    pub fn from_config(up: &crate::config::UpstreamConfig) -> Self {
+        UpstreamSettings {
+            balance: up.balance,
+            hash_key: up.hash_key.clone(),
+            keepalive: up.keepalive,
+            timeouts: up.timeouts,
+            retry: up.retry,
+        }
+    }
+}
+
+/// A named group of servers as of one change. Immutable.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     pub settings: UpstreamSettings,
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Snapshot,
 }
 
 impl Upstream {
-    /// The current snapshot. Cheap and lock-free; hold it for the span of one pick,
-    /// not across awaits.
+    /// The servers and balancer of this version of the upstream.
     #[inline]
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        self.snapshot.load()
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 }
 
-/// A server to add, its address already resolved (resolution is I/O and happens
-/// before the writer is entered).
-#[derive(Debug, Clone)]
-pub struct ServerSpec {
-    pub config: ServerConfig,
-    pub sockaddr: SocketAddr,
+/// Every upstream as of one change.
+#[derive(Debug)]
+pub struct TableSnapshot {
+    pub generation: u64,
+    /// By name, for listing.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// By route slot (see [`Table::slot`]): `None` while no upstream has the name.
+    by_slot: Vec<Option<Arc<Upstream>>>,
 }
 
-impl ServerSpec {
-    /// Resolves `config.addr` (blocking; for start-up and the CLI).
-    pub fn resolve(config: ServerConfig) -> Result<ServerSpec, TableError> {
-        let sockaddr = resolve(&config.addr)?;
-        Ok(ServerSpec { config, sockaddr })
+impl TableSnapshot {
+    #[inline]
+    pub fn by_slot(&self, slot: usize) -> Option<&Arc<Upstream>> {
+        self.by_slot.get(slot).and_then(Option::as_ref)
     }
-}
-
-/// How a command names a server: by its stable id or by its `addr`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerRef {
-    Id(u32),
-    Addr(String),
-}
-
-impl std::fmt::Display for ServerRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServerRef::Id(id) => write!(f, "id {id}"),
-            ServerRef::Addr(a) => f.write_str(a),
-        }
-    }
-}
-
-/// One change to the table. Every door (API, compatibility layers, state replay)
-/// translates its input into these.
-#[derive(Debug, Clone)]
-pub enum Command {
-    Add {
-        upstream: String,
-        server: ServerSpec,
-    },
-    Remove {
-        upstream: String,
-        server: ServerRef,
-    },
-    SetState {
-        upstream: String,
-        server: ServerRef,
-        state: AdminState,
-    },
-    SetWeight {
-        upstream: String,
-        server: ServerRef,
-        weight: u32,
-    },
-    SetMaxConns {
-        upstream: String,
-        server: ServerRef,
-        max_conns: u32,
-    },
-}
-
-impl Command {
-    fn upstream(&self) -> &str {
-        match self {
-            Command::Add { upstream, .. }
-            | Command::Remove { upstream, .. }
-            | Command::SetState { upstream, .. }
-            | Command::SetWeight { upstream, .. }
-            | Command::SetMaxConns { upstream, .. } => upstream,
-        }
-    }
-}
-
-/// Why a change was refused. A refused change leaves the table as it was.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TableError {
-    #[error("no upstream named {0:?}")]
-    UnknownUpstream(String),
-    #[error("upstream {upstream:?} has no server {server}")]
-    UnknownServer { upstream: String, server: String },
-    #[error("upstream {upstream:?} already has a server {addr}")]
-    DuplicateServer { upstream: String, addr: String },
-    #[error("weight {0} out of range 1..=1000")]
-    BadWeight(u32),
-    #[error("cannot resolve server address {addr:?}: {reason}")]
-    Resolve { addr: String, reason: String },
 }
 
 struct Writer {
     /// Next id per upstream; ids are never reused.
     next_id: BTreeMap<String, u32>,
+    /// Config upstreams deleted through the API.
+    deleted: BTreeSet<String>,
+    /// Route slots by upstream name (a name keeps its slot for the process's life).
+    slots: BTreeMap<String, usize>,
 }
 
 /// Every upstream, and the one place that changes them.
 pub struct Table {
-    upstreams: BTreeMap<String, Arc<Upstream>>,
+    current: ArcSwap<TableSnapshot>,
     writer: Mutex<Writer>,
+    store: Option<Arc<dyn StateStore>>,
+    events: broadcast::Sender<Event>,
+    event_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table")
-            .field("upstreams", &self.upstreams.keys())
+            .field("upstreams", &self.current.load().upstreams.keys())
+            .field("store", &self.store)
             .finish()
     }
+}
+
+/// An upstream as start-up assembles it: settings, (id, server, state), next id.
+type StartDraft = (UpstreamSettings, Vec<(u32, ServerSpec, AdminState)>, u32);
+
+/// Why the table could not be built at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Table(#[from] TableError),
+    #[error("state file {path}: {reason}")]
+    BadState { path: String, reason: String },
 }
 
 fn new_server(id: u32, spec: &ServerSpec, keepalive: KeepaliveConfig) -> Server {
@@ -172,102 +154,262 @@ fn new_server(id: u32, spec: &ServerSpec, keepalive: KeepaliveConfig) -> Server 
     }
 }
 
-/// Resolves `host:port`; an IP literal needs no lookup. The first address wins.
-pub fn resolve(addr: &str) -> Result<SocketAddr, TableError> {
-    if let Ok(sa) = addr.parse() {
-        return Ok(sa);
+fn build_upstream(
+    name: &str,
+    settings: UpstreamSettings,
+    generation: u64,
+    servers: Vec<Arc<Server>>,
+) -> Arc<Upstream> {
+    Arc::new(Upstream {
+        name: name.to_string(),
+        snapshot: Snapshot::build(settings.balance, generation, servers),
+        settings,
+    })
+}
+
+/// One upstream as a batch is building it.
+struct Draft {
+    settings: UpstreamSettings,
+    servers: Vec<Arc<Server>>,
+}
+
+fn check_backup(settings: &UpstreamSettings, backup: bool) -> Result<(), TableError> {
+    match settings.balance {
+        Balance::Hash | Balance::IpHash if backup => {
+            Err(TableError::BackupWithHash(settings.balance.as_str()))
+        }
+        _ => Ok(()),
     }
-    let err = |reason: String| TableError::Resolve {
-        addr: addr.to_string(),
-        reason,
-    };
-    addr.to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
-        .next()
-        .ok_or_else(|| err("no address found".into()))
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 impl Table {
-    /// Builds the table from a validated configuration, resolving host names.
+    /// Builds the table from a validated configuration, resolving host names; no
+    /// state store.
     pub fn from_config(config: &Config) -> Result<Table, TableError> {
-        let mut specs = BTreeMap::new();
-        for (name, up) in &config.upstreams {
-            let servers = up
-                .servers
-                .iter()
-                .map(|s| ServerSpec::resolve(s.clone()))
-                .collect::<Result<Vec<_>, _>>()?;
-            specs.insert(name.clone(), servers);
-        }
-        Ok(Table::from_resolved(config, specs))
+        Table::open(config, None).map_err(|e| match e {
+            OpenError::Table(t) => t,
+            other => TableError::Store(other.to_string()),
+        })
     }
 
-    fn from_resolved(config: &Config, specs: BTreeMap<String, Vec<ServerSpec>>) -> Table {
-        let mut upstreams = BTreeMap::new();
-        let mut next_id = BTreeMap::new();
+    /// Builds the table from `config` and, when `store` holds a saved state, from
+    /// that: the saved servers of an upstream win over the config's list (as NGINX
+    /// Plus's `state` file), upstreams created through the API come back, and
+    /// config upstreams deleted through the API stay deleted.
+    pub fn open(config: &Config, store: Option<Arc<dyn StateStore>>) -> Result<Table, OpenError> {
+        let saved = match &store {
+            Some(s) => s.load()?,
+            None => None,
+        };
+        let mut drafts: BTreeMap<String, StartDraft> = BTreeMap::new();
+        let deleted = saved
+            .as_ref()
+            .map(|d| d.deleted.clone())
+            .unwrap_or_default();
         for (name, up) in &config.upstreams {
-            let settings = UpstreamSettings {
-                balance: up.balance,
-                hash_key: up.hash_key.clone(),
-                keepalive: up.keepalive,
-                timeouts: up.timeouts,
-                retry: up.retry,
-            };
-            let servers: Vec<Arc<Server>> = specs
-                .get(name)
-                .map(|list| {
-                    list.iter()
-                        .enumerate()
-                        .map(|(i, spec)| Arc::new(new_server(i as u32, spec, up.keepalive)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            next_id.insert(name.clone(), servers.len() as u32);
-            let snapshot = Snapshot::build(up.balance, 1, servers);
-            upstreams.insert(
+            if deleted.contains(name) {
+                continue;
+            }
+            let mut servers = Vec::new();
+            for (i, s) in up.servers.iter().enumerate() {
+                let spec = ServerSpec::resolve(s.clone())?;
+                let state = if s.down {
+                    AdminState::Down
+                } else {
+                    AdminState::Up
+                };
+                servers.push((i as u32, spec, state));
+            }
+            let n = servers.len() as u32;
+            drafts.insert(
                 name.clone(),
-                Arc::new(Upstream {
-                    name: name.clone(),
-                    settings,
-                    snapshot: ArcSwap::from_pointee(snapshot),
-                }),
+                (UpstreamSettings::from_config(up), servers, n),
             );
         }
-        Table {
-            upstreams,
-            writer: Mutex::new(Writer { next_id }),
+        if let Some(doc) = &saved {
+            let path = store.as_ref().map(|s| s.describe()).unwrap_or_default();
+            for (name, up) in &doc.upstreams {
+                let bad = |reason: String| OpenError::BadState {
+                    path: path.clone(),
+                    reason: format!("upstream {name:?}: {reason}"),
+                };
+                let settings = match config.upstreams.get(name) {
+                    Some(c) => UpstreamSettings::from_config(c),
+                    None => super::persist::settings_from_state(&up.settings).map_err(bad)?,
+                };
+                let mut servers = Vec::new();
+                for s in &up.servers {
+                    let (config, state) = super::persist::server_from_state(s);
+                    servers.push((s.id, ServerSpec::resolve(config)?, state));
+                }
+                let next = up
+                    .next_id
+                    .max(servers.iter().map(|(id, ..)| id + 1).max().unwrap_or(0));
+                drafts.insert(name.clone(), (settings, servers, next));
+            }
         }
+
+        let mut slots = BTreeMap::new();
+        let mut upstreams = BTreeMap::new();
+        let mut next_id = BTreeMap::new();
+        for (name, (settings, specs, next)) in drafts {
+            let servers = specs
+                .iter()
+                .map(|(id, spec, state)| {
+                    let mut s = new_server(*id, spec, settings.keepalive);
+                    s.state = *state;
+                    Arc::new(s)
+                })
+                .collect();
+            slots.insert(name.clone(), slots.len());
+            next_id.insert(name.clone(), next);
+            upstreams.insert(name.clone(), build_upstream(&name, settings, 1, servers));
+        }
+        // Routes may name upstreams that do not exist (yet): give them slots too.
+        for l in &config.listeners {
+            for r in &l.routes {
+                let n = slots.len();
+                slots.entry(r.upstream.clone()).or_insert(n);
+            }
+        }
+        let by_slot = slot_vec(&slots, &upstreams);
+        let (events, _) = broadcast::channel(1024);
+        Ok(Table {
+            current: ArcSwap::from_pointee(TableSnapshot {
+                generation: 1,
+                upstreams,
+                by_slot,
+            }),
+            writer: Mutex::new(Writer {
+                next_id,
+                deleted,
+                slots,
+            }),
+            store,
+            events,
+            event_seq: AtomicU64::new(0),
+        })
     }
 
-    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.upstreams.get(name)
+    /// The current table. Cheap and lock-free.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<TableSnapshot>> {
+        self.current.load()
     }
 
-    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.upstreams.values()
+    /// The current version of one upstream.
+    pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.current.load().upstreams.get(name).cloned()
     }
 
-    /// Applies `commands` all together or not at all, and returns once every
-    /// affected upstream's new snapshot is published. Returns the server each
-    /// command touched, as it is after the change (a removed server as it was).
+    /// The route slot of an upstream name: stable for the life of the process,
+    /// whether or not the upstream exists now.
+    pub fn slot(&self, name: &str) -> usize {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = w.slots.len();
+        let slot = *w.slots.entry(name.to_string()).or_insert(n);
+        drop(w);
+        slot
+    }
+
+    /// Follows every change made from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Where changes are saved, if anywhere.
+    pub fn store(&self) -> Option<&Arc<dyn StateStore>> {
+        self.store.as_ref()
+    }
+
+    /// [`Table::apply_as`] on behalf of the process itself.
     pub fn apply(&self, commands: &[Command]) -> Result<Vec<Arc<Server>>, TableError> {
-        // A poisoned lock means a writer panicked between building and
-        // publishing; what is published is still consistent, so go on.
+        self.apply_as(commands, "internal")
+    }
+
+    /// Applies `commands` all together or not at all: the result is saved to the
+    /// state store, then published in one swap, and only then does this return. A
+    /// request that starts afterwards, on any thread, routes by the change.
+    /// Returns the server each server command touched, as it is after the change
+    /// (a removed server as it was).
+    pub fn apply_as(
+        &self,
+        commands: &[Command],
+        origin: &str,
+    ) -> Result<Vec<Arc<Server>>, TableError> {
+        // A poisoned lock means a writer panicked before publishing; what is
+        // published is still consistent, so go on.
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
         let mut next_id = writer.next_id.clone();
-        let mut working: BTreeMap<&str, Vec<Arc<Server>>> = BTreeMap::new();
-        let mut touched = Vec::with_capacity(commands.len());
+        let mut deleted = writer.deleted.clone();
+        // Upstreams this batch changes: `None` = deleted.
+        let mut drafts: BTreeMap<String, Option<Draft>> = BTreeMap::new();
+        let mut touched = Vec::new();
         let mut closed: Vec<Arc<Server>> = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        let event = |upstream: &str,
+                     server: Option<&Server>,
+                     change: &str,
+                     old: Option<String>,
+                     new: Option<String>| Event {
+            seq: 0,
+            time: String::new(),
+            origin: origin.to_string(),
+            upstream: upstream.to_string(),
+            server: server.map(|s| s.addr.clone()),
+            id: server.map(|s| s.id),
+            change: change.to_string(),
+            old,
+            new,
+        };
 
         for cmd in commands {
             let name = cmd.upstream();
-            let upstream = self
-                .upstreams
-                .get(name)
-                .ok_or_else(|| TableError::UnknownUpstream(name.to_string()))?;
-            let list = working
-                .entry(upstream.name.as_str())
-                .or_insert_with(|| upstream.snapshot().servers.clone());
+            match cmd {
+                Command::CreateUpstream {
+                    settings, servers, ..
+                } => {
+                    let exists = match drafts.get(name) {
+                        Some(d) => d.is_some(),
+                        None => current.upstreams.contains_key(name),
+                    };
+                    if exists {
+                        return Err(TableError::UpstreamExists(name.to_string()));
+                    }
+                    let mut list: Vec<Arc<Server>> = Vec::new();
+                    for (i, spec) in servers.iter().enumerate() {
+                        validate_new(name, settings, &list, spec)?;
+                        list.push(Arc::new(new_server(i as u32, spec, settings.keepalive)));
+                    }
+                    next_id.insert(name.to_string(), list.len() as u32);
+                    deleted.remove(name);
+                    events.push(event(name, None, "upstream_created", None, None));
+                    drafts.insert(
+                        name.to_string(),
+                        Some(Draft {
+                            settings: settings.clone(),
+                            servers: list,
+                        }),
+                    );
+                    continue;
+                }
+                Command::DeleteUpstream { .. } => {
+                    let draft = draft_mut(&mut drafts, &current, name)?;
+                    closed.append(&mut draft.servers);
+                    drafts.insert(name.to_string(), None);
+                    deleted.insert(name.to_string());
+                    next_id.remove(name);
+                    events.push(event(name, None, "upstream_deleted", None, None));
+                    continue;
+                }
+                _ => {}
+            }
+            let draft = draft_mut(&mut drafts, &current, name)?;
             let find = |list: &[Arc<Server>], r: &ServerRef| {
                 list.iter()
                     .position(|s| match r {
@@ -281,82 +423,110 @@ impl Table {
             };
             match cmd {
                 Command::Add { server, .. } => {
-                    if !(1..=1000).contains(&server.config.weight) {
-                        return Err(TableError::BadWeight(server.config.weight));
-                    }
-                    if list.iter().any(|s| s.addr == server.config.addr) {
-                        return Err(TableError::DuplicateServer {
-                            upstream: name.to_string(),
-                            addr: server.config.addr.clone(),
-                        });
-                    }
+                    validate_new(name, &draft.settings, &draft.servers, server)?;
                     let id = next_id.entry(name.to_string()).or_insert(0);
-                    let new = Arc::new(new_server(*id, server, upstream.settings.keepalive));
+                    let new = Arc::new(new_server(*id, server, draft.settings.keepalive));
                     *id += 1;
-                    list.push(Arc::clone(&new));
+                    events.push(event(
+                        name,
+                        Some(&new),
+                        "server_added",
+                        None,
+                        Some(new.state.as_str().into()),
+                    ));
+                    draft.servers.push(Arc::clone(&new));
                     touched.push(new);
                 }
                 Command::Remove { server, .. } => {
-                    let i = find(list, server)?;
-                    let old = list.remove(i);
+                    let i = find(&draft.servers, server)?;
+                    let old = draft.servers.remove(i);
+                    events.push(event(
+                        name,
+                        Some(&old),
+                        "server_removed",
+                        Some(old.state.as_str().into()),
+                        None,
+                    ));
                     closed.push(Arc::clone(&old));
                     touched.push(old);
                 }
-                Command::SetState { server, state, .. } => {
-                    let i = find(list, server)?;
-                    let mut s = list[i].clone_settings();
-                    s.state = *state;
-                    let s = Arc::new(s);
-                    if *state != AdminState::Up {
-                        closed.push(Arc::clone(&s));
+                other => {
+                    let Some((server, patch)) = other.as_patch() else {
+                        continue;
+                    };
+                    let i = find(&draft.servers, server)?;
+                    let old = &draft.servers[i];
+                    let new = Arc::new(patched(old, &patch, &draft.settings)?);
+                    for (change, was, now) in diff(old, &new) {
+                        events.push(event(name, Some(&new), change, Some(was), Some(now)));
                     }
-                    list[i] = Arc::clone(&s);
-                    touched.push(s);
-                }
-                Command::SetWeight { server, weight, .. } => {
-                    if !(1..=1000).contains(weight) {
-                        return Err(TableError::BadWeight(*weight));
+                    if new.state != AdminState::Up {
+                        closed.push(Arc::clone(&new));
                     }
-                    let i = find(list, server)?;
-                    let mut s = list[i].clone_settings();
-                    s.weight = *weight;
-                    let s = Arc::new(s);
-                    list[i] = Arc::clone(&s);
-                    touched.push(s);
-                }
-                Command::SetMaxConns {
-                    server, max_conns, ..
-                } => {
-                    let i = find(list, server)?;
-                    let mut s = list[i].clone_settings();
-                    s.max_conns = *max_conns;
-                    let s = Arc::new(s);
-                    list[i] = Arc::clone(&s);
-                    touched.push(s);
+                    draft.servers[i] = Arc::clone(&new);
+                    touched.push(new);
                 }
             }
         }
 
-        for (name, servers) in working {
-            if let Some(upstream) = self.upstreams.get(name) {
-                let generation = upstream.snapshot().generation + 1;
-                let next = Snapshot::build(upstream.settings.balance, generation, servers);
-                upstream.snapshot.store(Arc::new(next));
+        if drafts.is_empty() {
+            return Ok(touched);
+        }
+        let generation = current.generation + 1;
+        let mut upstreams = current.upstreams.clone();
+        for (name, draft) in drafts {
+            match draft {
+                Some(d) => {
+                    upstreams.insert(
+                        name.clone(),
+                        build_upstream(&name, d.settings, generation, d.servers),
+                    );
+                }
+                None => {
+                    upstreams.remove(&name);
+                }
             }
         }
+        for name in upstreams.keys() {
+            let n = writer.slots.len();
+            writer.slots.entry(name.clone()).or_insert(n);
+        }
+
+        // Durable before visible: if the store refuses, nothing changes.
+        if let Some(store) = &self.store {
+            let doc = super::persist::to_doc(&upstreams, &next_id, &deleted);
+            store
+                .save(&doc)
+                .map_err(|e| TableError::Store(e.to_string()))?;
+        }
+        let by_slot = slot_vec(&writer.slots, &upstreams);
+        self.current.store(Arc::new(TableSnapshot {
+            generation,
+            upstreams,
+            by_slot,
+        }));
         writer.next_id = next_id;
+        writer.deleted = deleted;
         drop(writer);
+
         // After publishing: no new request can pick these any more, so their idle
         // connections will not be wanted. In-flight ones finish on their own.
         for server in closed {
             server.runtime.pool.clear();
+        }
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        for mut e in events {
+            e.seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            e.time.clone_from(&time);
+            info!(origin = %e.origin, upstream = %e.upstream, server = ?e.server, change = %e.change, old = ?e.old, new = ?e.new, "table change");
+            let _ = self.events.send(e);
         }
         Ok(touched)
     }
 
     /// Closes idle connections that timed out, on every server.
     pub fn sweep_idle(&self) {
-        for upstream in self.upstreams.values() {
+        for upstream in self.current.load().upstreams.values() {
             for server in &upstream.snapshot().servers {
                 server.runtime.pool.sweep();
             }
@@ -364,253 +534,123 @@ impl Table {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::upstream::Tried;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    fn table(addrs: &[&str]) -> Table {
-        let servers = addrs.iter().map(|a| ServerConfig::new(*a)).collect();
-        Table::from_config(&Config::single_upstream(
-            "127.0.0.1:0".parse().unwrap(),
-            servers,
-        ))
-        .unwrap()
-    }
-
-    fn spec(addr: &str) -> ServerSpec {
-        ServerSpec::resolve(ServerConfig::new(addr)).unwrap()
-    }
-
-    fn set(server: ServerRef, state: AdminState) -> Command {
-        Command::SetState {
-            upstream: "default".into(),
-            server,
-            state,
+/// The batch's draft of an upstream, starting from the published one.
+fn draft_mut<'a>(
+    drafts: &'a mut BTreeMap<String, Option<Draft>>,
+    current: &TableSnapshot,
+    name: &str,
+) -> Result<&'a mut Draft, TableError> {
+    let unknown = || TableError::UnknownUpstream(name.to_string());
+    let slot = match drafts.entry(name.to_string()) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let u = current.upstreams.get(name).ok_or_else(unknown)?;
+            v.insert(Some(Draft {
+                settings: u.settings.clone(),
+                servers: u.snapshot().servers.clone(),
+            }))
         }
-    }
-
-    #[test]
-    fn ids_are_stable_and_never_reused() {
-        let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
-        let removed = t
-            .apply(&[Command::Remove {
-                upstream: "default".into(),
-                server: ServerRef::Id(1),
-            }])
-            .unwrap();
-        assert_eq!(removed[0].addr, "127.0.0.1:2");
-        let added = t
-            .apply(&[Command::Add {
-                upstream: "default".into(),
-                server: spec("127.0.0.1:2"),
-            }])
-            .unwrap();
-        assert_eq!(
-            added[0].id, 2,
-            "a removed server's id is not handed out again"
-        );
-        let snap = t.upstream("default").unwrap().snapshot();
-        let ids: Vec<u32> = snap.servers.iter().map(|s| s.id).collect();
-        assert_eq!(ids, vec![0, 2]);
-    }
-
-    #[test]
-    fn counters_survive_a_swap() {
-        let t = table(&["127.0.0.1:1"]);
-        let before = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
-        before.runtime.stats.requests.store(41, Ordering::Relaxed);
-        t.apply(&[Command::SetWeight {
-            upstream: "default".into(),
-            server: ServerRef::Addr("127.0.0.1:1".into()),
-            weight: 5,
-        }])
-        .unwrap();
-        let after = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
-        assert_eq!(after.weight, 5);
-        assert_eq!(after.runtime.stats.requests.load(Ordering::Relaxed), 41);
-        assert!(Arc::ptr_eq(&before.runtime, &after.runtime));
-    }
-
-    #[test]
-    fn a_batch_with_one_bad_command_changes_nothing() {
-        let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
-        let generation = t.upstream("default").unwrap().snapshot().generation;
-        let err = t
-            .apply(&[
-                set(ServerRef::Id(0), AdminState::Down),
-                set(ServerRef::Addr("127.0.0.1:9".into()), AdminState::Down),
-            ])
-            .unwrap_err();
-        assert_eq!(
-            err,
-            TableError::UnknownServer {
-                upstream: "default".into(),
-                server: "127.0.0.1:9".into()
-            }
-        );
-        let snap = t.upstream("default").unwrap().snapshot();
-        assert_eq!(snap.generation, generation);
-        assert!(snap.servers.iter().all(|s| s.state == AdminState::Up));
-        // Same for a bad weight, an unknown upstream and a duplicate add.
-        for bad in [
-            Command::SetWeight {
-                upstream: "default".into(),
-                server: ServerRef::Id(0),
-                weight: 1001,
-            },
-            Command::Remove {
-                upstream: "nope".into(),
-                server: ServerRef::Id(0),
-            },
-            Command::Add {
-                upstream: "default".into(),
-                server: spec("127.0.0.1:1"),
-            },
-        ] {
-            assert!(
-                t.apply(&[set(ServerRef::Id(1), AdminState::Drain), bad])
-                    .is_err()
-            );
-        }
-        assert_eq!(
-            t.upstream("default").unwrap().snapshot().generation,
-            generation
-        );
-    }
-
-    #[test]
-    fn down_and_drained_servers_are_not_picked_and_backups_serve_only_when_no_primary_is_eligible()
-    {
-        let mut cfg = Config::single_upstream(
-            "127.0.0.1:0".parse().unwrap(),
-            vec![
-                ServerConfig::new("127.0.0.1:1"),
-                ServerConfig::new("127.0.0.1:2"),
-            ],
-        );
-        let mut backup = ServerConfig::new("127.0.0.1:3");
-        backup.backup = true;
-        if let Some(u) = cfg.upstreams.get_mut("default") {
-            u.servers.push(backup);
-        }
-        let t = Table::from_config(&cfg).unwrap();
-        let up = t.upstream("default").unwrap();
-        let pick = || {
-            up.snapshot()
-                .pick(None, &Tried::default(), 1)
-                .map(|l| l.server().id)
-        };
-        assert_ne!(pick(), Some(2));
-        t.apply(&[set(ServerRef::Id(0), AdminState::Down)]).unwrap();
-        assert_eq!(pick(), Some(1));
-        t.apply(&[set(ServerRef::Id(1), AdminState::Drain)])
-            .unwrap();
-        assert_eq!(
-            pick(),
-            Some(2),
-            "the backup serves when no primary is eligible"
-        );
-        t.apply(&[set(ServerRef::Id(1), AdminState::Up)]).unwrap();
-        assert_eq!(pick(), Some(1), "and hands back when one returns");
-        t.apply(&[
-            set(ServerRef::Id(2), AdminState::Down),
-            set(ServerRef::Id(1), AdminState::Down),
-        ])
-        .unwrap();
-        assert_eq!(pick(), None);
-    }
-
-    #[test]
-    fn max_conns_caps_leases() {
-        let t = table(&["127.0.0.1:1"]);
-        t.apply(&[Command::SetMaxConns {
-            upstream: "default".into(),
-            server: ServerRef::Id(0),
-            max_conns: 2,
-        }])
-        .unwrap();
-        let snap = t.upstream("default").unwrap().snapshot();
-        let a = snap.pick(None, &Tried::default(), 1);
-        let b = snap.pick(None, &Tried::default(), 1);
-        assert!(a.is_some() && b.is_some());
-        assert!(snap.pick(None, &Tried::default(), 1).is_none());
-        drop(a);
-        assert!(snap.pick(None, &Tried::default(), 1).is_some());
-    }
-
-    /// The linearizability promise: once `apply` has returned, no pick that starts
-    /// afterwards, on any thread, selects the server it set down.
-    #[test]
-    fn no_pick_after_apply_returns_selects_a_server_set_down() {
-        let addrs: Vec<String> = (1..=4).map(|p| format!("127.0.0.1:{p}")).collect();
-        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        let t = Arc::new(table(&refs));
-        const ROUNDS: u32 = 200;
-        // `fence` holds `generation << 8 | id` of the last completed apply: the
-        // snapshot generation it published and the server it set down.
-        let fence = Arc::new(AtomicU64::new(u64::MAX));
-        let stop = Arc::new(AtomicBool::new(false));
-        let violations = Arc::new(AtomicU64::new(0));
-        let picks = Arc::new(AtomicU64::new(0));
-        let workers: Vec<_> = (0..8)
-            .map(|_| {
-                let (t, fence, stop, violations, picks) = (
-                    Arc::clone(&t),
-                    Arc::clone(&fence),
-                    Arc::clone(&stop),
-                    Arc::clone(&violations),
-                    Arc::clone(&picks),
-                );
-                std::thread::spawn(move || {
-                    let up = Arc::clone(t.upstream("default").unwrap());
-                    while !stop.load(Ordering::SeqCst) {
-                        let f = fence.load(Ordering::SeqCst);
-                        let snap = up.snapshot();
-                        let lease = snap.pick(None, &Tried::default(), 1);
-                        if f == u64::MAX {
-                            continue;
-                        }
-                        let (published, down) = (f >> 8, f & 0xff);
-                        // A pick that starts after apply returned must see that
-                        // snapshot or a later one...
-                        if snap.generation < published {
-                            violations.fetch_add(1, Ordering::SeqCst);
-                        }
-                        if let Some(lease) = lease {
-                            picks.fetch_add(1, Ordering::Relaxed);
-                            // ...and in that snapshot, not the server it set down.
-                            if snap.generation == published && u64::from(lease.server().id) == down
-                            {
-                                violations.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for round in 0..ROUNDS {
-            let id = round % 4;
-            let prev = (round + 3) % 4;
-            t.apply(&[
-                set(ServerRef::Id(prev), AdminState::Up),
-                set(ServerRef::Id(id), AdminState::Down),
-            ])
-            .unwrap();
-            let published = t.upstream("default").unwrap().snapshot().generation;
-            fence.store(published << 8 | u64::from(id), Ordering::SeqCst);
-            // Let the workers pick a while under this table.
-            let seen = picks.load(Ordering::Relaxed);
-            while picks.load(Ordering::Relaxed) < seen + 200 {
-                std::hint::spin_loop();
-            }
-        }
-        stop.store(true, Ordering::SeqCst);
-        for w in workers {
-            w.join().unwrap();
-        }
-        assert_eq!(violations.load(Ordering::SeqCst), 0);
-        assert!(picks.load(Ordering::Relaxed) >= u64::from(ROUNDS) * 200);
-    }
+    };
+    slot.as_mut().ok_or_else(unknown)
 }
+
+fn validate_new(
+    upstream: &str,
+    settings: &UpstreamSettings,
+    list: &[Arc<Server>],
+    spec: &ServerSpec,
+) -> Result<(), TableError> {
+    if !(1..=1000).contains(&spec.config.weight) {
+        return Err(TableError::BadWeight(spec.config.weight));
+    }
+    check_backup(settings, spec.config.backup)?;
+    if list.iter().any(|s| s.addr == spec.config.addr) {
+        return Err(TableError::DuplicateServer {
+            upstream: upstream.to_string(),
+            addr: spec.config.addr.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn patched(
+    old: &Server,
+    p: &ServerPatch,
+    settings: &UpstreamSettings,
+) -> Result<Server, TableError> {
+    let mut s = old.clone_settings();
+    if let Some(w) = p.weight {
+        if !(1..=1000).contains(&w) {
+            return Err(TableError::BadWeight(w));
+        }
+        s.weight = w;
+    }
+    if let Some(b) = p.backup {
+        check_backup(settings, b)?;
+        s.backup = b;
+    }
+    if let Some(v) = p.state {
+        s.state = v;
+    }
+    if let Some(v) = p.max_conns {
+        s.max_conns = v;
+    }
+    if let Some(v) = p.max_fails {
+        s.max_fails = v;
+    }
+    if let Some(v) = p.fail_timeout {
+        s.fail_timeout = v;
+    }
+    if let Some(v) = p.slow_start {
+        s.slow_start = v;
+    }
+    Ok(s)
+}
+
+/// What differs between two versions of a server: (field, old, new).
+fn diff(a: &Server, b: &Server) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    let mut cmp = |field: &'static str, x: String, y: String| {
+        if x != y {
+            out.push((field, x, y));
+        }
+    };
+    cmp("state", a.state.as_str().into(), b.state.as_str().into());
+    cmp("weight", a.weight.to_string(), b.weight.to_string());
+    cmp(
+        "max_conns",
+        a.max_conns.to_string(),
+        b.max_conns.to_string(),
+    );
+    cmp(
+        "max_fails",
+        a.max_fails.to_string(),
+        b.max_fails.to_string(),
+    );
+    cmp(
+        "fail_timeout",
+        fmt_duration(a.fail_timeout),
+        fmt_duration(b.fail_timeout),
+    );
+    cmp(
+        "slow_start",
+        fmt_duration(a.slow_start),
+        fmt_duration(b.slow_start),
+    );
+    cmp("backup", a.backup.to_string(), b.backup.to_string());
+    out
+}
+
+fn slot_vec(
+    slots: &BTreeMap<String, usize>,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+) -> Vec<Option<Arc<Upstream>>> {
+    let mut v = vec![None; slots.len()];
+    for (name, &slot) in slots {
+        v[slot] = upstreams.get(name).cloned();
+    }
+    v
+}
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

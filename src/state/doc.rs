@@ -1,0 +1,78 @@
+//! The saved form of the table: plain serde types, versioned, independent of the
+//! runtime types so that the file format changes only on purpose.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::upstream::AdminState;
+
+/// Version of the format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDoc {
+    pub version: u32,
+    /// Every upstream the table has, by name.
+    pub upstreams: BTreeMap<String, UpstreamState>,
+    /// Upstreams of the config file that were deleted through the API (so a
+    /// restart does not bring them back).
+    #[serde(default)]
+    pub deleted: BTreeSet<String>,
+}
+
+impl StateDoc {
+    pub fn new() -> StateDoc {
+        StateDoc {
+            version: FORMAT_VERSION,
+            upstreams: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+        }
+    }
+}
+
+impl Default for StateDoc {
+    fn default() -> Self {
+        StateDoc::new()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamState {
+    pub settings: SettingsState,
+    /// The id the next added server gets (ids are never reused).
+    pub next_id: u32,
+    pub servers: Vec<ServerState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsState {
+    pub balance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    pub keepalive: usize,
+    pub keepalive_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub send_timeout_ms: u64,
+    pub retry_tries: u32,
+    pub retry_timeout_ms: u64,
+    pub retry_non_idempotent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerState {
+    pub id: u32,
+    pub addr: String,
+    pub weight: u32,
+    pub max_conns: u32,
+    pub max_fails: u32,
+    pub fail_timeout_ms: u64,
+    pub slow_start_ms: u64,
+    pub backup: bool,
+    pub state: AdminState,
+}

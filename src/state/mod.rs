@@ -1,0 +1,40 @@
+//! Durable state: what the table looks like, kept so that a restart comes back
+//! with every change operators made.
+//!
+//! The table hands the whole next state to a [`StateStore`] *before* it publishes a
+//! change; a store that cannot save makes the change fail, so memory and disk never
+//! disagree. Today's store is a file ([`FileStore`]); a distributed store plugs in
+//! behind the same trait. This module knows nothing of snapshots, pools or HTTP.
+
+mod doc;
+mod file;
+
+pub use doc::{ServerState, SettingsState, StateDoc, UpstreamState};
+pub use file::FileStore;
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is not valid: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where the table's state is kept.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// The saved state, or `None` when nothing was ever saved.
+    fn load(&self) -> Result<Option<StateDoc>, StateError>;
+    /// Saves `doc` durably; returns only once it would survive a crash.
+    fn save(&self, doc: &StateDoc) -> Result<(), StateError>;
+    /// Where the state lives, for messages.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,487 @@
+//! Tests of the table's writer: ids, swaps, batches, linearizability.
+
+use super::*;
+use crate::config::ServerConfig;
+use crate::upstream::Tried;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+fn table(addrs: &[&str]) -> Table {
+    let servers = addrs.iter().map(|a| ServerConfig::new(*a)).collect();
+    Table::from_config(&Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        servers,
+    ))
+    .unwrap()
+}
+
+fn spec(addr: &str) -> ServerSpec {
+    ServerSpec::resolve(ServerConfig::new(addr)).unwrap()
+}
+
+fn set(server: ServerRef, state: AdminState) -> Command {
+    Command::SetState {
+        upstream: "default".into(),
+        server,
+        state,
+    }
+}
+
+#[test]
+fn ids_are_stable_and_never_reused() {
+    let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let removed = t
+        .apply(&[Command::Remove {
+            upstream: "default".into(),
+            server: ServerRef::Id(1),
+        }])
+        .unwrap();
+    assert_eq!(removed[0].addr, "127.0.0.1:2");
+    let added = t
+        .apply(&[Command::Add {
+            upstream: "default".into(),
+            server: spec("127.0.0.1:2"),
+        }])
+        .unwrap();
+    assert_eq!(
+        added[0].id, 2,
+        "a removed server's id is not handed out again"
+    );
+    let up = t.upstream("default").unwrap();
+    let snap = up.snapshot();
+    let ids: Vec<u32> = snap.servers.iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![0, 2]);
+}
+
+#[test]
+fn counters_survive_a_swap() {
+    let t = table(&["127.0.0.1:1"]);
+    let before = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
+    before.runtime.stats.requests.store(41, Ordering::Relaxed);
+    t.apply(&[Command::SetWeight {
+        upstream: "default".into(),
+        server: ServerRef::Addr("127.0.0.1:1".into()),
+        weight: 5,
+    }])
+    .unwrap();
+    let after = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
+    assert_eq!(after.weight, 5);
+    assert_eq!(after.runtime.stats.requests.load(Ordering::Relaxed), 41);
+    assert!(Arc::ptr_eq(&before.runtime, &after.runtime));
+}
+
+#[test]
+fn a_batch_with_one_bad_command_changes_nothing() {
+    let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let generation = t.upstream("default").unwrap().snapshot().generation;
+    let err = t
+        .apply(&[
+            set(ServerRef::Id(0), AdminState::Down),
+            set(ServerRef::Addr("127.0.0.1:9".into()), AdminState::Down),
+        ])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        TableError::UnknownServer {
+            upstream: "default".into(),
+            server: "127.0.0.1:9".into()
+        }
+    );
+    let up = t.upstream("default").unwrap();
+    let snap = up.snapshot();
+    assert_eq!(snap.generation, generation);
+    assert!(snap.servers.iter().all(|s| s.state == AdminState::Up));
+    // Same for a bad weight, an unknown upstream and a duplicate add.
+    for bad in [
+        Command::SetWeight {
+            upstream: "default".into(),
+            server: ServerRef::Id(0),
+            weight: 1001,
+        },
+        Command::Remove {
+            upstream: "nope".into(),
+            server: ServerRef::Id(0),
+        },
+        Command::Add {
+            upstream: "default".into(),
+            server: spec("127.0.0.1:1"),
+        },
+    ] {
+        assert!(
+            t.apply(&[set(ServerRef::Id(1), AdminState::Drain), bad])
+                .is_err()
+        );
+    }
+    assert_eq!(
+        t.upstream("default").unwrap().snapshot().generation,
+        generation
+    );
+}
+
+#[test]
+fn down_and_drained_servers_are_not_picked_and_backups_serve_only_when_no_primary_is_eligible() {
+    let mut cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![
+            ServerConfig::new("127.0.0.1:1"),
+            ServerConfig::new("127.0.0.1:2"),
+        ],
+    );
+    let mut backup = ServerConfig::new("127.0.0.1:3");
+    backup.backup = true;
+    if let Some(u) = cfg.upstreams.get_mut("default") {
+        u.servers.push(backup);
+    }
+    let t = Table::from_config(&cfg).unwrap();
+    // Each pick reads the table anew, as each request does.
+    let pick = || {
+        t.upstream("default")
+            .unwrap()
+            .snapshot()
+            .pick(None, &Tried::default(), 1)
+            .map(|l| l.server().id)
+    };
+    assert_ne!(pick(), Some(2));
+    t.apply(&[set(ServerRef::Id(0), AdminState::Down)]).unwrap();
+    assert_eq!(pick(), Some(1));
+    t.apply(&[set(ServerRef::Id(1), AdminState::Drain)])
+        .unwrap();
+    assert_eq!(
+        pick(),
+        Some(2),
+        "the backup serves when no primary is eligible"
+    );
+    t.apply(&[set(ServerRef::Id(1), AdminState::Up)]).unwrap();
+    assert_eq!(pick(), Some(1), "and hands back when one returns");
+    t.apply(&[
+        set(ServerRef::Id(2), AdminState::Down),
+        set(ServerRef::Id(1), AdminState::Down),
+    ])
+    .unwrap();
+    assert_eq!(pick(), None);
+}
+
+#[test]
+fn max_conns_caps_leases() {
+    let t = table(&["127.0.0.1:1"]);
+    t.apply(&[Command::SetMaxConns {
+        upstream: "default".into(),
+        server: ServerRef::Id(0),
+        max_conns: 2,
+    }])
+    .unwrap();
+    let up = t.upstream("default").unwrap();
+    let snap = up.snapshot();
+    let a = snap.pick(None, &Tried::default(), 1);
+    let b = snap.pick(None, &Tried::default(), 1);
+    assert!(a.is_some() && b.is_some());
+    assert!(snap.pick(None, &Tried::default(), 1).is_none());
+    drop(a);
+    assert!(snap.pick(None, &Tried::default(), 1).is_some());
+}
+
+/// The linearizability promise: once `apply` has returned, no pick that starts
+/// afterwards, on any thread, selects the server it set down.
+#[test]
+fn no_pick_after_apply_returns_selects_a_server_set_down() {
+    let addrs: Vec<String> = (1..=4).map(|p| format!("127.0.0.1:{p}")).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let t = Arc::new(table(&refs));
+    const ROUNDS: u32 = 200;
+    // `fence` holds `generation << 8 | id` of the last completed apply: the
+    // snapshot generation it published and the server it set down.
+    let fence = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicU64::new(0));
+    let picks = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (t, fence, stop, violations, picks) = (
+                Arc::clone(&t),
+                Arc::clone(&fence),
+                Arc::clone(&stop),
+                Arc::clone(&violations),
+                Arc::clone(&picks),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let f = fence.load(Ordering::SeqCst);
+                    let table = t.load();
+                    let snap = table.upstreams["default"].snapshot();
+                    let lease = snap.pick(None, &Tried::default(), 1);
+                    if f == u64::MAX {
+                        continue;
+                    }
+                    let (published, down) = (f >> 8, f & 0xff);
+                    // A pick that starts after apply returned must see that
+                    // snapshot or a later one...
+                    if snap.generation < published {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if let Some(lease) = lease {
+                        picks.fetch_add(1, Ordering::Relaxed);
+                        // ...and in that snapshot, not the server it set down.
+                        if snap.generation == published && u64::from(lease.server().id) == down {
+                            violations.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        let id = round % 4;
+        let prev = (round + 3) % 4;
+        t.apply(&[
+            set(ServerRef::Id(prev), AdminState::Up),
+            set(ServerRef::Id(id), AdminState::Down),
+        ])
+        .unwrap();
+        let published = t.load().generation;
+        fence.store(published << 8 | u64::from(id), Ordering::SeqCst);
+        // Let the workers pick a while under this table.
+        let seen = picks.load(Ordering::Relaxed);
+        while picks.load(Ordering::Relaxed) < seen + 200 {
+            std::hint::spin_loop();
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(violations.load(Ordering::SeqCst), 0);
+    assert!(picks.load(Ordering::Relaxed) >= u64::from(ROUNDS) * 200);
+}
+
+#[test]
+fn upstreams_can_be_created_and_deleted_and_routes_keep_their_slot() {
+    let t = table(&["127.0.0.1:1"]);
+    let slot = t.slot("blue");
+    assert!(t.load().by_slot(slot).is_none());
+    t.apply(&[Command::CreateUpstream {
+        name: "blue".into(),
+        settings: UpstreamSettings::default(),
+        servers: vec![spec("127.0.0.1:7"), spec("127.0.0.1:8")],
+    }])
+    .unwrap();
+    let blue = t.load().by_slot(slot).cloned().unwrap();
+    assert_eq!(blue.snapshot().servers.len(), 2);
+    assert_eq!(
+        t.apply(&[Command::CreateUpstream {
+            name: "blue".into(),
+            settings: UpstreamSettings::default(),
+            servers: vec![],
+        }])
+        .unwrap_err(),
+        TableError::UpstreamExists("blue".into())
+    );
+    t.apply(&[Command::DeleteUpstream {
+        name: "blue".into(),
+    }])
+    .unwrap();
+    assert!(t.load().by_slot(slot).is_none());
+    assert_eq!(t.slot("blue"), slot);
+}
+
+#[test]
+fn a_batch_across_upstreams_is_published_in_one_swap() {
+    let t = table(&["127.0.0.1:1"]);
+    let before = t.load().generation;
+    t.apply(&[
+        Command::CreateUpstream {
+            name: "green".into(),
+            settings: UpstreamSettings::default(),
+            servers: vec![spec("127.0.0.1:5")],
+        },
+        set(ServerRef::Id(0), AdminState::Drain),
+        Command::Add {
+            upstream: "green".into(),
+            server: spec("127.0.0.1:6"),
+        },
+    ])
+    .unwrap();
+    let now = t.load();
+    assert_eq!(now.generation, before + 1);
+    assert_eq!(now.upstreams["green"].snapshot().servers.len(), 2);
+    assert_eq!(
+        now.upstreams["default"].snapshot().servers[0].state,
+        AdminState::Drain
+    );
+}
+
+#[test]
+fn patch_changes_several_fields_and_refuses_backup_with_hash() {
+    let t = table(&["127.0.0.1:1"]);
+    let out = t
+        .apply(&[Command::Patch {
+            upstream: "default".into(),
+            server: ServerRef::Id(0),
+            patch: ServerPatch {
+                weight: Some(7),
+                max_fails: Some(4),
+                fail_timeout: Some(Duration::from_secs(3)),
+                backup: Some(true),
+                ..Default::default()
+            },
+        }])
+        .unwrap();
+    assert_eq!(
+        (
+            out[0].weight,
+            out[0].max_fails,
+            out[0].fail_timeout,
+            out[0].backup
+        ),
+        (7, 4, Duration::from_secs(3), true)
+    );
+    let settings = UpstreamSettings {
+        balance: Balance::Hash,
+        hash_key: Some(HashKey::Uri),
+        ..Default::default()
+    };
+    t.apply(&[Command::CreateUpstream {
+        name: "h".into(),
+        settings,
+        servers: vec![spec("127.0.0.1:2")],
+    }])
+    .unwrap();
+    let err = t
+        .apply(&[Command::Patch {
+            upstream: "h".into(),
+            server: ServerRef::Id(0),
+            patch: ServerPatch {
+                backup: Some(true),
+                ..Default::default()
+            },
+        }])
+        .unwrap_err();
+    assert_eq!(err, TableError::BackupWithHash("hash"));
+}
+
+#[test]
+fn every_change_is_an_event_with_old_and_new_in_order() {
+    let t = table(&["127.0.0.1:1"]);
+    let mut rx = t.subscribe();
+    t.apply_as(
+        &[
+            set(ServerRef::Id(0), AdminState::Drain),
+            Command::Add {
+                upstream: "default".into(),
+                server: spec("127.0.0.1:2"),
+            },
+        ],
+        "127.0.0.1:5555",
+    )
+    .unwrap();
+    let a = rx.try_recv().unwrap();
+    let b = rx.try_recv().unwrap();
+    assert_eq!(
+        (a.change.as_str(), a.old.as_deref(), a.new.as_deref()),
+        ("state", Some("up"), Some("drain"))
+    );
+    assert_eq!(a.origin, "127.0.0.1:5555");
+    assert_eq!((b.change.as_str(), b.id), ("server_added", Some(1)));
+    assert_eq!(b.seq, a.seq + 1);
+    assert!(rx.try_recv().is_err());
+}
+
+#[derive(Debug, Default)]
+struct FlakyStore {
+    fail: std::sync::atomic::AtomicBool,
+    saved: Mutex<Option<crate::state::StateDoc>>,
+}
+
+impl StateStore for FlakyStore {
+    fn load(&self) -> Result<Option<crate::state::StateDoc>, StateError> {
+        Ok(self.saved.lock().unwrap().clone())
+    }
+    fn save(&self, doc: &crate::state::StateDoc) -> Result<(), StateError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StateError::Write {
+                path: "flaky".into(),
+                source: std::io::Error::other("disk full"),
+            });
+        }
+        *self.saved.lock().unwrap() = Some(doc.clone());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+}
+
+#[test]
+fn a_change_the_store_refuses_is_not_applied() {
+    let store = Arc::new(FlakyStore::default());
+    let cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ServerConfig::new("127.0.0.1:1")],
+    );
+    let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    let err = t
+        .apply(&[set(ServerRef::Id(0), AdminState::Down)])
+        .unwrap_err();
+    assert!(
+        matches!(err, TableError::Store(ref m) if m.contains("disk full")),
+        "{err}"
+    );
+    assert_eq!(
+        t.upstream("default").unwrap().snapshot().servers[0].state,
+        AdminState::Up
+    );
+    assert!(store.saved.lock().unwrap().is_none());
+}
+
+#[test]
+fn a_reopened_table_has_the_saved_servers_states_and_ids() {
+    let store = Arc::new(FlakyStore::default());
+    let cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![
+            ServerConfig::new("127.0.0.1:1"),
+            ServerConfig::new("127.0.0.1:2"),
+        ],
+    );
+    let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
+    t.apply(&[
+        Command::Remove {
+            upstream: "default".into(),
+            server: ServerRef::Id(0),
+        },
+        set(ServerRef::Id(1), AdminState::Drain),
+        Command::Add {
+            upstream: "default".into(),
+            server: spec("127.0.0.1:3"),
+        },
+        Command::CreateUpstream {
+            name: "extra".into(),
+            settings: UpstreamSettings::default(),
+            servers: vec![spec("127.0.0.1:4")],
+        },
+    ])
+    .unwrap();
+    let again = Table::open(&cfg, Some(store as Arc<dyn StateStore>)).unwrap();
+    let up = again.upstream("default").unwrap();
+    let got: Vec<(u32, &str, AdminState)> = up
+        .snapshot()
+        .servers
+        .iter()
+        .map(|s| (s.id, s.addr.as_str(), s.state))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "127.0.0.1:2", AdminState::Drain),
+            (2, "127.0.0.1:3", AdminState::Up)
+        ]
+    );
+    assert!(again.upstream("extra").is_some());
+    // Ids go on from where they were: 3, not a reused 0.
+    let added = again
+        .apply(&[Command::Add {
+            upstream: "default".into(),
+            server: spec("127.0.0.1:9"),
+        }])
+        .unwrap();
+    assert_eq!(added[0].id, 3);
+}
