@@ -269,7 +269,10 @@ fn read_listener(
     match t.str(sink, "listen") {
         Some((s, span)) => match addr::socket_addr(s) {
             Ok(a) => {
-                if let Some(first) = seen.get(&a) {
+                // Port 0 asks the system for a free port: two such listeners
+                // get different ports, so they cannot clash.
+                if a.port() == 0 {
+                } else if let Some(first) = seen.get(&a) {
                     let msg = format!(
                         "duplicate listen address {a} (also at line {})",
                         sink.line_of(*first)

@@ -562,3 +562,21 @@ servers = [{ addr = "127.0.0.1:9000" }]
         errs[1].message
     );
 }
+
+#[test]
+fn several_listeners_on_port_0_are_not_duplicates() {
+    let src = r#"
+[[listener]]
+listen = "127.0.0.1:0"
+routes = [{ upstream = "a" }]
+
+[[listener]]
+listen = "127.0.0.1:0"
+routes = [{ upstream = "a" }]
+
+[upstream.a]
+servers = [{ addr = "127.0.0.1:9000" }]
+"#;
+    let c = parse(src, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners.len(), 2);
+}

@@ -179,7 +179,11 @@ impl ServerStats {
     pub fn downtime_ms(&self, fail_timeout: Duration, now_ms: u64) -> u64 {
         let since = self.admin_down_since_ms.load(Ordering::Relaxed);
         let admin = self.admin_downtime_ms.load(Ordering::Relaxed)
-            + if since == 0 { 0 } else { now_ms.saturating_sub(since) };
+            + if since == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(since)
+            };
         let periods = self.unavail_total.load(Ordering::Relaxed);
         let until = self.unavail_until_ms.load(Ordering::Relaxed);
         let window = fail_timeout.as_millis() as u64;

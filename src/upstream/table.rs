@@ -524,10 +524,7 @@ impl Table {
         }
         let now = crate::clock::now_ms();
         for (server, was_up, is_up) in state_changes {
-            server
-                .runtime
-                .stats
-                .admin_state_changed(was_up, is_up, now);
+            server.runtime.stats.admin_state_changed(was_up, is_up, now);
         }
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         for mut e in events {

@@ -27,8 +27,9 @@
 //!   most three values, close to `P / weight`), so it is smooth too — just not
 //!   nginx's exact order. Build is O(n), a pick is O(log n), memory is O(n).
 //!
-//! When the member next in sequence is not eligible, the pick walks on along the
-//! sequence for a few steps (without moving the shared cursor further), then falls
+//! When the member next in sequence is not eligible, the pick takes the next steps
+//! of the shared sequence (moving the cursor, so the skipped member's turns are
+//! shared by the others in proportion to their weights), a few at most, then falls
 //! back to a scan of all members from a rotating offset.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,14 +157,16 @@ impl Select for RoundRobin {
         if self.n == 0 {
             return None;
         }
-        let t = self.cursor.fetch_add(1, Ordering::Relaxed);
-        if !matches!(self.plan, Plan::Cyclic) {
-            for k in 0..PROBES {
-                let i = self.member_at(t.wrapping_add(k));
-                if peers.eligible(i) {
-                    return Some(i);
-                }
+        // An ineligible member's step is consumed from the shared cursor, so its
+        // turns are spread over the others by weight (as nginx leaves unavailable
+        // peers out of the round) instead of all going to the member after it.
+        let mut t = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..PROBES {
+            let i = self.member_at(t);
+            if peers.eligible(i) {
+                return Some(i);
             }
+            t = self.cursor.fetch_add(1, Ordering::Relaxed);
         }
         scan_from(peers, self.n, t % self.n)
     }
@@ -298,6 +301,31 @@ mod tests {
         let got = picks(&rr, &peers, 70);
         assert!(got.iter().all(|&i| i != 0));
         assert!(got.contains(&1) && got.contains(&2));
+    }
+
+    #[test]
+    fn an_ineligible_members_turns_are_shared_by_weight() {
+        // Equal weights, one of three out: the other two alternate.
+        let rr = build(&[1, 1, 1]);
+        let mut peers = TestPeers::all(3);
+        peers.eligible[0] = false;
+        let got = picks(&rr, &peers, 100);
+        let count = |m| got.iter().filter(|&&i| i == m).count();
+        assert_eq!((count(0), count(1), count(2)), (0, 50, 50));
+        // 5:1:1 with the heavy one out: the rest keep their 1:1.
+        let rr = build(&[5, 1, 1]);
+        let mut peers = TestPeers::all(3);
+        peers.eligible[0] = false;
+        let got = picks(&rr, &peers, 60);
+        let count = |m| got.iter().filter(|&&i| i == m).count();
+        assert_eq!((count(1), count(2)), (30, 30));
+        // 5:1:1 with a light one out: 5:1 between the other two.
+        let rr = build(&[5, 1, 1]);
+        let mut peers = TestPeers::all(3);
+        peers.eligible[2] = false;
+        let got = picks(&rr, &peers, 60);
+        let count = |m| got.iter().filter(|&&i| i == m).count();
+        assert_eq!((count(0), count(1)), (50, 10));
     }
 
     #[test]

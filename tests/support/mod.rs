@@ -1,0 +1,688 @@
+//! Shared helpers of the integration tests: tiny backends on 127.0.0.1:0, the real
+//! binary as a child process, the proxy in-process, and a small HTTP client.
+//!
+//! Every socket is on 127.0.0.1 with a port the kernel picks.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use switchyard::config::{Config, ServerConfig};
+use switchyard::proxy::{Proxy, Shutdown};
+use switchyard::upstream::Table;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type RespBody = BoxBody<Bytes, Infallible>;
+
+/// Loopback with a port the kernel picks.
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+// ---------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------
+
+/// A request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// A running test backend. Its accept loop stops when it is dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Requests whose headers arrived (before the handler answers).
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Polls (bounded) until at least `n` requests have arrived.
+    pub async fn wait_hits(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.hits() < n {
+            assert!(
+                Instant::now() < deadline,
+                "backend {} got {} requests, expected {n} within {within:?}",
+                self.addr,
+                self.hits()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The `host:port` string servers are configured with.
+    pub fn server(&self) -> ServerConfig {
+        ServerConfig::new(self.addr.to_string())
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into()).boxed()
+}
+
+/// An HTTP/1.1 backend on `listener` (with upgrades) whose handler gets every
+/// request after it was recorded.
+fn serve_http<F, Fut>(listener: TcpListener, handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<RespBody>> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let task = {
+        let (hits, seen) = (Arc::clone(&hits), Arc::clone(&seen));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (hits, seen, handler) = (Arc::clone(&hits), Arc::clone(&seen), handler.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        seen.lock().unwrap().push(Seen {
+                            method: req.method().clone(),
+                            path: req.uri().to_string(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        });
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        })
+    };
+    Backend {
+        addr,
+        hits,
+        seen,
+        task,
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind(any_port()).await.unwrap()
+}
+
+/// Answers every request with its name as the body (and `x-backend: NAME`).
+pub async fn named(name: &'static str) -> Backend {
+    named_on(bind().await, name)
+}
+
+/// [`named`] on a given listener (e.g. one bound to a port freed earlier).
+pub fn named_on(listener: TcpListener, name: &'static str) -> Backend {
+    serve_http(listener, move |_req| async move {
+        let mut resp = Response::new(full(name));
+        resp.headers_mut()
+            .insert("x-backend", HeaderValue::from_static(name));
+        resp
+    })
+}
+
+/// Reads the whole request body without keeping it and answers with the byte
+/// count; a body that is not [`Generated`]'s pattern gets a 422 naming the
+/// first wrong offset.
+pub async fn sink() -> Backend {
+    serve_http(bind().await, |req| async move {
+        match check_body(req.into_body()).await {
+            Ok(PatternCheck {
+                offset,
+                first_bad: None,
+                ..
+            }) => Response::new(full(offset.to_string())),
+            Ok(c) => {
+                let mut r = Response::new(full(format!(
+                    "{} bytes, first wrong byte at {:?}",
+                    c.offset, c.first_bad
+                )));
+                *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                r
+            }
+            Err(e) => {
+                let mut r = Response::new(full(format!("body error: {e}")));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
+            }
+        }
+    })
+}
+
+/// Answers every request with `n` bytes generated on the fly.
+pub async fn source(n: u64) -> Backend {
+    serve_http(bind().await, move |_req| async move {
+        Response::new(Generated::new(n).boxed())
+    })
+}
+
+/// Answers every request after `delay` with the body `slow`.
+pub async fn slow(delay: Duration) -> Backend {
+    serve_http(bind().await, move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(full("slow"))
+    })
+}
+
+/// Answers `Upgrade: websocket` with 101, then echoes raw bytes on the upgraded
+/// connection; anything else gets a 400.
+pub async fn ws_echo() -> Backend {
+    serve_http(bind().await, |mut req| async move {
+        let wants = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if !wants {
+            let mut r = Response::new(full("not an upgrade"));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        r
+    })
+}
+
+/// Accepts, reads the request head, and never answers (the connection stays open
+/// until the peer closes it). `hits` counts request heads read.
+pub async fn never_answers() -> Backend {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let hits = Arc::clone(&hits);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let hits = Arc::clone(&hits);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut counted = false;
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if !counted && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            counted = true;
+                            hits.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        })
+    };
+    Backend {
+        addr,
+        hits,
+        seen: Arc::new(Mutex::new(Vec::new())),
+        task,
+    }
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind(any_port()).unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+// ---------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------
+
+const CHUNK: usize = 64 * 1024;
+
+/// `n` bytes made up on the fly, 64 KiB per frame; nothing is held but one
+/// shared chunk.
+pub struct Generated {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+/// The 64 KiB that [`Generated`] repeats: byte `i` is `i % 251`, so a lost,
+/// repeated or reordered piece shows.
+fn pattern() -> Bytes {
+    Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
+}
+
+impl Generated {
+    pub fn new(n: u64) -> Self {
+        Generated {
+            remaining: n,
+            chunk: pattern(),
+        }
+    }
+}
+
+/// Checks a stream of [`Generated`] bytes piece by piece, keeping nothing.
+pub struct PatternCheck {
+    pub offset: u64,
+    /// Offset of the first byte that differed.
+    pub first_bad: Option<u64>,
+    chunk: Bytes,
+}
+
+impl Default for PatternCheck {
+    fn default() -> Self {
+        PatternCheck {
+            offset: 0,
+            first_bad: None,
+            chunk: pattern(),
+        }
+    }
+}
+
+impl PatternCheck {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let at = (self.offset % CHUNK as u64) as usize;
+            let n = data.len().min(CHUNK - at);
+            if self.first_bad.is_none() && data[..n] != self.chunk[at..at + n] {
+                self.first_bad = Some(self.offset);
+            }
+            self.offset += n as u64;
+            data = &data[n..];
+        }
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Reads a body of [`Generated`] bytes to the end without keeping it: how many
+/// bytes came, and the offset of the first wrong one.
+pub async fn check_body(mut body: Incoming) -> Result<PatternCheck, hyper::Error> {
+    let mut check = PatternCheck::default();
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame?.data_ref() {
+            check.feed(d);
+        }
+    }
+    Ok(check)
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// A whole (small) response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+/// Sends `req` on a new HTTP/1.1 connection to `addr`.
+pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Result<Response<Incoming>, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+/// Sends `req` and reads the whole answer.
+pub async fn fetch<B>(addr: SocketAddr, req: Request<B>) -> Result<Reply, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let resp = send(addr, req).await?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// A GET request for `path` with `Host: localhost`.
+pub fn get_request(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header(header::HOST, "localhost")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// GETs `path`, or says why it could not.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Result<Reply, BoxError> {
+    fetch(addr, get_request(path)).await
+}
+
+/// GETs `path`; panics on a transport error.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    try_get(addr, path).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// The proxy in-process
+// ---------------------------------------------------------------------------
+
+/// A one-listener configuration on 127.0.0.1:0 over `servers` (upstream
+/// `default`, round robin); tweak `upstreams["default"]` before starting.
+pub fn config(servers: Vec<ServerConfig>) -> Config {
+    Config::single_upstream(any_port(), servers)
+}
+
+/// A proxy running inside the test's runtime; stopped on drop.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub table: Arc<Table>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Shutdown>>,
+}
+
+impl InProcess {
+    pub async fn start(config: &Config) -> InProcess {
+        let table = Arc::new(Table::from_config(config).unwrap());
+        let proxy = Proxy::bind(config, Arc::clone(&table)).await.unwrap();
+        let addr = proxy.local_addrs()[0];
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(proxy.run(async move {
+            let _ = rx.await;
+        }));
+        InProcess {
+            addr,
+            table,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    /// The servers of upstream `default` as the current snapshot has them.
+    pub fn servers(&self) -> Vec<Arc<switchyard::upstream::Server>> {
+        self.table
+            .upstream("default")
+            .unwrap()
+            .snapshot()
+            .servers
+            .clone()
+    }
+
+    /// Stops accepting and waits for the run to end.
+    pub async fn stop(mut self) -> Shutdown {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.done.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+const READY: &str = "switchyard: listening on http://";
+
+/// The `switchyard` binary as a child process; killed on drop.
+pub struct Switchyard {
+    child: Child,
+    pub addrs: Vec<SocketAddr>,
+    dir: tempfile::TempDir,
+    /// Stdout lines after the readiness lines (drained so the child never blocks).
+    stdout_rest: Arc<Mutex<Vec<String>>>,
+}
+
+impl Switchyard {
+    /// `switchyard proxy --listen 127.0.0.1:0 --to A --to B ...`
+    pub fn proxy(to: &[SocketAddr]) -> Switchyard {
+        let mut args = vec!["proxy".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+        for a in to {
+            args.push("--to".into());
+            args.push(a.to_string());
+        }
+        Switchyard::start(&args, 1)
+    }
+
+    /// `switchyard run -c FILE` with `text` written to a temporary file.
+    pub fn run_config(text: &str, listeners: usize) -> Switchyard {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = vec![
+            "run".to_string(),
+            "-c".into(),
+            path.to_string_lossy().into_owned(),
+        ];
+        Switchyard::start_in(dir, &args, listeners)
+    }
+
+    /// Spawns the binary with `args` and waits until it printed `listeners`
+    /// readiness lines (at most 30 s).
+    pub fn start(args: &[String], listeners: usize) -> Switchyard {
+        Switchyard::start_in(tempfile::tempdir().unwrap(), args, listeners)
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: &[String], listeners: usize) -> Switchyard {
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        let rest = Arc::new(Mutex::new(Vec::new()));
+        {
+            let rest = Arc::clone(&rest);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    match line.strip_prefix(READY).and_then(|a| a.trim().parse().ok()) {
+                        Some(addr) => {
+                            let _ = tx.send(addr);
+                        }
+                        None => rest.lock().unwrap().push(line),
+                    }
+                }
+            });
+        }
+        let mut me = Switchyard {
+            child,
+            addrs: Vec::new(),
+            dir,
+            stdout_rest: rest,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while me.addrs.len() < listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(addr) => me.addrs.push(addr),
+                Err(_) => panic!(
+                    "switchyard {args:?} not ready (exit: {:?}); stderr:\n{}",
+                    me.child.try_wait(),
+                    me.stderr()
+                ),
+            }
+        }
+        me
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the child logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Polls (bounded) until the child exits.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not exit within {within:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident set size of the child (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw sockets
+// ---------------------------------------------------------------------------
+
+/// Writes `head` on a new connection and reads until the end of the response
+/// head; returns the head and the stream.
+pub async fn raw_request(addr: SocketAddr, head: &str) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&buf).into_owned(), stream)
+}
