@@ -2,17 +2,19 @@
 //! as messages for a person, with a non-zero exit.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::{self, Config, ServerConfig};
+use crate::admin::AdminServer;
+use crate::config::{self, AdminConfig, Config, ServerConfig};
 use crate::proxy::{Proxy, Shutdown};
-use crate::upstream::Table;
+use crate::state::{FileStore, StateError, StateStore};
+use crate::upstream::{OpenError, Table};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +27,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options about the saved state, shared by the commands that serve.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArgs {
+    /// Where changes are saved (overrides `[admin] state_file`).
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// If the state file cannot be read, move it aside (NAME.bad-TIME) and start
+    /// from the configuration instead of refusing to start.
+    #[arg(long)]
+    pub discard_bad_state: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run from a configuration file.
@@ -34,6 +48,8 @@ pub enum Command {
         /// Worker threads (overrides `[runtime] workers`; default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// A one-line proxy without a configuration file.
     Proxy {
@@ -42,11 +58,13 @@ pub enum Command {
         /// A server to balance to (repeat for more).
         #[arg(long = "to", value_name = "ADDR", required = true)]
         to: Vec<String>,
-        /// Where the admin API will listen.
+        /// Serve the admin API here (loopback unless you know what you do).
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Start three demo backends and a proxy in front of them, on loopback.
     Demo {
@@ -54,46 +72,64 @@ pub enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:18080")]
         admin: SocketAddr,
+        /// Ports of the three demo backends (alpha, bravo, charlie).
+        #[arg(long, value_delimiter = ',', default_value = "9001,9002,9003")]
+        backend_ports: Vec<u16>,
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Validate a configuration file and print every problem with its place.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Use the admin API from the shell.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            state,
+        } => {
             let cfg = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let workers = workers.or(cfg.runtime.workers);
-            runtime(workers)?.block_on(serve(cfg, None, || ()))
+            runtime(workers)?.block_on(serve(cfg, None, state, || ()))
         }
         Command::Proxy {
             listen,
             to,
             admin,
             workers,
+            state,
         } => {
             let servers = to.into_iter().map(ServerConfig::new).collect();
             let cfg = Config::single_upstream(listen, servers);
-            runtime(workers)?.block_on(serve(cfg, admin, || ()))
+            runtime(workers)?.block_on(serve(cfg, admin, state, || ()))
         }
         Command::Demo {
             listen,
             admin,
+            backend_ports,
             workers,
-        } => runtime(workers)?.block_on(demo(listen, admin)),
+            state,
+        } => runtime(workers)?.block_on(demo(listen, admin, backend_ports, state)),
+        Command::Ctl(args) => crate::ctl::run(args),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
+            for warning in state_warnings(&cfg) {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             println!(
                 "{}: ok ({} listener(s), {} upstream(s))",
                 path.display(),
@@ -110,6 +146,58 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where the saved state of a config would come from, and how it differs: the
+/// state file wins at start-up, so an operator editing the file should know.
+fn state_warnings(cfg: &Config) -> Vec<String> {
+    let Some(path) = cfg.admin.as_ref().and_then(|a| a.state_file.as_ref()) else {
+        return Vec::new();
+    };
+    let store = FileStore::new(path);
+    let doc = match store.load() {
+        Ok(Some(doc)) => doc,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            return vec![format!(
+                "{e}; `run` will refuse to start until it is fixed or --discard-bad-state is given"
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    for (name, up) in &cfg.upstreams {
+        if doc.deleted.contains(name) {
+            out.push(format!(
+                "upstream {name:?} was deleted through the API; the state file {} keeps it deleted",
+                path.display()
+            ));
+            continue;
+        }
+        let Some(saved) = doc.upstreams.get(name) else {
+            continue;
+        };
+        let configured: Vec<&str> = up.servers.iter().map(|s| s.addr.as_str()).collect();
+        let stored: Vec<&str> = saved.servers.iter().map(|s| s.addr.as_str()).collect();
+        if configured != stored {
+            out.push(format!(
+                "upstream {name:?}: the state file {} overrides the configured servers [{}] with [{}]",
+                path.display(),
+                configured.join(", "),
+                stored.join(", ")
+            ));
+        }
+    }
+    for name in doc
+        .upstreams
+        .keys()
+        .filter(|n| !cfg.upstreams.contains_key(*n))
+    {
+        out.push(format!(
+            "upstream {name:?} exists only in the state file {} (created through the API)",
+            path.display()
+        ));
+    }
+    out
 }
 
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
@@ -142,14 +230,74 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve(cfg: Config, admin: Option<SocketAddr>, ready: impl FnOnce()) -> Result<ExitCode> {
-    let table = Arc::new(Table::from_config(&cfg)?);
+/// Builds the table from the config and the saved state. A state file that
+/// cannot be read stops the start (naming the file), unless told to set it aside.
+fn open_table(cfg: &Config, state_file: Option<PathBuf>, discard_bad: bool) -> Result<Table> {
+    let Some(path) = state_file else {
+        return Ok(Table::open(cfg, None)?);
+    };
+    let store = Arc::new(FileStore::new(&path));
+    match Table::open(cfg, Some(store.clone() as Arc<dyn StateStore>)) {
+        Ok(t) => Ok(t),
+        Err(e) if is_bad_state(&e) => {
+            if !discard_bad {
+                anyhow::bail!(
+                    "{e}\n(fix or remove the file, or start with --discard-bad-state to move it aside and start from the configuration)"
+                );
+            }
+            let aside = store
+                .set_aside()
+                .with_context(|| format!("cannot move {} aside", path.display()))?;
+            warn!(file = %path.display(), aside = %aside.display(), error = %e, "state file unreadable; moved aside, starting from the configuration");
+            Ok(Table::open(cfg, Some(store as Arc<dyn StateStore>))?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_bad_state(e: &OpenError) -> bool {
+    matches!(
+        e,
+        OpenError::State(StateError::Corrupt { .. } | StateError::Read { .. })
+            | OpenError::BadState { .. }
+    )
+}
+
+async fn serve(
+    cfg: Config,
+    admin: Option<SocketAddr>,
+    state: StateArgs,
+    ready: impl FnOnce(),
+) -> Result<ExitCode> {
+    let admin_cfg = match (admin, &cfg.admin) {
+        (Some(addr), Some(c)) => Some(AdminConfig {
+            listen: addr,
+            ..c.clone()
+        }),
+        (Some(addr), None) => Some(AdminConfig::new(addr)),
+        (None, c) => c.clone(),
+    };
+    let state_file = state
+        .state_file
+        .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));
+    let table = Arc::new(open_table(
+        &cfg,
+        state_file.clone(),
+        state.discard_bad_state,
+    )?);
     let proxy = Proxy::bind(&cfg, Arc::clone(&table)).await?;
     for addr in proxy.local_addrs() {
         println!("switchyard: listening on http://{addr}");
     }
-    if let Some(addr) = admin.or(cfg.admin.as_ref().map(|a| a.listen)) {
-        println!("switchyard: admin API on {addr} is not available in this version yet");
+    if let Some(a) = &admin_cfg {
+        let server = AdminServer::bind(a, Arc::clone(&table))?;
+        if let Some(addr) = server.local_addr() {
+            println!("switchyard: admin API on http://{addr}");
+        }
+        server.spawn()?;
+    }
+    if let Some(path) = &state_file {
+        info!(file = %path.display(), "changes are saved to the state file");
     }
     ready();
     match proxy.run(shutdown_signal()).await {
@@ -159,31 +307,51 @@ async fn serve(cfg: Config, admin: Option<SocketAddr>, ready: impl FnOnce()) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
+async fn demo(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    ports: Vec<u16>,
+    mut state: StateArgs,
+) -> Result<ExitCode> {
+    anyhow::ensure!(
+        ports.len() == 3,
+        "--backend-ports takes three ports (alpha,bravo,charlie), got {}",
+        ports.len()
+    );
     let mut backends = [listen; 3];
-    for (slot, name) in backends.iter_mut().zip(crate::demo::BACKENDS) {
-        *slot = crate::demo::spawn_backend(name)
+    for ((slot, name), port) in backends.iter_mut().zip(crate::demo::BACKENDS).zip(&ports) {
+        *slot = crate::demo::spawn_backend(name, *port)
             .await
-            .context("cannot start a demo backend")?;
+            .with_context(|| format!("cannot start the demo backend {name} on 127.0.0.1:{port}"))?;
     }
     let text = crate::demo::config_text(listen, &backends);
     let cfg = config::parse(&text, "<demo>").map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The demo keeps its table across restarts, like a real deployment.
+    if state.state_file.is_none() {
+        state.state_file = Some(
+            std::env::temp_dir().join(format!("switchyard-demo-{}.state.json", listen.port())),
+        );
+    }
+    let state_note = state
+        .state_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     println!(
         "switchyard demo: backends alpha={} bravo={} charlie={} (backup)",
         backends[0], backends[1], backends[2]
     );
     println!("--- configuration in use ---\n{}---", text.trim_start());
-    serve(cfg, None, move || {
+    serve(cfg, Some(admin), state, move || {
+        let ctl = format!("switchyard ctl --admin http://{admin}");
         println!("Try:");
-        println!(
-            "  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo"
-        );
-        println!(
-            "  curl -si --http2-prior-knowledge http://{listen}/            # HTTP/2 cleartext works too"
-        );
-        println!(
-            "Admin API ({admin}): not available in this version yet; it arrives with the live upstream API."
-        );
+        println!("  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo");
+        println!("  {ctl} list demo");
+        println!("  {ctl} down demo {}                      # traffic leaves alpha at once", backends[0]);
+        println!("  {ctl} up demo {}", backends[0]);
+        println!("  curl -s 'http://{admin}/ups_api?ups=demo&act=list'       # the seed's API");
+        println!("  curl -s http://{admin}/api/9/http/upstreams/demo/servers  # NGINX Plus API");
+        println!("Changes are saved in {state_note}; restart the demo and they are still there.");
         println!("Ctrl-C stops the demo (in-flight requests finish first).");
     })
     .await

@@ -18,10 +18,10 @@ pub const TEMPLATE: &str = include_str!("demo.toml");
 /// Names of the demo backends, in the order of the template's servers.
 pub const BACKENDS: [&str; 3] = ["alpha", "bravo", "charlie"];
 
-/// Starts a backend on `127.0.0.1:0` that answers every request with
-/// `NAME\n`, and returns its address.
-pub async fn spawn_backend(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// Starts a backend on `127.0.0.1:PORT` (0: any free port) that answers every
+/// request with `NAME\n`, and returns its address.
+pub async fn spawn_backend(name: &'static str, port: u16) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -6,12 +6,16 @@
 //! - [`proxy`]: listeners, routing, forwarding, retries, connection pools.
 //! - [`health`]: passive failure accounting (active checks come later); writes
 //!   health, never admin state.
+//! - [`admin`]: the HTTP API that changes the table, and who may use it.
+//! - [`state`]: durable state behind one trait.
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod health;
 pub mod proxy;

@@ -27,6 +27,12 @@ use ipnet::IpNet;
 
 pub use parse::parse;
 
+/// Checks a server address the way the file's `addr` is checked: `host:port`, an
+/// IP or a valid DNS name (not resolved here). For the API's new servers.
+pub fn check_server_addr(s: &str) -> Result<(), String> {
+    addr::server_addr(s)
+}
+
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

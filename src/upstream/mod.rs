@@ -25,4 +25,4 @@ pub use command::{Command, ServerPatch, ServerRef, ServerSpec, TableError, resol
 pub use events::Event;
 pub use server::{AdminState, Server, ServerRuntime, ServerStats};
 pub use snapshot::{Lease, Snapshot, Tried};
-pub use table::{OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};
+pub use table::{BatchError, OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};

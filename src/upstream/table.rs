@@ -116,6 +116,14 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// A refused batch: the error, and the index of the command that caused it
+/// (`None` when the batch as a whole failed, e.g. it could not be saved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchError {
+    pub index: Option<usize>,
+    pub error: TableError,
+}
+
 /// An upstream as start-up assembles it: settings, (id, server, state), next id.
 type StartDraft = (UpstreamSettings, Vec<(u32, ServerSpec, AdminState)>, u32);
 
@@ -341,6 +349,15 @@ impl Table {
         commands: &[Command],
         origin: &str,
     ) -> Result<Vec<Arc<Server>>, TableError> {
+        self.apply_batch_as(commands, origin).map_err(|e| e.error)
+    }
+
+    /// [`Table::apply_as`], telling which command of a refused batch failed.
+    pub fn apply_batch_as(
+        &self,
+        commands: &[Command],
+        origin: &str,
+    ) -> Result<Vec<Arc<Server>>, BatchError> {
         // A poisoned lock means a writer panicked before publishing; what is
         // published is still consistent, so go on.
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -369,112 +386,119 @@ impl Table {
             new,
         };
 
-        for cmd in commands {
-            let name = cmd.upstream();
-            match cmd {
-                Command::CreateUpstream {
-                    settings, servers, ..
-                } => {
-                    let exists = match drafts.get(name) {
-                        Some(d) => d.is_some(),
-                        None => current.upstreams.contains_key(name),
-                    };
-                    if exists {
-                        return Err(TableError::UpstreamExists(name.to_string()));
+        for (index, cmd) in commands.iter().enumerate() {
+            let mut step = || -> Result<(), TableError> {
+                let name = cmd.upstream();
+                match cmd {
+                    Command::CreateUpstream {
+                        settings, servers, ..
+                    } => {
+                        let exists = match drafts.get(name) {
+                            Some(d) => d.is_some(),
+                            None => current.upstreams.contains_key(name),
+                        };
+                        if exists {
+                            return Err(TableError::UpstreamExists(name.to_string()));
+                        }
+                        let mut list: Vec<Arc<Server>> = Vec::new();
+                        for (i, spec) in servers.iter().enumerate() {
+                            validate_new(name, settings, &list, spec)?;
+                            list.push(Arc::new(new_server(i as u32, spec, settings.keepalive)));
+                        }
+                        next_id.insert(name.to_string(), list.len() as u32);
+                        deleted.remove(name);
+                        events.push(event(name, None, "upstream_created", None, None));
+                        drafts.insert(
+                            name.to_string(),
+                            Some(Draft {
+                                settings: settings.clone(),
+                                servers: list,
+                            }),
+                        );
+                        return Ok(());
                     }
-                    let mut list: Vec<Arc<Server>> = Vec::new();
-                    for (i, spec) in servers.iter().enumerate() {
-                        validate_new(name, settings, &list, spec)?;
-                        list.push(Arc::new(new_server(i as u32, spec, settings.keepalive)));
+                    Command::DeleteUpstream { .. } => {
+                        let draft = draft_mut(&mut drafts, &current, name)?;
+                        closed.append(&mut draft.servers);
+                        drafts.insert(name.to_string(), None);
+                        deleted.insert(name.to_string());
+                        next_id.remove(name);
+                        events.push(event(name, None, "upstream_deleted", None, None));
+                        return Ok(());
                     }
-                    next_id.insert(name.to_string(), list.len() as u32);
-                    deleted.remove(name);
-                    events.push(event(name, None, "upstream_created", None, None));
-                    drafts.insert(
-                        name.to_string(),
-                        Some(Draft {
-                            settings: settings.clone(),
-                            servers: list,
-                        }),
-                    );
-                    continue;
+                    _ => {}
                 }
-                Command::DeleteUpstream { .. } => {
-                    let draft = draft_mut(&mut drafts, &current, name)?;
-                    closed.append(&mut draft.servers);
-                    drafts.insert(name.to_string(), None);
-                    deleted.insert(name.to_string());
-                    next_id.remove(name);
-                    events.push(event(name, None, "upstream_deleted", None, None));
-                    continue;
-                }
-                _ => {}
-            }
-            let draft = draft_mut(&mut drafts, &current, name)?;
-            let find = |list: &[Arc<Server>], r: &ServerRef| {
-                list.iter()
-                    .position(|s| match r {
-                        ServerRef::Id(id) => s.id == *id,
-                        ServerRef::Addr(a) => s.addr == *a,
-                    })
-                    .ok_or_else(|| TableError::UnknownServer {
-                        upstream: name.to_string(),
-                        server: r.to_string(),
-                    })
-            };
-            match cmd {
-                Command::Add { server, .. } => {
-                    validate_new(name, &draft.settings, &draft.servers, server)?;
-                    let id = next_id.entry(name.to_string()).or_insert(0);
-                    let new = Arc::new(new_server(*id, server, draft.settings.keepalive));
-                    *id += 1;
-                    events.push(event(
-                        name,
-                        Some(&new),
-                        "server_added",
-                        None,
-                        Some(new.state.as_str().into()),
-                    ));
-                    draft.servers.push(Arc::clone(&new));
-                    touched.push(new);
-                }
-                Command::Remove { server, .. } => {
-                    let i = find(&draft.servers, server)?;
-                    let old = draft.servers.remove(i);
-                    events.push(event(
-                        name,
-                        Some(&old),
-                        "server_removed",
-                        Some(old.state.as_str().into()),
-                        None,
-                    ));
-                    closed.push(Arc::clone(&old));
-                    touched.push(old);
-                }
-                other => {
-                    let Some((server, patch)) = other.as_patch() else {
-                        continue;
-                    };
-                    let i = find(&draft.servers, server)?;
-                    let old = &draft.servers[i];
-                    let new = Arc::new(patched(old, &patch, &draft.settings)?);
-                    for (change, was, now) in diff(old, &new) {
-                        events.push(event(name, Some(&new), change, Some(was), Some(now)));
-                    }
-                    if new.state != AdminState::Up {
-                        closed.push(Arc::clone(&new));
-                    }
-                    if new.state != old.state {
-                        state_changes.push((
-                            Arc::clone(&new),
-                            old.state == AdminState::Up,
-                            new.state == AdminState::Up,
+                let draft = draft_mut(&mut drafts, &current, name)?;
+                let find = |list: &[Arc<Server>], r: &ServerRef| {
+                    list.iter()
+                        .position(|s| match r {
+                            ServerRef::Id(id) => s.id == *id,
+                            ServerRef::Addr(a) => s.addr == *a,
+                        })
+                        .ok_or_else(|| TableError::UnknownServer {
+                            upstream: name.to_string(),
+                            server: r.to_string(),
+                        })
+                };
+                match cmd {
+                    Command::Add { server, .. } => {
+                        validate_new(name, &draft.settings, &draft.servers, server)?;
+                        let id = next_id.entry(name.to_string()).or_insert(0);
+                        let new = Arc::new(new_server(*id, server, draft.settings.keepalive));
+                        *id += 1;
+                        events.push(event(
+                            name,
+                            Some(&new),
+                            "server_added",
+                            None,
+                            Some(new.state.as_str().into()),
                         ));
+                        draft.servers.push(Arc::clone(&new));
+                        touched.push(new);
                     }
-                    draft.servers[i] = Arc::clone(&new);
-                    touched.push(new);
+                    Command::Remove { server, .. } => {
+                        let i = find(&draft.servers, server)?;
+                        let old = draft.servers.remove(i);
+                        events.push(event(
+                            name,
+                            Some(&old),
+                            "server_removed",
+                            Some(old.state.as_str().into()),
+                            None,
+                        ));
+                        closed.push(Arc::clone(&old));
+                        touched.push(old);
+                    }
+                    other => {
+                        let Some((server, patch)) = other.as_patch() else {
+                            return Ok(());
+                        };
+                        let i = find(&draft.servers, server)?;
+                        let old = &draft.servers[i];
+                        let new = Arc::new(patched(old, &patch, &draft.settings)?);
+                        for (change, was, now) in diff(old, &new) {
+                            events.push(event(name, Some(&new), change, Some(was), Some(now)));
+                        }
+                        if new.state != AdminState::Up {
+                            closed.push(Arc::clone(&new));
+                        }
+                        if new.state != old.state {
+                            state_changes.push((
+                                Arc::clone(&new),
+                                old.state == AdminState::Up,
+                                new.state == AdminState::Up,
+                            ));
+                        }
+                        draft.servers[i] = Arc::clone(&new);
+                        touched.push(new);
+                    }
                 }
-            }
+                Ok(())
+            };
+            step().map_err(|error| BatchError {
+                index: Some(index),
+                error,
+            })?;
         }
 
         if drafts.is_empty() {
@@ -503,9 +527,10 @@ impl Table {
         // Durable before visible: if the store refuses, nothing changes.
         if let Some(store) = &self.store {
             let doc = super::persist::to_doc(&upstreams, &next_id, &deleted);
-            store
-                .save(&doc)
-                .map_err(|e| TableError::Store(e.to_string()))?;
+            store.save(&doc).map_err(|e| BatchError {
+                index: None,
+                error: TableError::Store(e.to_string()),
+            })?;
         }
         let by_slot = slot_vec(&writer.slots, &upstreams);
         self.current.store(Arc::new(TableSnapshot {

@@ -1,0 +1,177 @@
+//! The admin API: its own listener, served by axum on its own thread and runtime,
+//! so neither admin load nor a slow state-file fsync can starve the data plane.
+//!
+//! Every door here — the native API ([`native`]), and later the compatibility
+//! layers — parses its input into `upstream::Command`s and hands them to
+//! `Table::apply_as`; none of them touches the table any other way. Access
+//! control ([`access`]) runs before any handler.
+
+pub mod access;
+mod error;
+mod native;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tracing::{info, warn};
+
+pub use access::Access;
+pub use error::ApiError;
+
+use crate::config::AdminConfig;
+use crate::upstream::Table;
+
+/// Bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub table: Arc<Table>,
+    pub access: Arc<Access>,
+}
+
+/// Why the admin listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Exposed(String),
+    #[error("cannot start the admin thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The admin listener, bound and ready to serve.
+pub struct AdminServer {
+    listener: std::net::TcpListener,
+    app: Router,
+}
+
+async fn guard(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match app.access.check(client.ip(), req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            warn!(%client, method = %req.method(), path = %req.uri().path(), reason = %denied.message, "admin request refused");
+            ApiError::new(denied.status, denied.code, denied.message).into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such admin endpoint")
+}
+
+/// The admin routes over `table`, behind `access`.
+pub fn router(table: Arc<Table>, access: Access) -> Router {
+    let state = AppState {
+        table,
+        access: Arc::new(access),
+    };
+    let api = Router::new()
+        .route(
+            "/api/v1/upstreams",
+            get(native::list_upstreams).post(native::create_upstream),
+        )
+        .route(
+            "/api/v1/upstreams/{name}",
+            get(native::get_upstream).delete(native::delete_upstream),
+        )
+        .route(
+            "/api/v1/upstreams/{name}/servers",
+            get(native::list_servers).post(native::add_server),
+        )
+        .route(
+            "/api/v1/upstreams/{name}/servers/{server}",
+            get(native::get_server)
+                .patch(native::patch_server)
+                .delete(native::delete_server),
+        )
+        .route("/api/v1/batch", post(native::batch))
+        .route("/api/v1/events", get(native::events))
+        .fallback(not_found);
+    api.layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+impl AdminServer {
+    /// Binds the admin listener (port 0 picks a free port). Refuses a listener
+    /// reachable from the network with neither rules nor a token.
+    pub fn bind(config: &AdminConfig, table: Arc<Table>) -> Result<AdminServer, AdminError> {
+        let access = Access::from_config(config);
+        access
+            .check_exposure(config.listen)
+            .map_err(AdminError::Exposed)?;
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| AdminError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| AdminError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(AdminServer {
+            listener,
+            app: router(table, access),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves on a thread of its own, with its own single-threaded runtime, for the
+    /// life of the process.
+    pub fn spawn(self) -> Result<std::thread::JoinHandle<()>, AdminError> {
+        std::thread::Builder::new()
+            .name("switchyard-admin".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!(error = %e, "cannot start the admin runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(self.listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(error = %e, "cannot use the admin socket");
+                            return;
+                        }
+                    };
+                    if let Ok(addr) = listener.local_addr() {
+                        info!(%addr, "admin API listening");
+                    }
+                    let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
+                    if let Err(e) = axum::serve(listener, app).await {
+                        warn!(error = %e, "admin API stopped");
+                    }
+                });
+            })
+            .map_err(AdminError::Thread)
+    }
+}

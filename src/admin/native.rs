@@ -1,0 +1,634 @@
+//! The native API under `/api/v1`: JSON in, JSON out. Every write becomes
+//! [`Command`]s applied through `Table::apply_as`, so it is saved and published
+//! before the answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use super::views::{ServerView, UpstreamView, parse_duration};
+use crate::config::{Balance, HashKey, KeepaliveConfig, RetryPolicy, ServerConfig, Timeouts};
+use crate::upstream::{AdminState, Command, ServerPatch, ServerRef, ServerSpec, UpstreamSettings};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Reads a JSON body: a JSON content type is required (so that a browser form
+/// cannot post here) unless the request carries the token; unknown fields are
+/// errors, not silently ignored.
+pub(super) fn json_body<T: DeserializeOwned>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "BodyRejected",
+            format!("cannot read the body: {e}"),
+        )
+    })?;
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.split(';').next().unwrap_or("").trim();
+            v.eq_ignore_ascii_case("application/json") || v.ends_with("+json")
+        });
+    if !json_type && !app.access.has_token(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "JsonRequired",
+            "send the body as JSON with `Content-Type: application/json`",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+/// A server as the API takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewServer {
+    addr: String,
+    weight: Option<u32>,
+    max_conns: Option<u32>,
+    max_fails: Option<u32>,
+    fail_timeout: Option<String>,
+    slow_start: Option<String>,
+    #[serde(default)]
+    backup: bool,
+    state: Option<AdminState>,
+}
+
+impl NewServer {
+    fn into_config(self) -> Result<ServerConfig, ApiError> {
+        crate::config::check_server_addr(&self.addr).map_err(|e| {
+            ApiError::unprocessable("BadAddress", format!("addr {:?}: {e}", self.addr))
+        })?;
+        let mut c = ServerConfig::new(self.addr);
+        if let Some(w) = self.weight {
+            if !(1..=1000).contains(&w) {
+                return Err(ApiError::unprocessable(
+                    "BadWeight",
+                    format!("weight {w} out of range 1..=1000"),
+                ));
+            }
+            c.weight = w;
+        }
+        c.max_conns = self.max_conns.unwrap_or(c.max_conns);
+        c.max_fails = self.max_fails.unwrap_or(c.max_fails);
+        if let Some(d) = &self.fail_timeout {
+            c.fail_timeout = duration_field("fail_timeout", d)?;
+        }
+        if let Some(d) = &self.slow_start {
+            c.slow_start = duration_field("slow_start", d)?;
+        }
+        c.backup = self.backup;
+        c.down = matches!(self.state, Some(AdminState::Down));
+        if matches!(self.state, Some(AdminState::Drain)) {
+            return Err(ApiError::unprocessable(
+                "BadState",
+                "a new server can start `up` or `down`, not `drain`",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Resolves the address off the async threads (a DNS lookup can block).
+    pub(super) async fn into_spec(self) -> Result<ServerSpec, ApiError> {
+        let config = self.into_config()?;
+        tokio::task::spawn_blocking(move || ServerSpec::resolve(config))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
+            })?
+            .map_err(ApiError::from)
+    }
+}
+
+fn duration_field(name: &str, s: &str) -> Result<Duration, ApiError> {
+    parse_duration(s).map_err(|e| ApiError::unprocessable("BadDuration", format!("{name}: {e}")))
+}
+
+/// Changes to a server; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerChange {
+    state: Option<AdminState>,
+    weight: Option<u32>,
+    max_conns: Option<u32>,
+    max_fails: Option<u32>,
+    fail_timeout: Option<String>,
+    slow_start: Option<String>,
+    backup: Option<bool>,
+}
+
+impl ServerChange {
+    fn into_patch(self) -> Result<ServerPatch, ApiError> {
+        let patch = ServerPatch {
+            state: self.state,
+            weight: self.weight,
+            max_conns: self.max_conns,
+            max_fails: self.max_fails,
+            fail_timeout: self
+                .fail_timeout
+                .as_deref()
+                .map(|d| duration_field("fail_timeout", d))
+                .transpose()?,
+            slow_start: self
+                .slow_start
+                .as_deref()
+                .map(|d| duration_field("slow_start", d))
+                .transpose()?,
+            backup: self.backup,
+        };
+        if patch.is_empty() {
+            return Err(ApiError::unprocessable(
+                "NothingToChange",
+                "the body names no field to change",
+            ));
+        }
+        Ok(patch)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryJson {
+    tries: Option<u32>,
+    timeout: Option<String>,
+    non_idempotent: Option<bool>,
+}
+
+/// An upstream as `POST /api/v1/upstreams` takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewUpstream {
+    name: String,
+    balance: Option<String>,
+    hash_key: Option<String>,
+    keepalive: Option<usize>,
+    keepalive_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+    send_timeout: Option<String>,
+    retry: Option<RetryJson>,
+    #[serde(default)]
+    servers: Vec<NewServer>,
+}
+
+impl NewUpstream {
+    async fn into_command(self) -> Result<Command, ApiError> {
+        if self.name.is_empty() || self.name.contains('/') {
+            return Err(ApiError::unprocessable(
+                "BadName",
+                format!("bad upstream name {:?}", self.name),
+            ));
+        }
+        let balance = match &self.balance {
+            None => Balance::RoundRobin,
+            Some(b) => Balance::parse(b).ok_or_else(|| {
+                ApiError::unprocessable("BadBalance", format!(
+                    "unknown balance method {b:?} (expected one of: round_robin, least_conn, ip_hash, hash, random_two)"
+                ))
+            })?,
+        };
+        let hash_key = match (&self.hash_key, balance) {
+            (Some(k), Balance::Hash) => Some(HashKey::parse(k).ok_or_else(|| {
+                ApiError::unprocessable("BadHashKey", format!("bad hash_key {k:?} (expected \"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")"))
+            })?),
+            (None, Balance::Hash) => return Err(ApiError::unprocessable("BadHashKey", "balance \"hash\" needs a hash_key")),
+            (Some(_), _) => return Err(ApiError::unprocessable("BadHashKey", "hash_key is only used with balance \"hash\"")),
+            (None, _) => None,
+        };
+        let d = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ApiError> {
+            v.as_deref()
+                .map_or(Ok(default), |s| duration_field(name, s))
+        };
+        let (kd, td, rd) = (
+            KeepaliveConfig::default(),
+            Timeouts::default(),
+            RetryPolicy::default(),
+        );
+        let retry = match &self.retry {
+            None => rd,
+            Some(r) => RetryPolicy {
+                tries: r.tries.unwrap_or(rd.tries).max(1),
+                timeout: d("retry.timeout", &r.timeout, rd.timeout)?,
+                non_idempotent: r.non_idempotent.unwrap_or(rd.non_idempotent),
+            },
+        };
+        let settings = UpstreamSettings {
+            balance,
+            hash_key,
+            keepalive: KeepaliveConfig {
+                max_idle: self.keepalive.unwrap_or(kd.max_idle),
+                idle_timeout: d(
+                    "keepalive_timeout",
+                    &self.keepalive_timeout,
+                    kd.idle_timeout,
+                )?,
+            },
+            timeouts: Timeouts {
+                connect: d("connect_timeout", &self.connect_timeout, td.connect)?,
+                read: d("read_timeout", &self.read_timeout, td.read)?,
+                send: d("send_timeout", &self.send_timeout, td.send)?,
+            },
+            retry,
+        };
+        let mut servers = Vec::new();
+        for s in self.servers {
+            servers.push(s.into_spec().await?);
+        }
+        Ok(Command::CreateUpstream {
+            name: self.name,
+            settings,
+            servers,
+        })
+    }
+}
+
+/// A server named by id (a number) or address (a string).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ServerRefJson {
+    Id(u32),
+    Addr(String),
+}
+
+impl From<ServerRefJson> for ServerRef {
+    fn from(r: ServerRefJson) -> Self {
+        match r {
+            ServerRefJson::Id(id) => ServerRef::Id(id),
+            ServerRefJson::Addr(a) => ServerRef::parse(&a),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum BatchOp {
+    Add {
+        upstream: String,
+        server: NewServer,
+    },
+    Patch {
+        upstream: String,
+        server: ServerRefJson,
+        set: ServerChange,
+    },
+    Remove {
+        upstream: String,
+        server: ServerRefJson,
+    },
+    CreateUpstream {
+        upstream: NewUpstream,
+    },
+    DeleteUpstream {
+        upstream: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    operations: Vec<BatchOp>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WaitQuery {
+    wait: Option<String>,
+}
+
+fn who(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+fn now() -> u64 {
+    crate::clock::now_ms()
+}
+
+/// Runs the writer on a blocking thread: it may fsync the state file.
+pub(super) async fn apply(
+    app: &AppState,
+    commands: Vec<Command>,
+    origin: String,
+) -> Result<Vec<Arc<crate::upstream::Server>>, ApiError> {
+    let table = Arc::clone(&app.table);
+    tokio::task::spawn_blocking(move || table.apply_as(&commands, &origin))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn find_server(
+    app: &AppState,
+    upstream: &str,
+    server: &str,
+) -> Result<Arc<crate::upstream::Server>, ApiError> {
+    let up = app.table.upstream(upstream).ok_or_else(|| {
+        ApiError::from(crate::upstream::TableError::UnknownUpstream(
+            upstream.into(),
+        ))
+    })?;
+    let r = ServerRef::parse(server);
+    up.snapshot()
+        .servers
+        .iter()
+        .find(|s| match &r {
+            ServerRef::Id(id) => s.id == *id,
+            ServerRef::Addr(a) => s.addr == *a,
+        })
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "ServerNotFound",
+                format!("upstream {upstream:?} has no server {r}"),
+            )
+        })
+}
+
+pub(super) async fn list_upstreams(State(app): State<AppState>) -> Json<Vec<UpstreamView>> {
+    let t = app.table.load();
+    let now = now();
+    Json(
+        t.upstreams
+            .values()
+            .map(|u| UpstreamView::of(u, now))
+            .collect(),
+    )
+}
+
+pub(super) async fn get_upstream(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let up = app
+        .table
+        .upstream(&name)
+        .ok_or_else(|| ApiError::from(crate::upstream::TableError::UnknownUpstream(name)))?;
+    Ok(Json(UpstreamView::of(&up, now())).into_response())
+}
+
+pub(super) async fn create_upstream(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let new: NewUpstream = json_body(&app, &headers, body)?;
+    let name = new.name.clone();
+    let cmd = new.into_command().await?;
+    apply(&app, vec![cmd], who(client)).await?;
+    let up = app.table.upstream(&name).ok_or_else(|| {
+        ApiError::from(crate::upstream::TableError::UnknownUpstream(name.clone()))
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/v1/upstreams/{name}"))],
+        Json(UpstreamView::of(&up, now())),
+    )
+        .into_response())
+}
+
+pub(super) async fn delete_upstream(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    apply(&app, vec![Command::DeleteUpstream { name }], who(client)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn list_servers(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let up = app
+        .table
+        .upstream(&name)
+        .ok_or_else(|| ApiError::from(crate::upstream::TableError::UnknownUpstream(name)))?;
+    let now = now();
+    let list: Vec<ServerView> = up
+        .snapshot()
+        .servers
+        .iter()
+        .map(|s| ServerView::of(s, now))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+pub(super) async fn add_server(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let new: NewServer = json_body(&app, &headers, body)?;
+    let spec = new.into_spec().await?;
+    let added = apply(
+        &app,
+        vec![Command::Add {
+            upstream: name.clone(),
+            server: spec,
+        }],
+        who(client),
+    )
+    .await?;
+    let server = added.first().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            "no server returned",
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::LOCATION,
+            format!("/api/v1/upstreams/{name}/servers/{}", server.id),
+        )],
+        Json(ServerView::of(server, now())),
+    )
+        .into_response())
+}
+
+pub(super) async fn get_server(
+    State(app): State<AppState>,
+    Path((name, server)): Path<(String, String)>,
+) -> ApiResult {
+    let s = find_server(&app, &name, &server)?;
+    Ok(Json(ServerView::of(&s, now())).into_response())
+}
+
+pub(super) async fn patch_server(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((name, server)): Path<(String, String)>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| duration_field("wait", w))
+        .transpose()?;
+    let change: ServerChange = json_body(&app, &headers, body)?;
+    let patch = change.into_patch()?;
+    let changed = apply(
+        &app,
+        vec![Command::Patch {
+            upstream: name,
+            server: ServerRef::parse(&server),
+            patch,
+        }],
+        who(client),
+    )
+    .await?;
+    let server = changed.first().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            "no server returned",
+        )
+    })?;
+    respond_after_wait(server, wait).await
+}
+
+/// With `?wait=`, answers once the server has no request in flight (200) or the
+/// wait ran out (202, with the count still active).
+async fn respond_after_wait(
+    server: &Arc<crate::upstream::Server>,
+    wait: Option<Duration>,
+) -> ApiResult {
+    let status = match wait {
+        Some(w) if server.runtime.wait_idle(w).await > 0 => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(ServerView::of(server, now()))).into_response())
+}
+
+pub(super) async fn delete_server(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((name, server)): Path<(String, String)>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult {
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| duration_field("wait", w))
+        .transpose()?;
+    let removed = apply(
+        &app,
+        vec![Command::Remove {
+            upstream: name,
+            server: ServerRef::parse(&server),
+        }],
+        who(client),
+    )
+    .await?;
+    let server = removed.first().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            "no server returned",
+        )
+    })?;
+    respond_after_wait(server, wait).await
+}
+
+pub(super) async fn batch(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let batch: Batch = json_body(&app, &headers, body)?;
+    let count = batch.operations.len();
+    let mut commands = Vec::with_capacity(count);
+    for (i, op) in batch.operations.into_iter().enumerate() {
+        let cmd = match op {
+            BatchOp::Add { upstream, server } => Command::Add {
+                upstream,
+                server: server.into_spec().await.map_err(|e| e.at(i))?,
+            },
+            BatchOp::Patch {
+                upstream,
+                server,
+                set,
+            } => Command::Patch {
+                upstream,
+                server: server.into(),
+                patch: set.into_patch().map_err(|e| e.at(i))?,
+            },
+            BatchOp::Remove { upstream, server } => Command::Remove {
+                upstream,
+                server: server.into(),
+            },
+            BatchOp::CreateUpstream { upstream } => {
+                upstream.into_command().await.map_err(|e| e.at(i))?
+            }
+            BatchOp::DeleteUpstream { upstream } => Command::DeleteUpstream { name: upstream },
+        };
+        commands.push(cmd);
+    }
+    let table = Arc::clone(&app.table);
+    let origin = who(client);
+    let result = tokio::task::spawn_blocking(move || table.apply_batch_as(&commands, &origin))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
+    match result {
+        Ok(touched) => {
+            let now = now();
+            let servers: Vec<ServerView> = touched.iter().map(|s| ServerView::of(s, now)).collect();
+            Ok(Json(serde_json::json!({ "applied": count, "servers": servers })).into_response())
+        }
+        Err(e) => {
+            let err = ApiError::from(e.error);
+            Err(match e.index {
+                Some(i) => err.at(i),
+                None => err,
+            })
+        }
+    }
+}
+
+pub(super) async fn events(
+    State(app): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = app.table.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(e) => {
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                SseEvent::default()
+                    .event(e.change.clone())
+                    .id(e.seq.to_string())
+                    .data(data)
+            }
+            // A reader too slow for the stream is told how much it missed.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{n}}}")),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(ev), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

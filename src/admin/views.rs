@@ -1,0 +1,138 @@
+//! What the API shows of the table: plain serializable views, built from one
+//! snapshot so that every field of a view agrees with the others.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::Serialize;
+
+use crate::upstream::{AdminState, Server, Upstream};
+
+/// Formats a duration as the API writes it: `"10s"`, `"500ms"`, `"0s"`.
+pub fn duration(d: std::time::Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+/// Parses a duration as the API takes it: `"10s"`, `"500ms"`, `"1m"`, or a bare
+/// number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// Health as observed (never what an operator asked for).
+pub fn health(server: &Server, now_ms: u64) -> &'static str {
+    if server.runtime.stats.is_unavail(now_ms) {
+        "unavail"
+    } else {
+        "healthy"
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Responses {
+    #[serde(rename = "1xx")]
+    pub r1xx: u64,
+    #[serde(rename = "2xx")]
+    pub r2xx: u64,
+    #[serde(rename = "3xx")]
+    pub r3xx: u64,
+    #[serde(rename = "4xx")]
+    pub r4xx: u64,
+    #[serde(rename = "5xx")]
+    pub r5xx: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub id: u32,
+    pub addr: String,
+    pub weight: u32,
+    pub max_conns: u32,
+    pub max_fails: u32,
+    pub fail_timeout: String,
+    pub slow_start: String,
+    pub backup: bool,
+    /// What an operator asked for: `up`, `down`, `drain`.
+    pub state: AdminState,
+    /// What was observed: `healthy`, `unavail`.
+    pub health: &'static str,
+    /// Whether it takes new requests now.
+    pub eligible: bool,
+    pub active: u64,
+    pub requests: u64,
+    pub responses: Responses,
+    pub fails: u64,
+    pub unavail: u64,
+    /// Milliseconds out of traffic, by operator or by failures.
+    pub downtime: u64,
+    pub idle_connections: usize,
+}
+
+impl ServerView {
+    pub fn of(s: &Server, now_ms: u64) -> ServerView {
+        let st = &s.runtime.stats;
+        let r = |i: usize| st.responses[i].load(Relaxed);
+        ServerView {
+            id: s.id,
+            addr: s.addr.clone(),
+            weight: s.weight,
+            max_conns: s.max_conns,
+            max_fails: s.max_fails,
+            fail_timeout: duration(s.fail_timeout),
+            slow_start: duration(s.slow_start),
+            backup: s.backup,
+            state: s.state,
+            health: health(s, now_ms),
+            eligible: s.state == AdminState::Up && s.available(now_ms),
+            active: st.active.load(Relaxed),
+            requests: st.requests.load(Relaxed),
+            responses: Responses {
+                r1xx: r(0),
+                r2xx: r(1),
+                r3xx: r(2),
+                r4xx: r(3),
+                r5xx: r(4),
+            },
+            fails: st.fails_total.load(Relaxed),
+            unavail: st.unavail_total.load(Relaxed),
+            downtime: st.downtime_ms(s.fail_timeout, now_ms),
+            idle_connections: s.runtime.pool.idle_len(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamView {
+    pub name: String,
+    pub balance: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    pub keepalive: usize,
+    pub eligible_servers: usize,
+    pub servers: Vec<ServerView>,
+}
+
+impl UpstreamView {
+    pub fn of(u: &Upstream, now_ms: u64) -> UpstreamView {
+        let servers: Vec<ServerView> = u
+            .snapshot()
+            .servers
+            .iter()
+            .map(|s| ServerView::of(s, now_ms))
+            .collect();
+        UpstreamView {
+            name: u.name.clone(),
+            balance: u.settings.balance.as_str(),
+            hash_key: u.settings.hash_key.as_ref().map(ToString::to_string),
+            keepalive: u.settings.keepalive.max_idle,
+            eligible_servers: servers.iter().filter(|s| s.eligible).count(),
+            servers,
+        }
+    }
+}
