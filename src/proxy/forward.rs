@@ -240,11 +240,13 @@ impl Forwarder {
                 ),
             ));
         };
-        Ok(forward(&upstream, req, client).await)
+        Ok(forward(&self.table, target.slot, &upstream, req, client).await)
     }
 }
 
 async fn forward(
+    table: &Table,
+    slot: usize,
     upstream: &Upstream,
     mut req: Request<Incoming>,
     client: SocketAddr,
@@ -324,9 +326,18 @@ async fn forward(
         else {
             break;
         };
-        let lease = upstream
-            .snapshot()
-            .pick(key, &tried, crate::clock::now_ms());
+        // A retry picks from the table as it is now, so it too honours a change
+        // made while this request was under way.
+        let lease = if tried.is_empty() {
+            upstream
+                .snapshot()
+                .pick(key, &tried, crate::clock::now_ms())
+        } else {
+            table
+                .load()
+                .by_slot(slot)
+                .and_then(|u| u.snapshot().pick(key, &tried, crate::clock::now_ms()))
+        };
         let Some(lease) = lease else {
             if tried.is_empty() {
                 return text_response(
