@@ -248,6 +248,7 @@ impl NewUpstream {
                 send: d("send_timeout", &self.send_timeout, td.send)?,
             },
             retry,
+            health_check: None,
         };
         let mut servers = Vec::new();
         for s in self.servers {

@@ -321,15 +321,58 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     pub kind: HealthCheckKind,
-    /// Raw request bytes, as lua-resty-upstream-healthcheck takes them.
+    /// Raw request bytes, as lua-resty-upstream-healthcheck takes them; sent as is.
     pub http_req: Option<String>,
+    /// Structured request (when there is no `http_req`): method, path, host, headers.
+    pub method: String,
+    pub path: String,
+    /// `Host` header; default: the server's `addr`.
+    pub host: Option<String>,
+    pub headers: Vec<(String, String)>,
     pub interval: Duration,
+    /// Up to this much is added at random to each interval, so checks of many
+    /// servers do not fire together.
+    pub jitter: Duration,
     pub timeout: Duration,
     pub fall: u32,
     pub rise: u32,
     /// Empty means any 2xx or 3xx.
     pub valid_statuses: Vec<u16>,
+    /// The body must contain this.
+    pub body: Option<String>,
+    /// The body must match this regular expression (validated here).
+    pub body_regex: Option<String>,
+    /// Check this port instead of the server's.
+    pub port: Option<u16>,
+    /// Most checks in flight at once across the whole process.
     pub concurrency: u32,
+    /// Servers start `checking` (no traffic until a first pass) even at start-up.
+    pub mandatory: bool,
+}
+
+impl HealthCheckConfig {
+    /// A check of `kind` with every other setting at its default.
+    pub fn new(kind: HealthCheckKind) -> Self {
+        HealthCheckConfig {
+            kind,
+            http_req: None,
+            method: "GET".into(),
+            path: "/".into(),
+            host: None,
+            headers: Vec::new(),
+            interval: Duration::from_secs(2),
+            jitter: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            fall: 3,
+            rise: 2,
+            valid_statuses: Vec::new(),
+            body: None,
+            body_regex: None,
+            port: None,
+            concurrency: 10,
+            mandatory: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,12 +39,21 @@ const RETRY_KEYS: &[&str] = &["tries", "timeout", "non_idempotent"];
 const HEALTH_KEYS: &[&str] = &[
     "type",
     "http_req",
+    "method",
+    "path",
+    "host",
+    "headers",
     "interval",
+    "jitter",
     "timeout",
     "fall",
     "rise",
     "valid_statuses",
+    "body",
+    "body_regex",
+    "port",
     "concurrency",
+    "mandatory",
 ];
 const U32: i128 = u32::MAX as i128;
 
@@ -284,10 +293,15 @@ fn read_retry(r: &Table<'_, '_>, sink: &mut Sink<'_>) -> RetryPolicy {
 
 fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfig {
     h.check_keys(sink, HEALTH_KEYS);
-    let mut kind = HealthCheckKind::Http;
+    let mut c = HealthCheckConfig::new(HealthCheckKind::Http);
     match h.str(sink, "type") {
         Some(("http", _)) => {}
-        Some(("tcp", _)) => kind = HealthCheckKind::Tcp,
+        Some(("tcp", _)) => c.kind = HealthCheckKind::Tcp,
+        Some(("https", span)) => h.err(
+            sink,
+            &span,
+            "type = \"https\" health checks are not supported yet (they come with TLS upstreams)",
+        ),
         Some((other, span)) => {
             let msg = format!("unknown health check type {other:?} (expected \"http\" or \"tcp\")");
             h.err(sink, &span, msg);
@@ -296,8 +310,58 @@ fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfi
         None => {}
     }
     let http_req = h.str(sink, "http_req");
-    if let (Some((_, span)), HealthCheckKind::Tcp) = (&http_req, kind) {
+    if let (Some((_, span)), HealthCheckKind::Tcp) = (&http_req, c.kind) {
         h.err(sink, span, "http_req is only used with type = \"http\"");
+    }
+    if let Some((_, span)) = &http_req {
+        for key in ["method", "path", "host", "headers"] {
+            if h.get(key).is_some() {
+                h.err(
+                    sink,
+                    span,
+                    format!("http_req is the whole request; {key} cannot be used with it"),
+                );
+            }
+        }
+    }
+    c.http_req = http_req.map(|(s, _)| s.to_string());
+    if let Some((m, span)) = h.str(sink, "method") {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            h.err(
+                sink,
+                &span,
+                format!("bad method {m:?} (expected an upper-case HTTP method such as GET)"),
+            );
+        }
+        c.method = m.to_string();
+    }
+    if let Some((p, span)) = h.str(sink, "path") {
+        if !p.starts_with('/')
+            || p.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            h.err(
+                sink,
+                &span,
+                format!("bad path {p:?} (must start with \"/\" and have no spaces)"),
+            );
+        }
+        c.path = p.to_string();
+    }
+    c.host = h.str(sink, "host").map(|(s, _)| s.to_string());
+    if let Some(t) = h.table(sink, "headers", "headers") {
+        for (k, v) in t.map.iter() {
+            match v.get_ref().as_str() {
+                Some(val) if !val.contains(['\r', '\n']) => {
+                    c.headers.push((k.get_ref().to_string(), val.to_string()))
+                }
+                _ => t.err(
+                    sink,
+                    &v.span(),
+                    format!("header {:?} must be a one-line string", k.get_ref()),
+                ),
+            }
+        }
     }
     let mut positive = |key: &str, default: Duration| match h.duration(sink, key) {
         Some(d) if d.is_zero() => {
@@ -309,24 +373,46 @@ fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfi
         Some(d) => d,
         None => default,
     };
-    let interval = positive("interval", Duration::from_secs(2));
-    let timeout = positive("timeout", Duration::from_secs(1));
-    let mut valid_statuses = Vec::new();
+    c.interval = positive("interval", c.interval);
+    c.timeout = positive("timeout", c.timeout);
+    c.jitter = h.duration(sink, "jitter").unwrap_or(c.jitter);
     if let Some((list, _)) = h.array(sink, "valid_statuses") {
         for v in list.iter() {
             if let Some(code) = int_value(h, sink, "status", v, 100, 599) {
-                valid_statuses.push(code);
+                c.valid_statuses.push(code);
             }
         }
     }
-    HealthCheckConfig {
-        kind,
-        http_req: http_req.map(|(s, _)| s.to_string()),
-        interval,
-        timeout,
-        fall: h.int(sink, "fall", 1, U32).unwrap_or(3),
-        rise: h.int(sink, "rise", 1, U32).unwrap_or(2),
-        valid_statuses,
-        concurrency: h.int(sink, "concurrency", 1, U32).unwrap_or(10),
+    c.body = h.str(sink, "body").map(|(s, _)| s.to_string());
+    if let Some((re, span)) = h.str(sink, "body_regex") {
+        if let Err(e) = regex::Regex::new(re) {
+            h.err(sink, &span, format!("bad body_regex: {e}"));
+        }
+        c.body_regex = Some(re.to_string());
     }
+    if c.kind == HealthCheckKind::Tcp {
+        for key in [
+            "body",
+            "body_regex",
+            "valid_statuses",
+            "method",
+            "path",
+            "host",
+            "headers",
+        ] {
+            if let Some(v) = h.get(key) {
+                h.err(
+                    sink,
+                    &v.span(),
+                    format!("{key} is only used with type = \"http\""),
+                );
+            }
+        }
+    }
+    c.port = h.int(sink, "port", 1, 65535);
+    c.fall = h.int(sink, "fall", 1, U32).unwrap_or(c.fall);
+    c.rise = h.int(sink, "rise", 1, U32).unwrap_or(c.rise);
+    c.concurrency = h.int(sink, "concurrency", 1, U32).unwrap_or(c.concurrency);
+    c.mandatory = h.bool(sink, "mandatory").is_some_and(|(b, _)| b);
+    c
 }

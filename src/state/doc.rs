@@ -61,6 +61,40 @@ pub struct SettingsState {
     pub retry_tries: u32,
     pub retry_timeout_ms: u64,
     pub retry_non_idempotent: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckState>,
+}
+
+/// An active health check as saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckState {
+    /// `http` or `tcp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_req: Option<String>,
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    pub interval_ms: u64,
+    pub jitter_ms: u64,
+    pub timeout_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+    #[serde(default)]
+    pub valid_statuses: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub concurrency: u32,
+    pub mandatory: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -132,6 +132,7 @@ mod tests {
                     retry_tries: 3,
                     retry_timeout_ms: 0,
                     retry_non_idempotent: false,
+                    health_check: None,
                 },
                 next_id: 2,
                 servers: vec![ServerState {

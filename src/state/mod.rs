@@ -9,7 +9,7 @@
 mod doc;
 mod file;
 
-pub use doc::{ServerState, SettingsState, StateDoc, UpstreamState};
+pub use doc::{HealthCheckState, ServerState, SettingsState, StateDoc, UpstreamState};
 pub use file::FileStore;
 
 /// Why the state could not be read or written.

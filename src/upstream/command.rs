@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::server::AdminState;
 use super::table::UpstreamSettings;
-use crate::config::ServerConfig;
+use crate::config::{HealthCheckConfig, ServerConfig};
 
 /// A server to add, its address already resolved (resolution is I/O and happens
 /// before the writer is entered).
@@ -125,6 +125,11 @@ pub enum Command {
     DeleteUpstream {
         name: String,
     },
+    /// Sets or removes an upstream's active health check.
+    SetHealthCheck {
+        upstream: String,
+        check: Option<HealthCheckConfig>,
+    },
 }
 
 impl Command {
@@ -135,7 +140,8 @@ impl Command {
             | Command::SetState { upstream, .. }
             | Command::SetWeight { upstream, .. }
             | Command::SetMaxConns { upstream, .. }
-            | Command::Patch { upstream, .. } => upstream,
+            | Command::Patch { upstream, .. }
+            | Command::SetHealthCheck { upstream, .. } => upstream,
             Command::CreateUpstream { name, .. } | Command::DeleteUpstream { name } => name,
         }
     }

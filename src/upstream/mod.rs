@@ -23,6 +23,6 @@ mod table;
 
 pub use command::{Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
 pub use events::Event;
-pub use server::{AdminState, Server, ServerRuntime, ServerStats};
+pub use server::{AdminState, Health, Server, ServerRuntime, ServerStats};
 pub use snapshot::{Lease, Snapshot, Tried};
 pub use table::{BatchError, OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use super::server::AdminState;
 use super::table::{Upstream, UpstreamSettings};
-use crate::config::{Balance, HashKey, KeepaliveConfig, RetryPolicy, ServerConfig, Timeouts};
-use crate::state::{ServerState, SettingsState, StateDoc, UpstreamState};
+use crate::config::{
+    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
+    ServerConfig, Timeouts,
+};
+use crate::state::{HealthCheckState, ServerState, SettingsState, StateDoc, UpstreamState};
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
@@ -25,7 +28,64 @@ pub(crate) fn settings_to_state(s: &UpstreamSettings) -> SettingsState {
         retry_tries: s.retry.tries,
         retry_timeout_ms: ms(s.retry.timeout),
         retry_non_idempotent: s.retry.non_idempotent,
+        health_check: s.health_check.as_ref().map(check_to_state),
     }
+}
+
+pub(crate) fn check_to_state(c: &HealthCheckConfig) -> HealthCheckState {
+    HealthCheckState {
+        kind: match c.kind {
+            HealthCheckKind::Http => "http".into(),
+            HealthCheckKind::Tcp => "tcp".into(),
+        },
+        http_req: c.http_req.clone(),
+        method: c.method.clone(),
+        path: c.path.clone(),
+        host: c.host.clone(),
+        headers: c.headers.clone(),
+        interval_ms: ms(c.interval),
+        jitter_ms: ms(c.jitter),
+        timeout_ms: ms(c.timeout),
+        fall: c.fall,
+        rise: c.rise,
+        valid_statuses: c.valid_statuses.clone(),
+        body: c.body.clone(),
+        body_regex: c.body_regex.clone(),
+        port: c.port,
+        concurrency: c.concurrency,
+        mandatory: c.mandatory,
+    }
+}
+
+pub(crate) fn check_from_state(s: &HealthCheckState) -> Result<HealthCheckConfig, String> {
+    let kind = match s.kind.as_str() {
+        "http" => HealthCheckKind::Http,
+        "tcp" => HealthCheckKind::Tcp,
+        other => return Err(format!("unknown health check type {other:?}")),
+    };
+    if let Some(re) = &s.body_regex {
+        regex::Regex::new(re).map_err(|e| format!("bad body_regex: {e}"))?;
+    }
+    let positive = |v: u64| Duration::from_millis(v.max(1));
+    Ok(HealthCheckConfig {
+        kind,
+        http_req: s.http_req.clone(),
+        method: s.method.clone(),
+        path: s.path.clone(),
+        host: s.host.clone(),
+        headers: s.headers.clone(),
+        interval: positive(s.interval_ms),
+        jitter: Duration::from_millis(s.jitter_ms),
+        timeout: positive(s.timeout_ms),
+        fall: s.fall.max(1),
+        rise: s.rise.max(1),
+        valid_statuses: s.valid_statuses.clone(),
+        body: s.body.clone(),
+        body_regex: s.body_regex.clone(),
+        port: s.port,
+        concurrency: s.concurrency.max(1),
+        mandatory: s.mandatory,
+    })
 }
 
 pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings, String> {
@@ -52,6 +112,7 @@ pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings,
             timeout: Duration::from_millis(s.retry_timeout_ms),
             non_idempotent: s.retry_non_idempotent,
         },
+        health_check: s.health_check.as_ref().map(check_from_state).transpose()?,
     })
 }
 

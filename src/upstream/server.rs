@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,45 @@ impl std::str::FromStr for AdminState {
             other => Err(format!(
                 "unknown state {other:?} (expected up, down or drain)"
             )),
+        }
+    }
+}
+
+/// What the active checks observed. Written only by the `health` module (and set
+/// to its starting value when a server or a check is added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Passing, or not checked at all.
+    Healthy,
+    /// Failed `fall` checks in a row.
+    Unhealthy,
+    /// No verdict yet: takes no traffic until a first pass.
+    Checking,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Checking => "checking",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Unhealthy,
+            2 => Health::Checking,
+            _ => Health::Healthy,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Health::Healthy => 0,
+            Health::Unhealthy => 1,
+            Health::Checking => 2,
         }
     }
 }
@@ -90,10 +129,37 @@ impl Server {
     #[inline]
     pub fn available(&self, now_ms: u64) -> bool {
         let stats = &self.runtime.stats;
-        if stats.unavail_until_ms.load(Ordering::Relaxed) > now_ms {
+        if stats.unavail_until_ms.load(Ordering::Relaxed) > now_ms
+            || stats.health.load(Ordering::Relaxed) != 0
+        {
             return false;
         }
         self.max_conns == 0 || stats.active.load(Ordering::Relaxed) < u64::from(self.max_conns)
+    }
+
+    /// During slow start, the share of its weight the server takes now (from a
+    /// tenth up to all of it, linearly over `slow_start`); `None` outside it.
+    /// The ramp starts when the server became eligible again: set up, added,
+    /// recovered from a failed check, or back from passive `unavail`.
+    #[inline]
+    pub fn ramp(&self, now_ms: u64) -> Option<f64> {
+        if self.slow_start.is_zero() {
+            return None;
+        }
+        let stats = &self.runtime.stats;
+        let since = stats.eligible_since_ms.load(Ordering::Relaxed);
+        let unavail_end = stats.unavail_until_ms.load(Ordering::Relaxed);
+        let start = if unavail_end <= now_ms {
+            since.max(unavail_end)
+        } else {
+            since
+        };
+        if start == 0 {
+            return None;
+        }
+        let elapsed = now_ms.saturating_sub(start) as f64;
+        let total = self.slow_start.as_millis() as f64;
+        (elapsed < total).then(|| (elapsed / total).max(0.1))
     }
 }
 
@@ -154,6 +220,22 @@ pub struct ServerStats {
     pub(crate) window_start_ms: AtomicU64,
     /// The server is `unavail` until this time (0: never was).
     pub(crate) unavail_until_ms: AtomicU64,
+    /// [`Health`] as a number (0 healthy, 1 unhealthy, 2 checking).
+    pub(crate) health: AtomicU8,
+    /// Consecutive passed / failed active checks.
+    pub(crate) check_passes: AtomicU32,
+    pub(crate) check_fails: AtomicU32,
+    /// Active checks done and failed, and times the server became unhealthy.
+    pub checks_total: AtomicU64,
+    pub checks_failed: AtomicU64,
+    pub unhealthy_total: AtomicU64,
+    /// Wall-clock time (Unix ms) of the last check and of the last passed one.
+    pub(crate) last_check_unix_ms: AtomicU64,
+    pub(crate) last_passed_unix_ms: AtomicU64,
+    pub(crate) last_check_passed: AtomicBool,
+    /// When the server last became eligible again (slow start origin; 0: never,
+    /// as at process start).
+    pub(crate) eligible_since_ms: AtomicU64,
     /// Time spent out of traffic by an operator's `down`/`drain`, ended periods.
     pub(crate) admin_downtime_ms: AtomicU64,
     /// When the current `down`/`drain` began (0: the server is `up`).
@@ -191,8 +273,31 @@ impl ServerStats {
         admin + passive
     }
 
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Sets health (the `health` module's verdicts, and starting values).
+    pub(crate) fn set_health(&self, h: Health) -> Health {
+        Health::from_u8(self.health.swap(h.to_u8(), Ordering::Relaxed))
+    }
+
+    /// Consecutive passes and fails, last check time and result, last pass time.
+    pub fn check_record(&self) -> (u32, u32, u64, bool, u64) {
+        (
+            self.check_passes.load(Ordering::Relaxed),
+            self.check_fails.load(Ordering::Relaxed),
+            self.last_check_unix_ms.load(Ordering::Relaxed),
+            self.last_check_passed.load(Ordering::Relaxed),
+            self.last_passed_unix_ms.load(Ordering::Relaxed),
+        )
+    }
+
     /// Records an admin state change for downtime accounting.
     pub(crate) fn admin_state_changed(&self, was_up: bool, is_up: bool, now_ms: u64) {
+        if !was_up && is_up {
+            self.eligible_since_ms.store(now_ms, Ordering::Relaxed);
+        }
         if was_up && !is_up {
             self.admin_down_since_ms.store(now_ms, Ordering::Relaxed);
         } else if !was_up && is_up {

@@ -31,6 +31,12 @@ impl Tier {
         };
         Tier { members, balancer }
     }
+
+    /// Whether any member is in slow start (then a second look without the
+    /// ramp is worth it).
+    fn ramping(&self, now_ms: u64) -> bool {
+        self.members.iter().any(|s| s.ramp(now_ms).is_some())
+    }
 }
 
 /// An upstream as of one change: every server (in id order) and the tiers.
@@ -68,13 +74,25 @@ struct View<'a> {
     tried: &'a Tried,
     skip: Option<u32>,
     now_ms: u64,
+    /// Whether servers in slow start take only their ramped share. The second
+    /// look at a tier turns it off, so a ramping server that is the only one left
+    /// still serves instead of the client getting a 502.
+    ramp: bool,
 }
 
 impl Peers for View<'_> {
     #[inline]
     fn eligible(&self, i: usize) -> bool {
         let s = &self.members[i];
-        !(self.tried.contains(s.id) || self.skip == Some(s.id)) && s.available(self.now_ms)
+        if self.tried.contains(s.id) || self.skip == Some(s.id) || !s.available(self.now_ms) {
+            return false;
+        }
+        // Slow start: skipping a ramping server's turns with probability
+        // 1 - share gives it `share` of its weight, with no rebuild per step.
+        match (self.ramp, s.ramp(self.now_ms)) {
+            (true, Some(share)) => fastrand::f64() < share,
+            _ => true,
+        }
     }
     #[inline]
     fn active(&self, i: usize) -> u64 {
@@ -125,10 +143,18 @@ impl Snapshot {
     /// The lease counts the request as active, and respects `max_conns` even when
     /// several threads race for a server's last slot.
     pub fn pick(&self, key: Option<u64>, tried: &Tried, now_ms: u64) -> Option<Lease> {
-        for tier in [&self.primary, &self.backup] {
+        for (tier, ramp) in [
+            (&self.primary, true),
+            (&self.primary, false),
+            (&self.backup, true),
+            (&self.backup, false),
+        ] {
             let Some(balancer) = &tier.balancer else {
                 continue;
             };
+            if !ramp && !tier.ramping(now_ms) {
+                continue;
+            }
             let mut skip = None;
             // A server can lose its last slot between the check and the count; the
             // loop then looks once more without it. Bounded by the tier size.
@@ -138,6 +164,7 @@ impl Snapshot {
                     tried,
                     skip,
                     now_ms,
+                    ramp,
                 };
                 let Some(i) = balancer.select(&view, key) else {
                     break;

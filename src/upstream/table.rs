@@ -16,9 +16,11 @@ use tracing::info;
 
 use super::command::{Command, ServerPatch, ServerRef, ServerSpec, TableError};
 use super::events::Event;
-use super::server::{AdminState, Server, ServerRuntime};
+use super::server::{AdminState, Health, Server, ServerRuntime};
 use super::snapshot::Snapshot;
-use crate::config::{Balance, Config, HashKey, KeepaliveConfig, RetryPolicy, Timeouts};
+use crate::config::{
+    Balance, Config, HashKey, HealthCheckConfig, KeepaliveConfig, RetryPolicy, Timeouts,
+};
 use crate::proxy::pool::Pool;
 use crate::state::{StateError, StateStore};
 
@@ -30,6 +32,7 @@ pub struct UpstreamSettings {
     pub keepalive: KeepaliveConfig,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 impl Default for UpstreamSettings {
@@ -40,6 +43,7 @@ impl Default for UpstreamSettings {
             keepalive: KeepaliveConfig::default(),
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
+            health_check: None,
         }
     }
 }
@@ -52,6 +56,7 @@ impl UpstreamSettings {
             keepalive: up.keepalive,
             timeouts: up.timeouts,
             retry: up.retry,
+            health_check: up.health_check.clone(),
         }
     }
 }
@@ -136,6 +141,20 @@ pub enum OpenError {
     Table(#[from] TableError),
     #[error("state file {path}: {reason}")]
     BadState { path: String, reason: String },
+}
+
+/// A server added at run time: with a health check it starts `checking`, and
+/// slow start counts from now.
+fn added_server(id: u32, spec: &ServerSpec, settings: &UpstreamSettings) -> Server {
+    let s = new_server(id, spec, settings.keepalive);
+    if settings.health_check.is_some() {
+        s.runtime.stats.set_health(Health::Checking);
+    }
+    s.runtime
+        .stats
+        .eligible_since_ms
+        .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    s
 }
 
 fn new_server(id: u32, spec: &ServerSpec, keepalive: KeepaliveConfig) -> Server {
@@ -245,9 +264,21 @@ impl Table {
                     path: path.clone(),
                     reason: format!("upstream {name:?}: {reason}"),
                 };
+                let saved_settings =
+                    super::persist::settings_from_state(&up.settings).map_err(bad)?;
+                // The file's settings stand for the upstream, except a health
+                // check set through the API, which the state keeps.
                 let settings = match config.upstreams.get(name) {
-                    Some(c) => UpstreamSettings::from_config(c),
-                    None => super::persist::settings_from_state(&up.settings).map_err(bad)?,
+                    Some(c) => {
+                        let from_file = UpstreamSettings::from_config(c);
+                        UpstreamSettings {
+                            health_check: saved_settings
+                                .health_check
+                                .or(from_file.health_check.clone()),
+                            ..from_file
+                        }
+                    }
+                    None => saved_settings,
                 };
                 let mut servers = Vec::new();
                 for s in &up.servers {
@@ -265,11 +296,17 @@ impl Table {
         let mut upstreams = BTreeMap::new();
         let mut next_id = BTreeMap::new();
         for (name, (settings, specs, next)) in drafts {
+            // At start-up servers take traffic at once, unless the check is
+            // mandatory: then they wait for a first pass.
+            let mandatory = settings.health_check.as_ref().is_some_and(|c| c.mandatory);
             let servers = specs
                 .iter()
                 .map(|(id, spec, state)| {
                     let mut s = new_server(*id, spec, settings.keepalive);
                     s.state = *state;
+                    if mandatory {
+                        s.runtime.stats.set_health(Health::Checking);
+                    }
                     Arc::new(s)
                 })
                 .collect();
@@ -370,6 +407,7 @@ impl Table {
         let mut closed: Vec<Arc<Server>> = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let mut state_changes: Vec<(Arc<Server>, bool, bool)> = Vec::new();
+        let mut health_resets: Vec<(Arc<Server>, Health)> = Vec::new();
         let event = |upstream: &str,
                      server: Option<&Server>,
                      change: &str,
@@ -403,7 +441,7 @@ impl Table {
                         let mut list: Vec<Arc<Server>> = Vec::new();
                         for (i, spec) in servers.iter().enumerate() {
                             validate_new(name, settings, &list, spec)?;
-                            list.push(Arc::new(new_server(i as u32, spec, settings.keepalive)));
+                            list.push(Arc::new(added_server(i as u32, spec, settings)));
                         }
                         next_id.insert(name.to_string(), list.len() as u32);
                         deleted.remove(name);
@@ -444,7 +482,7 @@ impl Table {
                     Command::Add { server, .. } => {
                         validate_new(name, &draft.settings, &draft.servers, server)?;
                         let id = next_id.entry(name.to_string()).or_insert(0);
-                        let new = Arc::new(new_server(*id, server, draft.settings.keepalive));
+                        let new = Arc::new(added_server(*id, server, &draft.settings));
                         *id += 1;
                         events.push(event(
                             name,
@@ -455,6 +493,34 @@ impl Table {
                         ));
                         draft.servers.push(Arc::clone(&new));
                         touched.push(new);
+                    }
+                    Command::SetHealthCheck { check, .. } => {
+                        let old = draft.settings.health_check.take();
+                        let describe = |c: &Option<HealthCheckConfig>| {
+                            c.as_ref().map(|c| match c.kind {
+                                crate::config::HealthCheckKind::Http => "http".to_string(),
+                                crate::config::HealthCheckKind::Tcp => "tcp".to_string(),
+                            })
+                        };
+                        events.push(event(
+                            name,
+                            None,
+                            "health_check",
+                            describe(&old),
+                            describe(check),
+                        ));
+                        // Without a check there is no verdict: everyone is healthy.
+                        // A new check judges from its first results on; a
+                        // mandatory one holds servers back until they pass.
+                        let start = match check {
+                            None => Some(Health::Healthy),
+                            Some(c) if c.mandatory && old.is_none() => Some(Health::Checking),
+                            Some(_) => None,
+                        };
+                        if let Some(h) = start {
+                            health_resets.extend(draft.servers.iter().map(|s| (Arc::clone(s), h)));
+                        }
+                        draft.settings.health_check = check.clone();
                     }
                     Command::Remove { server, .. } => {
                         let i = find(&draft.servers, server)?;
@@ -547,6 +613,9 @@ impl Table {
         for server in closed {
             server.runtime.pool.clear();
         }
+        for (server, health) in health_resets {
+            server.runtime.stats.set_health(health);
+        }
         let now = crate::clock::now_ms();
         for (server, was_up, is_up) in state_changes {
             server.runtime.stats.admin_state_changed(was_up, is_up, now);
@@ -559,6 +628,24 @@ impl Table {
             let _ = self.events.send(e);
         }
         Ok(touched)
+    }
+
+    /// Reports a health transition (from the `health` module) to the event stream
+    /// and the log. It changes nothing in the table: health is not admin state.
+    pub fn report_health(&self, upstream: &str, server: &Server, old: Health, new: Health) {
+        let e = Event {
+            seq: self.event_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            origin: "health_check".into(),
+            upstream: upstream.to_string(),
+            server: Some(server.addr.clone()),
+            id: Some(server.id),
+            change: "health".into(),
+            old: Some(old.as_str().into()),
+            new: Some(new.as_str().into()),
+        };
+        info!(upstream, server = %server.addr, old = old.as_str(), new = new.as_str(), "health change");
+        let _ = self.events.send(e);
     }
 
     /// Closes idle connections that timed out, on every server.
