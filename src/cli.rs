@@ -286,6 +286,7 @@ async fn serve(
         state.discard_bad_state,
     )?);
     let proxy = Proxy::bind(&cfg, Arc::clone(&table)).await?;
+    let checker = crate::health::active::spawn(Arc::clone(&table));
     for addr in proxy.local_addrs() {
         println!("switchyard: listening on http://{addr}");
     }
@@ -300,7 +301,9 @@ async fn serve(
         info!(file = %path.display(), "changes are saved to the state file");
     }
     ready();
-    match proxy.run(shutdown_signal()).await {
+    let outcome = proxy.run(shutdown_signal()).await;
+    checker.abort();
+    match outcome {
         Shutdown::Clean => info!("stopped; every in-flight request finished"),
         Shutdown::GraceExpired(n) => info!(cut = n, "stopped; grace period expired"),
     }

@@ -56,6 +56,14 @@ pub fn record_failure(server: &Server, now_ms: u64) -> FailureOutcome {
     FailureOutcome::Counted
 }
 
+/// Clears passive `unavail` and the failure count (an active check passed).
+pub fn clear(stats: &crate::upstream::ServerStats) {
+    stats.window_fails.store(0, Relaxed);
+    if stats.unavail_until_ms.load(Relaxed) != 0 {
+        stats.unavail_until_ms.store(0, Relaxed);
+    }
+}
+
 /// Records a successful attempt: the failure count starts again from zero.
 pub fn record_success(server: &Server) {
     let stats = &server.runtime.stats;
