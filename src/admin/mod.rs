@@ -102,6 +102,12 @@ pub fn router(table: Arc<Table>, access: Access) -> Router {
                 .patch(native::patch_server)
                 .delete(native::delete_server),
         )
+        .route(
+            "/api/v1/upstreams/{name}/health_check",
+            get(native::get_health_check)
+                .put(native::put_health_check)
+                .delete(native::delete_health_check),
+        )
         .route("/api/v1/batch", post(native::batch))
         .route("/api/v1/events", get(native::events))
         .fallback(not_found);

@@ -21,7 +21,12 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use super::views::{ServerView, UpstreamView, parse_duration};
-use crate::config::{Balance, HashKey, KeepaliveConfig, RetryPolicy, ServerConfig, Timeouts};
+use std::collections::BTreeMap;
+
+use crate::config::{
+    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
+    ServerConfig, Timeouts,
+};
 use crate::upstream::{AdminState, Command, ServerPatch, ServerRef, ServerSpec, UpstreamSettings};
 
 type ApiResult = Result<Response, ApiError>;
@@ -165,6 +170,141 @@ impl ServerChange {
     }
 }
 
+/// An active health check as the API takes it: the keys of the file's
+/// `health_check`, durations as strings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckJson {
+    #[serde(rename = "type")]
+    kind: String,
+    http_req: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    interval: Option<String>,
+    jitter: Option<String>,
+    timeout: Option<String>,
+    fall: Option<u32>,
+    rise: Option<u32>,
+    #[serde(default)]
+    valid_statuses: Vec<u16>,
+    body: Option<String>,
+    body_regex: Option<String>,
+    port: Option<u16>,
+    concurrency: Option<u32>,
+    #[serde(default)]
+    mandatory: bool,
+}
+
+impl HealthCheckJson {
+    pub(super) fn into_config(self) -> Result<HealthCheckConfig, ApiError> {
+        let bad = |m: String| ApiError::unprocessable("BadHealthCheck", m);
+        let kind = match self.kind.as_str() {
+            "http" => HealthCheckKind::Http,
+            "tcp" => HealthCheckKind::Tcp,
+            other => {
+                return Err(bad(format!(
+                    "unknown health check type {other:?} (expected \"http\" or \"tcp\")"
+                )));
+            }
+        };
+        let mut c = HealthCheckConfig::new(kind);
+        let structured = self.method.is_some()
+            || self.path.is_some()
+            || self.host.is_some()
+            || !self.headers.is_empty();
+        if self.http_req.is_some() && structured {
+            return Err(bad("http_req is the whole request; method, path, host and headers cannot be used with it".into()));
+        }
+        if kind == HealthCheckKind::Tcp
+            && (self.http_req.is_some()
+                || structured
+                || self.body.is_some()
+                || self.body_regex.is_some()
+                || !self.valid_statuses.is_empty())
+        {
+            return Err(bad(
+                "a tcp check takes no request, status or body settings".into()
+            ));
+        }
+        c.http_req = self.http_req;
+        if let Some(m) = self.method {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(bad(format!("bad method {m:?}")));
+            }
+            c.method = m;
+        }
+        if let Some(p) = self.path {
+            if !p.starts_with('/')
+                || p.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return Err(bad(format!(
+                    "bad path {p:?} (must start with \"/\" and have no spaces)"
+                )));
+            }
+            c.path = p;
+        }
+        c.host = self.host;
+        for (k, v) in self.headers {
+            if k.is_empty() || k.contains([':', '\r', '\n', ' ']) || v.contains(['\r', '\n']) {
+                return Err(bad(format!("bad header {k:?}")));
+            }
+            c.headers.push((k, v));
+        }
+        let positive =
+            |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ApiError> {
+                let d = v
+                    .as_deref()
+                    .map_or(Ok(default), |s| duration_field(name, s))?;
+                if d.is_zero() {
+                    return Err(ApiError::unprocessable(
+                        "BadHealthCheck",
+                        format!("{name} must be greater than 0"),
+                    ));
+                }
+                Ok(d)
+            };
+        c.interval = positive("interval", &self.interval, c.interval)?;
+        c.timeout = positive("timeout", &self.timeout, c.timeout)?;
+        if let Some(j) = &self.jitter {
+            c.jitter = duration_field("jitter", j)?;
+        }
+        for (name, v, slot) in [
+            ("fall", self.fall, &mut c.fall),
+            ("rise", self.rise, &mut c.rise),
+            ("concurrency", self.concurrency, &mut c.concurrency),
+        ] {
+            match v {
+                Some(0) => return Err(bad(format!("{name} must be at least 1"))),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        if let Some(code) = self
+            .valid_statuses
+            .iter()
+            .find(|c| !(100..=599).contains(*c))
+        {
+            return Err(bad(format!("status {code} out of range 100..=599")));
+        }
+        c.valid_statuses = self.valid_statuses;
+        c.body = self.body;
+        if let Some(re) = &self.body_regex {
+            regex::Regex::new(re).map_err(|e| bad(format!("bad body_regex: {e}")))?;
+        }
+        c.body_regex = self.body_regex;
+        if self.port == Some(0) {
+            return Err(bad("port 0 out of range 1..=65535".into()));
+        }
+        c.port = self.port;
+        c.mandatory = self.mandatory;
+        Ok(c)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetryJson {
@@ -186,6 +326,7 @@ pub(super) struct NewUpstream {
     read_timeout: Option<String>,
     send_timeout: Option<String>,
     retry: Option<RetryJson>,
+    health_check: Option<HealthCheckJson>,
     #[serde(default)]
     servers: Vec<NewServer>,
 }
@@ -248,7 +389,10 @@ impl NewUpstream {
                 send: d("send_timeout", &self.send_timeout, td.send)?,
             },
             retry,
-            health_check: None,
+            health_check: self
+                .health_check
+                .map(HealthCheckJson::into_config)
+                .transpose()?,
         };
         let mut servers = Vec::new();
         for s in self.servers {
@@ -296,7 +440,7 @@ enum BatchOp {
         server: ServerRefJson,
     },
     CreateUpstream {
-        upstream: NewUpstream,
+        upstream: Box<NewUpstream>,
     },
     DeleteUpstream {
         upstream: String,
@@ -608,6 +752,61 @@ pub(super) async fn batch(
             })
         }
     }
+}
+
+pub(super) async fn get_health_check(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let up = app.table.upstream(&name).ok_or_else(|| {
+        ApiError::from(crate::upstream::TableError::UnknownUpstream(name.clone()))
+    })?;
+    match &up.settings.health_check {
+        Some(c) => Ok(Json(crate::upstream::check_view(c)).into_response()),
+        None => Err(ApiError::not_found(
+            "NoHealthCheck",
+            format!("upstream {name:?} has no health check"),
+        )),
+    }
+}
+
+pub(super) async fn put_health_check(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let json: HealthCheckJson = json_body(&app, &headers, body)?;
+    let check = json.into_config()?;
+    let view = crate::upstream::check_view(&check);
+    apply(
+        &app,
+        vec![Command::SetHealthCheck {
+            upstream: name,
+            check: Some(check),
+        }],
+        who(client),
+    )
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+pub(super) async fn delete_health_check(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    apply(
+        &app,
+        vec![Command::SetHealthCheck {
+            upstream: name,
+            check: None,
+        }],
+        who(client),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub(super) async fn events(

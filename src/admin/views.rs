@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 
-use crate::upstream::{AdminState, Server, Upstream};
+use crate::upstream::{AdminState, Health, Server, Upstream};
 
 /// Formats a duration as the API writes it: `"10s"`, `"500ms"`, `"0s"`.
 pub fn duration(d: std::time::Duration) -> String {
@@ -25,12 +25,57 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
-/// Health as observed (never what an operator asked for).
+/// Health as observed (never what an operator asked for): the active checks'
+/// verdict, or passive `unavail` when the checks have nothing against the server.
 pub fn health(server: &Server, now_ms: u64) -> &'static str {
-    if server.runtime.stats.is_unavail(now_ms) {
-        "unavail"
-    } else {
-        "healthy"
+    match server.runtime.stats.health() {
+        Health::Unhealthy => "unhealthy",
+        Health::Checking => "checking",
+        Health::Healthy if server.runtime.stats.is_unavail(now_ms) => "unavail",
+        Health::Healthy => "healthy",
+    }
+}
+
+/// Formats a Unix time in milliseconds as RFC 3339 (UTC, milliseconds); `None`
+/// for 0 (never).
+pub fn unix_ms_rfc3339(ms: u64) -> Option<String> {
+    (ms != 0).then(|| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    })
+}
+
+/// What the active checks recorded for one server.
+#[derive(Debug, Serialize)]
+pub struct ChecksView {
+    pub checks: u64,
+    pub fails: u64,
+    pub unhealthy: u64,
+    pub consecutive_passes: u32,
+    pub consecutive_fails: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+    pub last_check_passed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_passed: Option<String>,
+}
+
+impl ChecksView {
+    pub fn of(s: &Server) -> ChecksView {
+        let st = &s.runtime.stats;
+        let (passes, fails, last, last_ok, last_passed) = st.check_record();
+        ChecksView {
+            checks: st.checks_total.load(Relaxed),
+            fails: st.checks_failed.load(Relaxed),
+            unhealthy: st.unhealthy_total.load(Relaxed),
+            consecutive_passes: passes,
+            consecutive_fails: fails,
+            last_check: unix_ms_rfc3339(last),
+            last_check_passed: last_ok,
+            last_passed: unix_ms_rfc3339(last_passed),
+        }
     }
 }
 
@@ -60,8 +105,11 @@ pub struct ServerView {
     pub backup: bool,
     /// What an operator asked for: `up`, `down`, `drain`.
     pub state: AdminState,
-    /// What was observed: `healthy`, `unavail`.
+    /// What was observed: `healthy`, `unhealthy`, `checking` (active checks), or
+    /// `unavail` (passive failures).
     pub health: &'static str,
+    /// Passive failure accounting on its own: `unavail` or `ok`.
+    pub passive: &'static str,
     /// Whether it takes new requests now.
     pub eligible: bool,
     pub active: u64,
@@ -72,6 +120,13 @@ pub struct ServerView {
     /// Milliseconds out of traffic, by operator or by failures.
     pub downtime: u64,
     pub idle_connections: usize,
+    /// Bytes written to and read from the server.
+    pub sent: u64,
+    pub received: u64,
+    /// Mean time to response headers and to the end of the response, in ms.
+    pub header_time: u64,
+    pub response_time: u64,
+    pub health_checks: ChecksView,
 }
 
 impl ServerView {
@@ -89,6 +144,11 @@ impl ServerView {
             backup: s.backup,
             state: s.state,
             health: health(s, now_ms),
+            passive: if st.is_unavail(now_ms) {
+                "unavail"
+            } else {
+                "ok"
+            },
             eligible: s.state == AdminState::Up && s.available(now_ms),
             active: st.active.load(Relaxed),
             requests: st.requests.load(Relaxed),
@@ -103,6 +163,11 @@ impl ServerView {
             unavail: st.unavail_total.load(Relaxed),
             downtime: st.downtime_ms(s.fail_timeout, now_ms),
             idle_connections: s.runtime.pool.idle_len(),
+            sent: st.bytes_sent.load(Relaxed),
+            received: st.bytes_received.load(Relaxed),
+            header_time: st.header_time.mean_ms(),
+            response_time: st.response_time.mean_ms(),
+            health_checks: ChecksView::of(s),
         }
     }
 }

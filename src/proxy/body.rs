@@ -85,10 +85,18 @@ pub struct UpstreamResponse {
     /// Armed lazily: a body that is always ready never allocates a timer.
     timer: Option<Pin<Box<Sleep>>>,
     progressed: bool,
+    /// When the request was sent, for the response-time histogram.
+    sent_at: Instant,
 }
 
 impl UpstreamResponse {
-    pub fn new(body: Incoming, lease: Lease, conn: Sender, read_timeout: Duration) -> Self {
+    pub fn new(
+        body: Incoming,
+        lease: Lease,
+        conn: Sender,
+        read_timeout: Duration,
+        sent_at: Instant,
+    ) -> Self {
         let ended = body.is_end_stream();
         let mut this = UpstreamResponse {
             body,
@@ -98,6 +106,7 @@ impl UpstreamResponse {
             read_timeout,
             timer: None,
             progressed: false,
+            sent_at,
         };
         if ended {
             this.finish();
@@ -112,6 +121,13 @@ impl UpstreamResponse {
     /// The exchange is over: the connection may serve the next request.
     fn finish(&mut self) {
         self.ended = true;
+        if let Some(server) = self.server() {
+            server
+                .runtime
+                .stats
+                .response_time
+                .observe(self.sent_at.elapsed());
+        }
         if let (Some(conn), Some(server)) = (self.conn.take(), self.server()) {
             server.runtime.pool.checkin(conn);
         }

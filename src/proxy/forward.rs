@@ -201,7 +201,11 @@ async fn connect(server: &Server, timeouts: &Timeouts) -> Result<Sender, Attempt
         Err(_) => return Err(AttemptError::ConnectTimeout(timeouts.connect)),
     };
     let _ = stream.set_nodelay(true);
-    let io = hyper_util::rt::TokioIo::new(UpstreamIo::new(stream, timeouts.send));
+    let io = hyper_util::rt::TokioIo::new(UpstreamIo::new(
+        stream,
+        timeouts.send,
+        Arc::clone(&server.runtime),
+    ));
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
         .await
@@ -351,6 +355,12 @@ async fn forward(
             break;
         };
         tried.push(lease.server().id);
+        lease
+            .server()
+            .runtime
+            .stats
+            .selected_unix_ms
+            .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
         match attempt(
             lease.server(),
             &settings.timeouts,
@@ -360,8 +370,8 @@ async fn forward(
         )
         .await
         {
-            Ok((resp, sender)) => {
-                return respond(upstream, lease, resp, sender, client_upgrade);
+            Ok((resp, sender, sent_at)) => {
+                return respond(upstream, lease, resp, sender, sent_at, client_upgrade);
             }
             Err((error, unsent)) => {
                 let server = lease.server();
@@ -413,7 +423,7 @@ async fn attempt(
     mut req: Request<UpstreamBody>,
     upgrade: bool,
     replay: Option<&Replay>,
-) -> Result<(Response<Incoming>, Sender), (AttemptError, Unsent)> {
+) -> Result<(Response<Incoming>, Sender, Instant), (AttemptError, Unsent)> {
     loop {
         let pooled = if upgrade {
             None
@@ -439,8 +449,12 @@ async fn attempt(
             .stats
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent_at = Instant::now();
         match timeout(timeouts.read, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Ok(resp)) => {
+                server.runtime.stats.header_time.observe(sent_at.elapsed());
+                return Ok((resp, sender, sent_at));
+            }
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
                 let error = e.into_error();
@@ -456,11 +470,18 @@ async fn attempt(
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn respond(
     upstream: &Upstream,
     lease: Lease,
     mut resp: Response<Incoming>,
     sender: Sender,
+    sent_at: Instant,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     let server = Arc::clone(lease.server());
@@ -492,6 +513,7 @@ fn respond(
             lease,
             sender,
             upstream.settings.timeouts.read,
+            sent_at,
         )),
     )
 }

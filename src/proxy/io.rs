@@ -4,6 +4,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,9 +13,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::ServerRuntime;
+
+/// The connection to a server: `send_timeout`, and byte counts into the server's
+/// statistics.
 #[derive(Debug)]
 pub struct UpstreamIo {
     stream: TcpStream,
+    runtime: Arc<ServerRuntime>,
     send_timeout: Duration,
     /// Armed when a write first waits; disarmed by progress.
     write_timer: Option<Pin<Box<Sleep>>>,
@@ -21,12 +28,19 @@ pub struct UpstreamIo {
 }
 
 impl UpstreamIo {
-    pub fn new(stream: TcpStream, send_timeout: Duration) -> Self {
+    pub fn new(stream: TcpStream, send_timeout: Duration, runtime: Arc<ServerRuntime>) -> Self {
         UpstreamIo {
             stream,
+            runtime,
             send_timeout,
             write_timer: None,
             waiting: false,
+        }
+    }
+
+    fn count(&self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.runtime.stats.bytes_sent.fetch_add(*n as u64, Relaxed);
         }
     }
 
@@ -65,7 +79,17 @@ impl AsyncRead for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.runtime
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, Relaxed);
+        }
+        r
     }
 }
 
@@ -77,6 +101,7 @@ impl AsyncWrite for UpstreamIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.count(&r);
         this.on_write(cx, r)
     }
 
@@ -87,6 +112,7 @@ impl AsyncWrite for UpstreamIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.count(&r);
         this.on_write(cx, r)
     }
 

@@ -16,7 +16,9 @@
 pub mod balance;
 mod command;
 mod events;
+pub mod histogram;
 mod persist;
+pub use persist::check_view;
 mod server;
 mod snapshot;
 mod table;

@@ -32,6 +32,11 @@ pub(crate) fn settings_to_state(s: &UpstreamSettings) -> SettingsState {
     }
 }
 
+/// A check as the API shows it (the same shape it is saved in).
+pub fn check_view(c: &HealthCheckConfig) -> HealthCheckState {
+    check_to_state(c)
+}
+
 pub(crate) fn check_to_state(c: &HealthCheckConfig) -> HealthCheckState {
     HealthCheckState {
         kind: match c.kind {

@@ -210,6 +210,14 @@ pub struct ServerStats {
     pub requests: AtomicU64,
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [AtomicU64; 5],
+    /// Bytes written to and read from the server (headers included).
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Time to response headers, and until the end of the response body.
+    pub header_time: super::histogram::Histogram,
+    pub response_time: super::histogram::Histogram,
+    /// Wall-clock time (Unix ms) the server was last picked for a request.
+    pub selected_unix_ms: AtomicU64,
     /// Failed attempts (connect errors, resets, timeouts), ever.
     pub fails_total: AtomicU64,
     /// Times the server became `unavail`.
@@ -318,5 +326,12 @@ impl ServerStats {
         self.fails_total.store(0, Ordering::Relaxed);
         self.unavail_total.store(0, Ordering::Relaxed);
         self.admin_downtime_ms.store(0, Ordering::Relaxed);
+        self.bytes_sent.store(0, Ordering::Relaxed);
+        self.bytes_received.store(0, Ordering::Relaxed);
+        self.header_time.reset();
+        self.response_time.reset();
+        self.checks_total.store(0, Ordering::Relaxed);
+        self.checks_failed.store(0, Ordering::Relaxed);
+        self.unhealthy_total.store(0, Ordering::Relaxed);
     }
 }
