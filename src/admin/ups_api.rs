@@ -3,11 +3,18 @@
 //! scripts and curl commands written for it keep working. `act=drain` is ours.
 //!
 //! This module owns the parsing of that API's query string and form body and the
-//! `{code, msg, data}` answers. It must not touch the table except through
-//! `Table::apply_as` (one `Table::apply_as` call per request, so a list of
+//! `{code, msg, data}` answers. It must not touch the table except through one
+//! `Table::apply_as` call per request, on a blocking thread (so a list of
 //! servers changes all together or not at all), and it does not decide access:
 //! `admin::guard` does, before this code runs, and answers denials with
 //! [`denied`] in this API's shape.
+//!
+//! Codes: `D002` success; `E001` no server given (400); `E002` the change could
+//! not be applied or saved (500); `E003` unknown upstream (404); `E004` unknown
+//! server, named (404); `E005` unknown `act` (400); `E006` refused by the access
+//! policy (403/401/405); `E007` a change sent with another method than POST
+//! (405); `E008` a body that is not a form (415/400). Without `ups` or `act`
+//! the answer is the usage line as plain text (400).
 
 use std::net::SocketAddr;
 
