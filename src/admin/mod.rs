@@ -1,14 +1,16 @@
 //! The admin API: its own listener, served by axum on its own thread and runtime,
 //! so neither admin load nor a slow state-file fsync can starve the data plane.
 //!
-//! Every door here — the native API ([`native`]), and later the compatibility
-//! layers — parses its input into `upstream::Command`s and hands them to
+//! Every door here — the native API ([`native`]), the seed's `/ups_api`
+//! ([`ups_api`]) and the NGINX Plus API ([`nginx`]) — parses its input into `upstream::Command`s and hands them to
 //! `Table::apply_as`; none of them touches the table any other way. Access
 //! control ([`access`]) runs before any handler.
 
 pub mod access;
 mod error;
 mod native;
+mod nginx;
+mod ups_api;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tracing::{info, warn};
 
 pub use access::Access;
@@ -67,8 +69,41 @@ async fn guard(
     match app.access.check(client.ip(), req.method(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(denied) => {
-            warn!(%client, method = %req.method(), path = %req.uri().path(), reason = %denied.message, "admin request refused");
-            ApiError::new(denied.status, denied.code, denied.message).into_response()
+            let path = req.uri().path();
+            warn!(%client, method = %req.method(), %path, reason = %denied.message, "admin request refused");
+            // Each family of paths answers in its own shape.
+            match Family::of(path) {
+                Family::UpsApi => ups_api::denied(denied.status, denied.message),
+                Family::Nginx => nginx::error(denied.status, denied.code, denied.message),
+                Family::Native => {
+                    ApiError::new(denied.status, denied.code, denied.message).into_response()
+                }
+            }
+        }
+    }
+}
+
+/// Which API a path belongs to, for the shape of its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Native,
+    UpsApi,
+    Nginx,
+}
+
+impl Family {
+    fn of(path: &str) -> Family {
+        if path == "/ups_api" {
+            return Family::UpsApi;
+        }
+        let Some(rest) = path.strip_prefix("/api") else {
+            return Family::Native;
+        };
+        let first = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+        if !(rest.is_empty() || rest.starts_with('/')) || first == "v1" {
+            Family::Native
+        } else {
+            Family::Nginx
         }
     }
 }
@@ -110,6 +145,10 @@ pub fn router(table: Arc<Table>, access: Access) -> Router {
         )
         .route("/api/v1/batch", post(native::batch))
         .route("/api/v1/events", get(native::events))
+        .route("/ups_api", any(ups_api::handle))
+        .route("/api", any(nginx::handle_root))
+        .route("/api/", any(nginx::handle_root))
+        .route("/api/{*rest}", any(nginx::handle))
         .fallback(not_found);
     api.layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -179,5 +218,23 @@ impl AdminServer {
                 });
             })
             .map_err(AdminError::Thread)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Family;
+
+    #[test]
+    fn paths_belong_to_their_family() {
+        assert_eq!(Family::of("/ups_api"), Family::UpsApi);
+        assert_eq!(Family::of("/api"), Family::Nginx);
+        assert_eq!(Family::of("/api/"), Family::Nginx);
+        assert_eq!(Family::of("/api/9/http/upstreams"), Family::Nginx);
+        assert_eq!(Family::of("/api/v10"), Family::Nginx);
+        assert_eq!(Family::of("/api/v1"), Family::Native);
+        assert_eq!(Family::of("/api/v1/upstreams"), Family::Native);
+        assert_eq!(Family::of("/apix"), Family::Native);
+        assert_eq!(Family::of("/metrics"), Family::Native);
     }
 }

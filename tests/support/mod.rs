@@ -444,6 +444,26 @@ pub async fn try_get(addr: SocketAddr, path: &str) -> Result<Reply, BoxError> {
     fetch(addr, get_request(path)).await
 }
 
+/// Sends `method path` with `headers` and `body` (no `Content-Type` unless
+/// given in `headers`) and reads the whole answer; panics on a transport error.
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    fetch(addr, req).await.unwrap()
+}
+
 /// GETs `path`; panics on a transport error.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     try_get(addr, path).await.unwrap()
@@ -516,11 +536,20 @@ impl Drop for InProcess {
 // ---------------------------------------------------------------------------
 
 const READY: &str = "switchyard: listening on http://";
+const ADMIN_READY: &str = "switchyard: admin API on http://";
+
+/// A readiness line of the child's stdout.
+enum Ready {
+    Listen(SocketAddr),
+    Admin(SocketAddr),
+}
 
 /// The `switchyard` binary as a child process; killed on drop.
 pub struct Switchyard {
     child: Child,
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener, when started with [`Switchyard::start_with_admin`].
+    pub admin: Option<SocketAddr>,
     dir: tempfile::TempDir,
     /// Stdout lines after the readiness lines (drained so the child never blocks).
     stdout_rest: Arc<Mutex<Vec<String>>>,
@@ -547,16 +576,74 @@ impl Switchyard {
             "-c".into(),
             path.to_string_lossy().into_owned(),
         ];
-        Switchyard::start_in(dir, &args, listeners)
+        Switchyard::start_in(dir, &args, listeners, false)
+    }
+
+    /// [`Switchyard::run_config`] for a config with an `[admin]` listener; waits
+    /// for its readiness line too.
+    pub fn run_config_with_admin(text: &str, listeners: usize) -> Switchyard {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = vec![
+            "run".to_string(),
+            "-c".into(),
+            path.to_string_lossy().into_owned(),
+        ];
+        Switchyard::start_in(dir, &args, listeners, true)
+    }
+
+    /// `switchyard demo` on port 0 everywhere (backends too), with its state file
+    /// in the child's temporary directory; waits for the proxy and admin lines.
+    pub fn demo() -> Switchyard {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.json");
+        let args: Vec<String> = [
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend-ports",
+            "0,0,0",
+            "--state-file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([state.to_string_lossy().into_owned()])
+        .collect();
+        Switchyard::start_in(dir, &args, 1, true)
+    }
+
+    /// Spawns the binary with `args` and waits for `listeners` readiness lines
+    /// and the admin API line.
+    pub fn start_with_admin(args: &[String], listeners: usize) -> Switchyard {
+        Switchyard::start_in(tempfile::tempdir().unwrap(), args, listeners, true)
+    }
+
+    /// The admin API address (panics if the child was not started with one).
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .expect("started without waiting for the admin API")
+    }
+
+    /// Stdout lines other than the readiness lines, so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout_rest.lock().unwrap().clone()
     }
 
     /// Spawns the binary with `args` and waits until it printed `listeners`
     /// readiness lines (at most 30 s).
     pub fn start(args: &[String], listeners: usize) -> Switchyard {
-        Switchyard::start_in(tempfile::tempdir().unwrap(), args, listeners)
+        Switchyard::start_in(tempfile::tempdir().unwrap(), args, listeners, false)
     }
 
-    fn start_in(dir: tempfile::TempDir, args: &[String], listeners: usize) -> Switchyard {
+    fn start_in(
+        dir: tempfile::TempDir,
+        args: &[String],
+        listeners: usize,
+        want_admin: bool,
+    ) -> Switchyard {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(args)
@@ -567,18 +654,24 @@ impl Switchyard {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        let (tx, rx) = mpsc::channel::<Ready>();
         let rest = Arc::new(Mutex::new(Vec::new()));
         {
             let rest = Arc::clone(&rest);
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    match line.strip_prefix(READY).and_then(|a| a.trim().parse().ok()) {
-                        Some(addr) => {
-                            let _ = tx.send(addr);
-                        }
-                        None => rest.lock().unwrap().push(line),
+                    let parse = |prefix: &str| {
+                        line.strip_prefix(prefix)
+                            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                    };
+                    if let Some(addr) = parse(READY) {
+                        let _ = tx.send(Ready::Listen(addr));
+                    } else if let Some(addr) = parse(ADMIN_READY) {
+                        rest.lock().unwrap().push(line.clone());
+                        let _ = tx.send(Ready::Admin(addr));
+                    } else {
+                        rest.lock().unwrap().push(line);
                     }
                 }
             });
@@ -586,14 +679,16 @@ impl Switchyard {
         let mut me = Switchyard {
             child,
             addrs: Vec::new(),
+            admin: None,
             dir,
             stdout_rest: rest,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while me.addrs.len() < listeners {
+        while me.addrs.len() < listeners || (want_admin && me.admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(addr) => me.addrs.push(addr),
+                Ok(Ready::Listen(addr)) => me.addrs.push(addr),
+                Ok(Ready::Admin(addr)) => me.admin = Some(addr),
                 Err(_) => panic!(
                     "switchyard {args:?} not ready (exit: {:?}); stderr:\n{}",
                     me.child.try_wait(),

@@ -1,0 +1,930 @@
+//! NGINX Plus API compatibility (versions 4–9): `/api`, `/api/{v}`,
+//! `/api/{v}/http`, `/api/{v}/http/upstreams[/{name}[/servers[/{id}]]]`, with
+//! NGINX Plus field names, status codes and error bodies, so that automation
+//! written for NGINX Plus keeps working.
+//!
+//! This module owns the path dispatch under `/api/` (everything but `/api/v1`,
+//! which is the native API), the translation between NGINX Plus objects and our
+//! servers, and the NGINX error shape. It must not touch the table except
+//! through `Table::apply_as` on a blocking thread, with `upstream::Command`s;
+//! resetting statistics (`DELETE .../upstreams/{name}`) only zeroes counters
+//! (`ServerStats::reset`) and does not change the table. Access is decided by
+//! `admin::guard` before this code runs; it answers denials with [`error`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::ups_api::{decode_component, parse_pairs};
+use super::views::{duration, parse_duration};
+use crate::config::ServerConfig;
+use crate::upstream::{
+    AdminState, Command, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
+};
+
+/// The API versions answered.
+pub const VERSIONS: std::ops::RangeInclusive<u32> = 4..=9;
+
+const HREF: &str = "https://nginx.org/en/docs/http/ngx_http_api_module.html";
+
+/// An error in the NGINX Plus shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NgxError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub text: String,
+}
+
+impl NgxError {
+    fn new(status: StatusCode, code: &'static str, text: impl Into<String>) -> Self {
+        NgxError {
+            status,
+            code,
+            text: text.into(),
+        }
+    }
+
+    fn format(text: impl Into<String>) -> Self {
+        NgxError::new(StatusCode::BAD_REQUEST, "UpstreamConfFormatError", text)
+    }
+
+    fn upstream_not_found(name: &str) -> Self {
+        NgxError::new(
+            StatusCode::NOT_FOUND,
+            "UpstreamNotFound",
+            format!("upstream not found: no upstream named {name:?}"),
+        )
+    }
+}
+
+impl From<TableError> for NgxError {
+    fn from(e: TableError) -> Self {
+        let text = e.to_string();
+        let (status, code) = match e {
+            TableError::UnknownUpstream(_) => (StatusCode::NOT_FOUND, "UpstreamNotFound"),
+            TableError::UnknownServer { .. } => (StatusCode::NOT_FOUND, "UpstreamServerNotFound"),
+            TableError::UpstreamExists(_) | TableError::DuplicateServer { .. } => {
+                (StatusCode::CONFLICT, "EntryExists")
+            }
+            TableError::BadWeight(_) => (StatusCode::BAD_REQUEST, "UpstreamBadWeight"),
+            TableError::BackupWithHash(_) => (StatusCode::BAD_REQUEST, "UpstreamConfFormatError"),
+            TableError::Resolve { .. } => (StatusCode::BAD_REQUEST, "UpstreamBadAddress"),
+            TableError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StateNotSaved"),
+        };
+        NgxError::new(status, code, text)
+    }
+}
+
+/// A unique hex id per request.
+fn request_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}{:016x}", fastrand::u64(..), seq)
+}
+
+/// An error response in the NGINX Plus shape:
+/// `{"error":{"status":N,"text":"…","code":"…"},"request_id":"…","href":"…"}`.
+pub fn error(status: StatusCode, code: &str, text: impl Into<String>) -> Response {
+    let body = json!({
+        "error": { "status": status.as_u16(), "text": text.into(), "code": code },
+        "request_id": request_id(),
+        "href": HREF,
+    });
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for NgxError {
+    fn into_response(self) -> Response {
+        error(self.status, self.code, self.text)
+    }
+}
+
+/// What a path under `/api/` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Versions,
+    Root,
+    Http,
+    Upstreams,
+    Upstream(String),
+    Servers(String),
+    Server(String, String),
+}
+
+/// Decodes a path segment (`%XX`; a `+` is a plus here, not a space).
+fn decode_segment(s: &str) -> String {
+    decode_component(&s.replace('+', "%2B"))
+}
+
+/// Parses the path after `/api/`; a trailing slash (or an empty segment) does
+/// not matter.
+pub fn parse_path(rest: &str) -> Result<Target, NgxError> {
+    let segs: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode_segment)
+        .collect();
+    let Some(version) = segs.first() else {
+        return Ok(Target::Versions);
+    };
+    match version.parse::<u32>() {
+        Ok(v) if VERSIONS.contains(&v) => {}
+        _ => {
+            return Err(NgxError::new(
+                StatusCode::NOT_FOUND,
+                "UnknownVersion",
+                format!(
+                    "unknown version {version:?} (supported: {}..{})",
+                    VERSIONS.start(),
+                    VERSIONS.end()
+                ),
+            ));
+        }
+    }
+    let s: Vec<&str> = segs[1..].iter().map(String::as_str).collect();
+    Ok(match s.as_slice() {
+        [] => Target::Root,
+        ["http"] => Target::Http,
+        ["http", "upstreams"] => Target::Upstreams,
+        ["http", "upstreams", name] => Target::Upstream((*name).to_string()),
+        ["http", "upstreams", name, "servers"] => Target::Servers((*name).to_string()),
+        ["http", "upstreams", name, "servers", id] => {
+            Target::Server((*name).to_string(), (*id).to_string())
+        }
+        _ => {
+            return Err(NgxError::new(
+                StatusCode::NOT_FOUND,
+                "PathNotFound",
+                format!("path not found: /api/{}", rest.trim_end_matches('/')),
+            ));
+        }
+    })
+}
+
+/// How the top-level keys of an answer are laid out, for `?fields=`.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// A JSON array of strings or numbers: not filtered.
+    Plain,
+    /// One object.
+    Object,
+    /// An array of objects.
+    List,
+    /// A map of name to object.
+    Map,
+}
+
+/// Parses `fields=a,b` (absent or empty: every field).
+pub fn parse_fields(query: Option<&str>) -> Option<Vec<String>> {
+    let pairs = parse_pairs(query.unwrap_or(""));
+    let (_, v) = pairs.iter().find(|(k, _)| k == "fields")?;
+    let fields: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+        .collect();
+    (!fields.is_empty()).then_some(fields)
+}
+
+/// Keeps only `fields` of an object.
+fn keep(v: Value, fields: &[String]) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(k, _)| fields.iter().any(|f| f == k))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn filter_fields(v: Value, fields: Option<&[String]>, shape: Shape) -> Value {
+    let Some(fields) = fields else {
+        return v;
+    };
+    match (shape, v) {
+        (Shape::Object, v) => keep(v, fields),
+        (Shape::List, Value::Array(a)) => {
+            Value::Array(a.into_iter().map(|o| keep(o, fields)).collect())
+        }
+        (Shape::Map, Value::Object(m)) => Value::Object(
+            m.into_iter()
+                .map(|(k, o)| (k, keep(o, fields)))
+                .collect::<Map<String, Value>>(),
+        ),
+        (_, v) => v,
+    }
+}
+
+/// The peer state NGINX Plus would show.
+pub fn peer_state(s: &Server, now_ms: u64) -> &'static str {
+    match s.state {
+        AdminState::Down => "down",
+        AdminState::Drain => "draining",
+        AdminState::Up if s.runtime.stats.is_unavail(now_ms) => "unavail",
+        AdminState::Up => "up",
+    }
+}
+
+/// Wall-clock time of a moment on the process clock (`clock::now_ms`).
+fn wall(at_ms: u64, now_ms: u64) -> String {
+    let t = SystemTime::now() - Duration::from_millis(now_ms.saturating_sub(at_ms));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A peer status object (inside `peers`).
+fn peer(s: &Server, now_ms: u64) -> Value {
+    let st = &s.runtime.stats;
+    let r: Vec<u64> = st.responses.iter().map(|c| c.load(Relaxed)).collect();
+    let state = peer_state(s, now_ms);
+    let mut m = json!({
+        "id": s.id,
+        "server": s.sockaddr.to_string(),
+        "name": s.addr,
+        "backup": s.backup,
+        "weight": s.weight,
+        "state": state,
+        "active": st.active.load(Relaxed),
+        "max_conns": s.max_conns,
+        "requests": st.requests.load(Relaxed),
+        "responses": {
+            "1xx": r[0], "2xx": r[1], "3xx": r[2], "4xx": r[3], "5xx": r[4],
+            "codes": {},
+            "total": r.iter().sum::<u64>(),
+        },
+        "sent": 0,
+        "received": 0,
+        "fails": st.fails_total.load(Relaxed),
+        "unavail": st.unavail_total.load(Relaxed),
+        "health_checks": { "checks": 0, "fails": 0, "unhealthy": 0 },
+        "downtime": st.downtime_ms(s.fail_timeout, now_ms),
+    });
+    // When the current period out of traffic began.
+    let since = match state {
+        "down" | "draining" => Some(st.admin_down_since_ms.load(Relaxed)),
+        "unavail" => Some(
+            st.unavail_until_ms
+                .load(Relaxed)
+                .saturating_sub(s.fail_timeout.as_millis() as u64),
+        ),
+        _ => None,
+    };
+    if let (Some(since), Some(obj)) = (since.filter(|&t| t != 0), m.as_object_mut()) {
+        obj.insert("downstart".into(), Value::String(wall(since, now_ms)));
+    }
+    m
+}
+
+/// An upstream object: `{peers, keepalive, zombies, zone}`.
+fn upstream_json(u: &Upstream, now_ms: u64) -> Value {
+    let servers = &u.snapshot().servers;
+    json!({
+        "peers": servers.iter().map(|s| peer(s, now_ms)).collect::<Vec<_>>(),
+        "keepalive": servers.iter().map(|s| s.runtime.pool.idle_len()).sum::<usize>(),
+        "zombies": 0,
+        "zone": u.name,
+    })
+}
+
+/// A server config object (what `.../servers` lists).
+fn server_conf(s: &Server) -> Value {
+    let mut v = json!({
+        "id": s.id,
+        "server": s.addr,
+        "weight": s.weight,
+        "max_conns": s.max_conns,
+        "max_fails": s.max_fails,
+        "fail_timeout": duration(s.fail_timeout),
+        "slow_start": duration(s.slow_start),
+        "route": "",
+        "backup": s.backup,
+        "down": s.state == AdminState::Down,
+    });
+    if s.state == AdminState::Drain
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("drain".into(), Value::Bool(true));
+    }
+    v
+}
+
+/// Reads a JSON object body, whatever the content type says.
+fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, NgxError> {
+    let body = body.map_err(|e| {
+        NgxError::new(
+            e.status(),
+            "JsonError",
+            format!("cannot read the body: {e}"),
+        )
+    })?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        NgxError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "JsonError",
+            format!("json error: {e}"),
+        )
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(NgxError::format(format!(
+            "the body must be a JSON object, not {other}"
+        ))),
+    }
+}
+
+fn uint(key: &str, v: &Value) -> Result<u32, NgxError> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| NgxError::format(format!("{key}: expected a non-negative integer, got {v}")))
+}
+
+fn boolean(key: &str, v: &Value) -> Result<bool, NgxError> {
+    v.as_bool()
+        .ok_or_else(|| NgxError::format(format!("{key}: expected true or false, got {v}")))
+}
+
+fn weight(v: &Value) -> Result<u32, NgxError> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|w| (1..=1000).contains(w))
+        .ok_or_else(|| {
+            NgxError::new(
+                StatusCode::BAD_REQUEST,
+                "UpstreamBadWeight",
+                format!("weight: expected an integer in 1..=1000, got {v}"),
+            )
+        })
+}
+
+fn dur(key: &str, v: &Value) -> Result<Duration, NgxError> {
+    let parsed = match v {
+        Value::String(s) => parse_duration(s),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("bad duration {n}")),
+        other => Err(format!("expected a duration such as \"10s\", got {other}")),
+    };
+    parsed.map_err(|e| NgxError::format(format!("{key}: {e}")))
+}
+
+/// `route` and `service` have no counterpart here: only empty values pass.
+fn empty_string(key: &str, v: &Value, code: &'static str) -> Result<(), NgxError> {
+    match v.as_str() {
+        Some("") => Ok(()),
+        _ => Err(NgxError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("{key} is not supported by switchyard (got {v})"),
+        )),
+    }
+}
+
+/// The server a POST body describes.
+pub fn new_server(body: &Map<String, Value>) -> Result<ServerConfig, NgxError> {
+    let addr = match body.get("server") {
+        Some(Value::String(a)) => a.trim().to_string(),
+        Some(other) => {
+            return Err(NgxError::new(
+                StatusCode::BAD_REQUEST,
+                "UpstreamBadAddress",
+                format!("server: expected \"host:port\", got {other}"),
+            ));
+        }
+        None => {
+            return Err(NgxError::format(
+                "the body has no \"server\" (\"host:port\")",
+            ));
+        }
+    };
+    crate::config::check_server_addr(&addr).map_err(|e| {
+        NgxError::new(
+            StatusCode::BAD_REQUEST,
+            "UpstreamBadAddress",
+            format!("server {addr:?}: {e}"),
+        )
+    })?;
+    let mut c = ServerConfig::new(addr);
+    let mut drain = false;
+    for (key, v) in body {
+        match key.as_str() {
+            "server" => {}
+            "weight" => c.weight = weight(v)?,
+            "max_conns" => c.max_conns = uint(key, v)?,
+            "max_fails" => c.max_fails = uint(key, v)?,
+            "fail_timeout" => c.fail_timeout = dur(key, v)?,
+            "slow_start" => c.slow_start = dur(key, v)?,
+            "backup" => c.backup = boolean(key, v)?,
+            "down" => c.down = boolean(key, v)?,
+            "drain" => drain = boolean(key, v)?,
+            "route" => empty_string(key, v, "UpstreamConfFormatError")?,
+            "service" => empty_string(key, v, "UpstreamConfFormatError")?,
+            "id" => return Err(NgxError::format("id is read-only: the server gets one")),
+            other => return Err(NgxError::format(format!("unknown parameter {other:?}"))),
+        }
+    }
+    if drain {
+        return Err(NgxError::format(
+            "a new server can start up or down, not draining",
+        ));
+    }
+    Ok(c)
+}
+
+/// What a PATCH needs to know of the server as it is.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub addr: String,
+    pub backup: bool,
+    pub id: u32,
+    pub state: AdminState,
+}
+
+/// The change a PATCH body asks for. `id`, `backup` and `service` cannot be
+/// changed (the same value is accepted, so that a fetched object can be sent
+/// back); `server` cannot either (remove and add instead).
+pub fn server_patch(body: &Map<String, Value>, cur: &Current) -> Result<ServerPatch, NgxError> {
+    let immutable = |key: &str| {
+        NgxError::new(
+            StatusCode::BAD_REQUEST,
+            "UpstreamServerImmutable",
+            format!("{key} of a server cannot be changed"),
+        )
+    };
+    let mut p = ServerPatch::default();
+    let (mut down, mut drain) = (None, None);
+    for (key, v) in body {
+        match key.as_str() {
+            "id" => {
+                if v.as_u64() != Some(u64::from(cur.id)) {
+                    return Err(immutable("id"));
+                }
+            }
+            "backup" => {
+                if v.as_bool() != Some(cur.backup) {
+                    return Err(immutable("backup"));
+                }
+            }
+            "service" => {
+                if v.as_str() != Some("") {
+                    return Err(immutable("service"));
+                }
+            }
+            "server" => {
+                if v.as_str().map(str::trim) != Some(cur.addr.as_str()) {
+                    return Err(NgxError::new(
+                        StatusCode::BAD_REQUEST,
+                        "UpstreamBadAddress",
+                        format!(
+                            "the address of a server cannot be changed here (from {:?} to {v}): \
+                             DELETE it and POST the new one",
+                            cur.addr
+                        ),
+                    ));
+                }
+            }
+            "weight" => p.weight = Some(weight(v)?),
+            "max_conns" => p.max_conns = Some(uint(key, v)?),
+            "max_fails" => p.max_fails = Some(uint(key, v)?),
+            "fail_timeout" => p.fail_timeout = Some(dur(key, v)?),
+            "slow_start" => p.slow_start = Some(dur(key, v)?),
+            "down" => down = Some(boolean(key, v)?),
+            "drain" => drain = Some(boolean(key, v)?),
+            "route" => empty_string(key, v, "UpstreamConfFormatError")?,
+            other => return Err(NgxError::format(format!("unknown parameter {other:?}"))),
+        }
+    }
+    p.state = match (down, drain) {
+        (Some(true), Some(true)) => {
+            return Err(NgxError::format("down and drain cannot both be true"));
+        }
+        (Some(true), _) => Some(AdminState::Down),
+        (_, Some(true)) => Some(AdminState::Drain),
+        (Some(false), _) => Some(AdminState::Up),
+        (None, Some(false)) if cur.state == AdminState::Drain => Some(AdminState::Up),
+        (None, _) => None,
+    };
+    Ok(p)
+}
+
+async fn apply(
+    app: &AppState,
+    commands: Vec<Command>,
+    origin: String,
+) -> Result<Vec<Arc<Server>>, NgxError> {
+    let table = Arc::clone(&app.table);
+    tokio::task::spawn_blocking(move || table.apply_as(&commands, &origin))
+        .await
+        .map_err(|e| {
+            NgxError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?
+        .map_err(NgxError::from)
+}
+
+fn upstream(app: &AppState, name: &str) -> Result<Arc<Upstream>, NgxError> {
+    app.table
+        .upstream(name)
+        .ok_or_else(|| NgxError::upstream_not_found(name))
+}
+
+fn server_id(name: &str, id: &str) -> Result<u32, NgxError> {
+    id.parse::<u32>().map_err(|_| {
+        NgxError::new(
+            StatusCode::NOT_FOUND,
+            "UpstreamServerNotFound",
+            format!("upstream {name:?} has no server {id:?} (servers are named by numeric id)"),
+        )
+    })
+}
+
+fn find(up: &Upstream, id: u32) -> Result<Arc<Server>, NgxError> {
+    up.snapshot()
+        .servers
+        .iter()
+        .find(|s| s.id == id)
+        .cloned()
+        .ok_or_else(|| {
+            NgxError::new(
+                StatusCode::NOT_FOUND,
+                "UpstreamServerNotFound",
+                format!("upstream {:?} has no server with id {id}", up.name),
+            )
+        })
+}
+
+fn method_not_supported(method: &Method) -> NgxError {
+    NgxError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotSupported",
+        format!("method not supported: {method}"),
+    )
+}
+
+fn ok(v: Value, fields: Option<&[String]>, shape: Shape) -> Response {
+    Json(filter_fields(v, fields, shape)).into_response()
+}
+
+/// `/api` and `/api/`: the versions.
+pub(super) async fn handle_root(method: Method) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        Json(VERSIONS.collect::<Vec<u32>>()).into_response()
+    } else {
+        method_not_supported(&method).into_response()
+    }
+}
+
+/// Everything else under `/api/`.
+pub(super) async fn handle(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let rest = uri.path().strip_prefix("/api/").unwrap_or("");
+    // `/api/v1/...` paths no native route took: the native API's 404.
+    if rest == "v1" || rest.starts_with("v1/") {
+        return ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such admin endpoint")
+            .into_response();
+    }
+    let fields = parse_fields(uri.query());
+    match run(&app, client, &method, rest, fields.as_deref(), body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(
+    app: &AppState,
+    client: SocketAddr,
+    method: &Method,
+    rest: &str,
+    fields: Option<&[String]>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, NgxError> {
+    let target = parse_path(rest)?;
+    let now = crate::clock::now_ms();
+    let origin = client.to_string();
+    let read = *method == Method::GET || *method == Method::HEAD;
+    Ok(match (target, method.clone()) {
+        (Target::Versions, _) if read => Json(VERSIONS.collect::<Vec<u32>>()).into_response(),
+        (Target::Root, _) if read => ok(json!(["http"]), fields, Shape::Plain),
+        (Target::Http, _) if read => ok(json!(["upstreams"]), fields, Shape::Plain),
+        (Target::Upstreams, _) if read => {
+            let t = app.table.load();
+            let map: Map<String, Value> = t
+                .upstreams
+                .iter()
+                .map(|(name, u)| (name.clone(), upstream_json(u, now)))
+                .collect();
+            ok(Value::Object(map), fields, Shape::Map)
+        }
+        (Target::Upstream(name), _) if read => {
+            let u = upstream(app, &name)?;
+            ok(upstream_json(&u, now), fields, Shape::Object)
+        }
+        (Target::Upstream(name), Method::DELETE) => {
+            for s in &upstream(app, &name)?.snapshot().servers {
+                s.runtime.stats.reset();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (Target::Servers(name), _) if read => {
+            let list: Vec<Value> = upstream(app, &name)?
+                .snapshot()
+                .servers
+                .iter()
+                .map(|s| server_conf(s))
+                .collect();
+            ok(Value::Array(list), fields, Shape::List)
+        }
+        (Target::Servers(name), Method::POST) => {
+            upstream(app, &name)?;
+            let config = new_server(&json_object(body)?)?;
+            let spec = tokio::task::spawn_blocking(move || ServerSpec::resolve(config))
+                .await
+                .map_err(|e| {
+                    NgxError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        e.to_string(),
+                    )
+                })??;
+            let added = apply(
+                app,
+                vec![Command::Add {
+                    upstream: name,
+                    server: spec,
+                }],
+                origin,
+            )
+            .await?;
+            let s = added.first().ok_or_else(|| {
+                NgxError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "no server returned",
+                )
+            })?;
+            let v = filter_fields(server_conf(s), fields, Shape::Object);
+            (StatusCode::CREATED, Json(v)).into_response()
+        }
+        (Target::Server(name, id), _) if read => {
+            let id = server_id(&name, &id)?;
+            let u = upstream(app, &name)?;
+            let s = find(&u, id)?;
+            ok(server_conf(&s), fields, Shape::Object)
+        }
+        (Target::Server(name, id), Method::PATCH) => {
+            let id = server_id(&name, &id)?;
+            let u = upstream(app, &name)?;
+            let s = find(&u, id)?;
+            let body = json_object(body)?;
+            let cur = Current {
+                addr: s.addr.clone(),
+                backup: s.backup,
+                id: s.id,
+                state: s.state,
+            };
+            let patch = server_patch(&body, &cur)?;
+            let s = if patch.is_empty() {
+                s
+            } else {
+                let changed = apply(
+                    app,
+                    vec![Command::Patch {
+                        upstream: name,
+                        server: ServerRef::Id(id),
+                        patch,
+                    }],
+                    origin,
+                )
+                .await?;
+                changed.into_iter().next().ok_or_else(|| {
+                    NgxError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "no server returned",
+                    )
+                })?
+            };
+            ok(server_conf(&s), fields, Shape::Object)
+        }
+        (Target::Server(name, id), Method::DELETE) => {
+            let id = server_id(&name, &id)?;
+            upstream(app, &name)?;
+            apply(
+                app,
+                vec![Command::Remove {
+                    upstream: name.clone(),
+                    server: ServerRef::Id(id),
+                }],
+                origin,
+            )
+            .await?;
+            let left: Vec<Value> = upstream(app, &name)
+                .map(|u| {
+                    u.snapshot()
+                        .servers
+                        .iter()
+                        .map(|s| server_conf(s))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ok(Value::Array(left), fields, Shape::List)
+        }
+        (_, m) => return Err(method_not_supported(&m)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn paths_parse_with_or_without_trailing_slash() {
+        assert_eq!(parse_path(""), Ok(Target::Versions));
+        assert_eq!(parse_path("9"), Ok(Target::Root));
+        assert_eq!(parse_path("4/"), Ok(Target::Root));
+        assert_eq!(parse_path("9/http/"), Ok(Target::Http));
+        assert_eq!(parse_path("9/http/upstreams/"), Ok(Target::Upstreams));
+        assert_eq!(
+            parse_path("7/http/upstreams/foo.com"),
+            Ok(Target::Upstream("foo.com".into()))
+        );
+        assert_eq!(
+            parse_path("7/http/upstreams/a%20b/servers/"),
+            Ok(Target::Servers("a b".into()))
+        );
+        assert_eq!(
+            parse_path("8/http/upstreams/a+b/servers/3"),
+            Ok(Target::Server("a+b".into(), "3".into()))
+        );
+    }
+
+    #[test]
+    fn versions_outside_4_to_9_and_unknown_paths_are_404() {
+        for v in ["3", "10", "0", "x", "-1"] {
+            let e = parse_path(&format!("{v}/http")).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::NOT_FOUND, "UnknownVersion"),
+                "{v}"
+            );
+        }
+        let e = parse_path("9/stream").unwrap_err();
+        assert_eq!(e.code, "PathNotFound");
+        let e = parse_path("9/http/upstreams/a/servers/1/x").unwrap_err();
+        assert_eq!(e.code, "PathNotFound");
+    }
+
+    #[test]
+    fn fields_filter_top_level_keys() {
+        assert_eq!(parse_fields(None), None);
+        assert_eq!(parse_fields(Some("fields=")), None);
+        let f = parse_fields(Some("x=1&fields=id,%20server")).unwrap();
+        assert_eq!(f, vec!["id", "server"]);
+        let v = json!([{"id": 1, "server": "a", "weight": 2}]);
+        assert_eq!(
+            filter_fields(v, Some(&f), Shape::List),
+            json!([{"id": 1, "server": "a"}])
+        );
+        let m = json!({"u": {"peers": [], "zone": "u"}});
+        assert_eq!(
+            filter_fields(m, Some(&["zone".to_string()]), Shape::Map),
+            json!({"u": {"zone": "u"}})
+        );
+    }
+
+    #[test]
+    fn post_bodies_become_server_configs() {
+        let c = new_server(&obj(json!({
+            "server": "127.0.0.1:9001", "weight": 3, "max_conns": 10, "max_fails": 2,
+            "fail_timeout": "5s", "slow_start": "0s", "route": "", "backup": true, "down": true
+        })))
+        .unwrap();
+        assert_eq!(c.addr, "127.0.0.1:9001");
+        assert_eq!((c.weight, c.max_conns, c.max_fails), (3, 10, 2));
+        assert_eq!(c.fail_timeout, Duration::from_secs(5));
+        assert!(c.backup && c.down);
+
+        let code = |v: Value| new_server(&obj(v)).unwrap_err().code;
+        assert_eq!(code(json!({})), "UpstreamConfFormatError");
+        assert_eq!(code(json!({"server": "nope"})), "UpstreamBadAddress");
+        assert_eq!(code(json!({"server": 5})), "UpstreamBadAddress");
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "weight": 0})),
+            "UpstreamBadWeight"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "weight": "2"})),
+            "UpstreamBadWeight"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "colour": 1})),
+            "UpstreamConfFormatError"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "id": 1})),
+            "UpstreamConfFormatError"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "fail_timeout": "soon"})),
+            "UpstreamConfFormatError"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "drain": true})),
+            "UpstreamConfFormatError"
+        );
+    }
+
+    #[test]
+    fn patches_map_down_and_drain_and_refuse_immutables() {
+        let cur = Current {
+            addr: "127.0.0.1:9001".into(),
+            backup: false,
+            id: 2,
+            state: AdminState::Up,
+        };
+        let p = |v: Value| server_patch(&obj(v), &cur);
+        assert_eq!(
+            p(json!({"down": true})).unwrap().state,
+            Some(AdminState::Down)
+        );
+        assert_eq!(
+            p(json!({"down": false})).unwrap().state,
+            Some(AdminState::Up)
+        );
+        assert_eq!(
+            p(json!({"drain": true})).unwrap().state,
+            Some(AdminState::Drain)
+        );
+        assert_eq!(p(json!({"weight": 5})).unwrap().weight, Some(5));
+        assert!(
+            p(json!({"id": 2, "backup": false, "server": "127.0.0.1:9001"}))
+                .unwrap()
+                .is_empty()
+        );
+        for body in [
+            json!({"id": 3}),
+            json!({"backup": true}),
+            json!({"service": "x"}),
+        ] {
+            let e = p(body).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "UpstreamServerImmutable")
+            );
+        }
+        assert_eq!(
+            p(json!({"weight": 1001})).unwrap_err().code,
+            "UpstreamBadWeight"
+        );
+        assert_eq!(
+            p(json!({"down": "yes"})).unwrap_err().code,
+            "UpstreamConfFormatError"
+        );
+        assert_eq!(
+            p(json!({"down": true, "drain": true})).unwrap_err().code,
+            "UpstreamConfFormatError"
+        );
+        assert_eq!(
+            p(json!({"server": "127.0.0.1:9"})).unwrap_err().code,
+            "UpstreamBadAddress"
+        );
+        let draining = Current {
+            state: AdminState::Drain,
+            ..cur.clone()
+        };
+        assert_eq!(
+            server_patch(&obj(json!({"drain": false})), &draining)
+                .unwrap()
+                .state,
+            Some(AdminState::Up)
+        );
+    }
+}
