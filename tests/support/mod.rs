@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -522,8 +522,9 @@ pub struct Switchyard {
     child: Child,
     pub addrs: Vec<SocketAddr>,
     dir: tempfile::TempDir,
-    /// Stdout lines after the readiness lines (drained so the child never blocks).
-    stdout_rest: Arc<Mutex<Vec<String>>>,
+    /// Stdout lines other than the readiness lines (drained so the child never
+    /// blocks), with a signal for each new one.
+    stdout_rest: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
 impl Switchyard {
@@ -568,7 +569,7 @@ impl Switchyard {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<SocketAddr>();
-        let rest = Arc::new(Mutex::new(Vec::new()));
+        let rest = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         {
             let rest = Arc::clone(&rest);
             std::thread::spawn(move || {
@@ -578,7 +579,10 @@ impl Switchyard {
                         Some(addr) => {
                             let _ = tx.send(addr);
                         }
-                        None => rest.lock().unwrap().push(line),
+                        None => {
+                            rest.0.lock().unwrap().push(line);
+                            rest.1.notify_all();
+                        }
                     }
                 }
             });
@@ -606,6 +610,27 @@ impl Switchyard {
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// Waits (at most `within`) until the child printed a stdout line starting
+    /// with `prefix`, and returns the rest of that line.
+    pub fn wait_line(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let (lines, signal) = &*self.stdout_rest;
+        let mut seen = lines.lock().unwrap();
+        loop {
+            if let Some(rest) = seen.iter().find_map(|l| l.strip_prefix(prefix)) {
+                return rest.to_string();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "switchyard printed no line starting with {prefix:?} within {within:?}; stdout:\n{}\nstderr:\n{}",
+                seen.join("\n"),
+                self.stderr()
+            );
+            seen = signal.wait_timeout(seen, left).unwrap().0;
+        }
     }
 
     pub fn pid(&self) -> u32 {
