@@ -67,17 +67,23 @@ fn demo() -> Demo {
     }
 }
 
-/// `switchyard ctl --admin ADMIN ARGS...`, run to the end.
-fn ctl(admin: &str, args: &[&str]) -> Output {
+/// `switchyard ctl ARGS...` with a clean environment plus `env`, run to the end.
+fn ctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("ctl")
-        .arg("--admin")
-        .arg(admin)
         .args(args)
         .env_remove("SWITCHYARD_ADMIN")
         .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// `switchyard ctl --admin ADMIN ARGS...`, run to the end.
+fn ctl(admin: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--admin", admin];
+    all.extend_from_slice(args);
+    ctl_env(&all, &[])
 }
 
 fn stdout(o: &Output) -> String {
@@ -287,4 +293,53 @@ async fn drain_wait_that_runs_out_exits_4() {
         stderr(&o)
     );
     pending.abort();
+}
+
+#[test]
+fn token_is_sent_from_the_flag_or_the_environment() {
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+token = "s3cret-s3cret-s3cret"
+
+[[listener]]
+listen = "127.0.0.1:0"
+routes = [{{ path_prefix = "/", upstream = "app" }}]
+
+[upstream.app]
+servers = [{{ addr = "{}" }}]
+"#,
+        closed_port()
+    );
+    let child = Switchyard::run_config(&config, 1);
+    let admin = format!(
+        "http://{}",
+        child
+            .wait_line("switchyard: admin API on http://", READY_WITHIN)
+            .trim()
+    );
+
+    // Reading needs no token; changing does.
+    assert_exit(&ctl(&admin, &["list", "app"]), 0);
+    let o = ctl(&admin, &["down", "app", "0"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("Unauthorized"), "{}", stderr(&o));
+    let o = ctl(&admin, &["--token", "wrong", "down", "app", "0"]);
+    assert_exit(&o, 1);
+
+    let o = ctl(
+        &admin,
+        &["--token", "s3cret-s3cret-s3cret", "down", "app", "0"],
+    );
+    assert_exit(&o, 0);
+    let o = ctl_env(
+        &["up", "app", "0"],
+        &[
+            ("SWITCHYARD_ADMIN", admin.as_str()),
+            ("SWITCHYARD_ADMIN_TOKEN", "s3cret-s3cret-s3cret"),
+        ],
+    );
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("down -> up"), "{}", stdout(&o));
 }
