@@ -9,6 +9,7 @@
 //! - [`admin`]: the HTTP API that changes the table, and who may use it.
 //! - [`state`]: durable state behind one trait.
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
+//! - [`ctl`]: `switchyard ctl`, a client of the admin API for the shell.
 #![forbid(unsafe_code)]
 
 pub mod admin;

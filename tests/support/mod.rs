@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -551,8 +551,9 @@ pub struct Switchyard {
     /// The admin listener, when started with [`Switchyard::start_with_admin`].
     pub admin: Option<SocketAddr>,
     dir: tempfile::TempDir,
-    /// Stdout lines after the readiness lines (drained so the child never blocks).
-    stdout_rest: Arc<Mutex<Vec<String>>>,
+    /// Stdout lines other than the readiness lines (drained so the child never
+    /// blocks), with a signal for each new one.
+    stdout_rest: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
 impl Switchyard {
@@ -629,7 +630,7 @@ impl Switchyard {
 
     /// Stdout lines other than the readiness lines, so far.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout_rest.lock().unwrap().clone()
+        self.stdout_rest.0.lock().unwrap().clone()
     }
 
     /// Spawns the binary with `args` and waits until it printed `listeners`
@@ -655,7 +656,7 @@ impl Switchyard {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<Ready>();
-        let rest = Arc::new(Mutex::new(Vec::new()));
+        let rest = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         {
             let rest = Arc::clone(&rest);
             std::thread::spawn(move || {
@@ -667,11 +668,13 @@ impl Switchyard {
                     };
                     if let Some(addr) = parse(READY) {
                         let _ = tx.send(Ready::Listen(addr));
-                    } else if let Some(addr) = parse(ADMIN_READY) {
-                        rest.lock().unwrap().push(line.clone());
-                        let _ = tx.send(Ready::Admin(addr));
                     } else {
-                        rest.lock().unwrap().push(line);
+                        let admin = parse(ADMIN_READY);
+                        rest.0.lock().unwrap().push(line);
+                        rest.1.notify_all();
+                        if let Some(addr) = admin {
+                            let _ = tx.send(Ready::Admin(addr));
+                        }
                     }
                 }
             });
@@ -701,6 +704,27 @@ impl Switchyard {
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// Waits (at most `within`) until the child printed a stdout line starting
+    /// with `prefix`, and returns the rest of that line.
+    pub fn wait_line(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let (lines, signal) = &*self.stdout_rest;
+        let mut seen = lines.lock().unwrap();
+        loop {
+            if let Some(rest) = seen.iter().find_map(|l| l.strip_prefix(prefix)) {
+                return rest.to_string();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "switchyard printed no line starting with {prefix:?} within {within:?}; stdout:\n{}\nstderr:\n{}",
+                seen.join("\n"),
+                self.stderr()
+            );
+            seen = signal.wait_timeout(seen, left).unwrap().0;
+        }
     }
 
     pub fn pid(&self) -> u32 {
