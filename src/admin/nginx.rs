@@ -31,7 +31,7 @@ use super::ups_api::{decode_component, parse_pairs};
 use super::views::{duration, parse_duration};
 use crate::config::ServerConfig;
 use crate::upstream::{
-    AdminState, Command, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
+    AdminState, Command, Health, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
 };
 
 /// The API versions answered.
@@ -231,11 +231,13 @@ fn filter_fields(v: Value, fields: Option<&[String]>, shape: Shape) -> Value {
 
 /// The peer state NGINX Plus would show.
 pub fn peer_state(s: &Server, now_ms: u64) -> &'static str {
-    match s.state {
-        AdminState::Down => "down",
-        AdminState::Drain => "draining",
-        AdminState::Up if s.runtime.stats.is_unavail(now_ms) => "unavail",
-        AdminState::Up => "up",
+    match (s.state, s.runtime.stats.health()) {
+        (AdminState::Down, _) => "down",
+        (AdminState::Drain, _) => "draining",
+        (AdminState::Up, Health::Unhealthy) => "unhealthy",
+        (AdminState::Up, Health::Checking) => "checking",
+        (AdminState::Up, Health::Healthy) if s.runtime.stats.is_unavail(now_ms) => "unavail",
+        (AdminState::Up, Health::Healthy) => "up",
     }
 }
 
@@ -250,6 +252,7 @@ fn peer(s: &Server, now_ms: u64) -> Value {
     let st = &s.runtime.stats;
     let r: Vec<u64> = st.responses.iter().map(|c| c.load(Relaxed)).collect();
     let state = peer_state(s, now_ms);
+    let checks = super::views::ChecksView::of(s);
     let mut m = json!({
         "id": s.id,
         "server": s.sockaddr.to_string(),
@@ -265,13 +268,27 @@ fn peer(s: &Server, now_ms: u64) -> Value {
             "codes": {},
             "total": r.iter().sum::<u64>(),
         },
-        "sent": 0,
-        "received": 0,
+        "sent": st.bytes_sent.load(Relaxed),
+        "received": st.bytes_received.load(Relaxed),
         "fails": st.fails_total.load(Relaxed),
         "unavail": st.unavail_total.load(Relaxed),
-        "health_checks": { "checks": 0, "fails": 0, "unhealthy": 0 },
+        "health_checks": {
+            "checks": checks.checks,
+            "fails": checks.fails,
+            "unhealthy": checks.unhealthy,
+        },
         "downtime": st.downtime_ms(s.fail_timeout, now_ms),
+        "header_time": st.header_time.mean_ms(),
+        "response_time": st.response_time.mean_ms(),
     });
+    if let Some(obj) = m.as_object_mut() {
+        if checks.checks > 0 {
+            obj["health_checks"]["last_passed"] = Value::Bool(checks.last_check_passed);
+        }
+        if let Some(t) = super::views::unix_ms_rfc3339(st.selected_unix_ms.load(Relaxed)) {
+            obj.insert("selected".into(), Value::String(t));
+        }
+    }
     // When the current period out of traffic began.
     let since = match state {
         "down" | "draining" => Some(st.admin_down_since_ms.load(Relaxed)),
