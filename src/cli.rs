@@ -277,6 +277,13 @@ async fn serve(
         (Some(addr), None) => Some(AdminConfig::new(addr)),
         (None, c) => c.clone(),
     };
+    // An exposed admin listener is refused before anything else happens: no
+    // listener bound, no state file read or set aside.
+    if let Some(a) = &admin_cfg {
+        crate::admin::Access::from_config(a)
+            .check_exposure(a.listen)
+            .map_err(anyhow::Error::msg)?;
+    }
     let state_file = state
         .state_file
         .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));
