@@ -166,6 +166,13 @@ fn state_warnings(cfg: &Config) -> Vec<String> {
     };
     let mut out = Vec::new();
     for (name, up) in &cfg.upstreams {
+        if doc.deleted.contains(name) && doc.upstreams.contains_key(name) {
+            out.push(format!(
+                "upstream {name:?} was deleted and created again through the API; the state file {} keeps the API's version",
+                path.display()
+            ));
+            continue;
+        }
         if doc.deleted.contains(name) {
             out.push(format!(
                 "upstream {name:?} was deleted through the API; the state file {} keeps it deleted",

@@ -92,7 +92,8 @@ impl TableSnapshot {
 struct Writer {
     /// Next id per upstream; ids are never reused.
     next_id: BTreeMap<String, u32>,
-    /// Config upstreams deleted through the API.
+    /// Upstreams deleted through the API, also once created again: a config
+    /// upstream named here neither comes back nor lends its settings at start-up.
     deleted: BTreeSet<String>,
     /// Route slots by upstream name (a name keeps its slot for the process's life).
     slots: BTreeMap<String, usize>,
@@ -245,9 +246,11 @@ impl Table {
                     path: path.clone(),
                     reason: format!("upstream {name:?}: {reason}"),
                 };
+                // The config's settings win, unless the config's upstream was
+                // deleted through the API (and this one created there since).
                 let settings = match config.upstreams.get(name) {
-                    Some(c) => UpstreamSettings::from_config(c),
-                    None => super::persist::settings_from_state(&up.settings).map_err(bad)?,
+                    Some(c) if !deleted.contains(name) => UpstreamSettings::from_config(c),
+                    _ => super::persist::settings_from_state(&up.settings).map_err(bad)?,
                 };
                 let mut servers = Vec::new();
                 for s in &up.servers {
@@ -406,7 +409,8 @@ impl Table {
                             list.push(Arc::new(new_server(i as u32, spec, settings.keepalive)));
                         }
                         next_id.insert(name.to_string(), list.len() as u32);
-                        deleted.remove(name);
+                        // A name stays in `deleted` when it is created again: the
+                        // config's definition of it no longer applies.
                         events.push(event(name, None, "upstream_created", None, None));
                         drafts.insert(
                             name.to_string(),
