@@ -166,6 +166,13 @@ fn state_warnings(cfg: &Config) -> Vec<String> {
     };
     let mut out = Vec::new();
     for (name, up) in &cfg.upstreams {
+        if doc.deleted.contains(name) && doc.upstreams.contains_key(name) {
+            out.push(format!(
+                "upstream {name:?} was deleted and created again through the API; the state file {} keeps the API's version",
+                path.display()
+            ));
+            continue;
+        }
         if doc.deleted.contains(name) {
             out.push(format!(
                 "upstream {name:?} was deleted through the API; the state file {} keeps it deleted",
@@ -277,6 +284,13 @@ async fn serve(
         (Some(addr), None) => Some(AdminConfig::new(addr)),
         (None, c) => c.clone(),
     };
+    // An exposed admin listener is refused before anything else happens: no
+    // listener bound, no state file read or set aside.
+    if let Some(a) = &admin_cfg {
+        crate::admin::Access::from_config(a)
+            .check_exposure(a.listen)
+            .map_err(anyhow::Error::msg)?;
+    }
     let state_file = state
         .state_file
         .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));

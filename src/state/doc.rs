@@ -16,8 +16,9 @@ pub struct StateDoc {
     pub version: u32,
     /// Every upstream the table has, by name.
     pub upstreams: BTreeMap<String, UpstreamState>,
-    /// Upstreams of the config file that were deleted through the API (so a
-    /// restart does not bring them back).
+    /// Upstreams that were deleted through the API (so a restart does not bring
+    /// a config upstream back). A name also in `upstreams` was created again
+    /// through the API: its saved settings win over the config's.
     #[serde(default)]
     pub deleted: BTreeSet<String>,
 }

@@ -97,7 +97,8 @@ impl TableSnapshot {
 struct Writer {
     /// Next id per upstream; ids are never reused.
     next_id: BTreeMap<String, u32>,
-    /// Config upstreams deleted through the API.
+    /// Upstreams deleted through the API, also once created again: a config
+    /// upstream named here neither comes back nor lends its settings at start-up.
     deleted: BTreeSet<String>,
     /// Route slots by upstream name (a name keeps its slot for the process's life).
     slots: BTreeMap<String, usize>,
@@ -266,10 +267,11 @@ impl Table {
                 };
                 let saved_settings =
                     super::persist::settings_from_state(&up.settings).map_err(bad)?;
-                // The file's settings stand for the upstream, except a health
-                // check set through the API, which the state keeps.
+                // The config's settings win, unless the config's upstream was
+                // deleted through the API (and this one created there since); a
+                // health check set through the API is kept either way.
                 let settings = match config.upstreams.get(name) {
-                    Some(c) => {
+                    Some(c) if !deleted.contains(name) => {
                         let from_file = UpstreamSettings::from_config(c);
                         UpstreamSettings {
                             health_check: saved_settings
@@ -278,7 +280,7 @@ impl Table {
                             ..from_file
                         }
                     }
-                    None => saved_settings,
+                    _ => saved_settings,
                 };
                 let mut servers = Vec::new();
                 for s in &up.servers {
@@ -444,7 +446,8 @@ impl Table {
                             list.push(Arc::new(added_server(i as u32, spec, settings)));
                         }
                         next_id.insert(name.to_string(), list.len() as u32);
-                        deleted.remove(name);
+                        // A name stays in `deleted` when it is created again: the
+                        // config's definition of it no longer applies.
                         events.push(event(name, None, "upstream_created", None, None));
                         drafts.insert(
                             name.to_string(),

@@ -485,3 +485,32 @@ fn a_reopened_table_has_the_saved_servers_states_and_ids() {
         .unwrap();
     assert_eq!(added[0].id, 3);
 }
+
+#[test]
+fn a_config_upstream_deleted_and_created_again_through_the_api_reopens_with_the_apis_settings() {
+    let store = Arc::new(FlakyStore::default());
+    let cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ServerConfig::new("127.0.0.1:1")],
+    );
+    let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
+    let settings = UpstreamSettings {
+        balance: Balance::LeastConn,
+        ..UpstreamSettings::default()
+    };
+    t.apply(&[
+        Command::DeleteUpstream {
+            name: "default".into(),
+        },
+        Command::CreateUpstream {
+            name: "default".into(),
+            settings: settings.clone(),
+            servers: vec![spec("127.0.0.1:2")],
+        },
+    ])
+    .unwrap();
+    let again = Table::open(&cfg, Some(store as Arc<dyn StateStore>)).unwrap();
+    let up = again.upstream("default").unwrap();
+    assert_eq!(up.settings, settings, "not the config's round robin");
+    assert_eq!(up.snapshot().servers[0].addr, "127.0.0.1:2");
+}

@@ -46,6 +46,8 @@ pub fn any_port() -> SocketAddr {
 /// A request as a backend saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// When the request head arrived.
+    pub at: Instant,
     pub method: Method,
     pub path: String,
     pub version: Version,
@@ -123,6 +125,7 @@ where
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         seen.lock().unwrap().push(Seen {
+                            at: Instant::now(),
                             method: req.method().clone(),
                             path: req.uri().to_string(),
                             version: req.version(),
@@ -208,6 +211,22 @@ pub async fn slow(delay: Duration) -> Backend {
         tokio::time::sleep(delay).await;
         Response::new(full("slow"))
     })
+}
+
+/// [`slow`], also noting the instant each answer was handed back to the server
+/// side (after the delay), in order.
+pub async fn slow_logged(delay: Duration) -> (Backend, Arc<Mutex<Vec<Instant>>>) {
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&answered);
+    let backend = serve_http(bind().await, move |_req| {
+        let log = Arc::clone(&log);
+        async move {
+            tokio::time::sleep(delay).await;
+            log.lock().unwrap().push(Instant::now());
+            Response::new(full("slow"))
+        }
+    });
+    (backend, answered)
 }
 
 /// Answers `Upgrade: websocket` with 101, then echoes raw bytes on the upgraded
@@ -548,12 +567,13 @@ enum Ready {
 pub struct Switchyard {
     child: Child,
     pub addrs: Vec<SocketAddr>,
-    /// The admin listener, when started with [`Switchyard::start_with_admin`].
-    pub admin: Option<SocketAddr>,
     dir: tempfile::TempDir,
     /// Stdout lines other than the readiness lines (drained so the child never
     /// blocks), with a signal for each new one.
     stdout_rest: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// Readiness lines not consumed yet (the admin line may come later).
+    ready_rx: Mutex<mpsc::Receiver<Ready>>,
+    admin_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Switchyard {
@@ -622,10 +642,24 @@ impl Switchyard {
         Switchyard::start_in(tempfile::tempdir().unwrap(), args, listeners, true)
     }
 
-    /// The admin API address (panics if the child was not started with one).
+    /// The admin API's address, from its readiness line (waits at most 30 s for
+    /// it; it follows the listeners' lines).
     pub fn admin(&self) -> SocketAddr {
-        self.admin
-            .expect("started without waiting for the admin API")
+        *self.admin_addr.get_or_init(|| {
+            let rx = self.ready_rx.lock().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(Ready::Admin(addr)) => return addr,
+                    Ok(Ready::Listen(_)) => continue,
+                    Err(_) => panic!(
+                        "switchyard printed no admin readiness line; stderr:\n{}",
+                        self.stderr()
+                    ),
+                }
+            }
+        })
     }
 
     /// Stdout lines other than the readiness lines, so far.
@@ -649,6 +683,7 @@ impl Switchyard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(args)
             .env("RUST_LOG", "info")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -682,16 +717,19 @@ impl Switchyard {
         let mut me = Switchyard {
             child,
             addrs: Vec::new(),
-            admin: None,
             dir,
             stdout_rest: rest,
+            ready_rx: Mutex::new(mpsc::channel().1),
+            admin_addr: std::sync::OnceLock::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while me.addrs.len() < listeners || (want_admin && me.admin.is_none()) {
+        while me.addrs.len() < listeners || (want_admin && me.admin_addr.get().is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Ready::Listen(addr)) => me.addrs.push(addr),
-                Ok(Ready::Admin(addr)) => me.admin = Some(addr),
+                Ok(Ready::Admin(addr)) => {
+                    let _ = me.admin_addr.set(addr);
+                }
                 Err(_) => panic!(
                     "switchyard {args:?} not ready (exit: {:?}); stderr:\n{}",
                     me.child.try_wait(),
@@ -699,6 +737,7 @@ impl Switchyard {
                 ),
             }
         }
+        me.ready_rx = Mutex::new(rx);
         me
     }
 
@@ -725,6 +764,12 @@ impl Switchyard {
             );
             seen = signal.wait_timeout(seen, left).unwrap().0;
         }
+    }
+
+    /// Kills the child with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill_9(&mut self) -> ExitStatus {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -804,4 +849,219 @@ pub async fn raw_request(addr: SocketAddr, head: &str) -> (String, TcpStream) {
         buf.push(byte[0]);
     }
     (String::from_utf8_lossy(&buf).into_owned(), stream)
+}
+
+/// How a child that was expected to stop on its own ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary with `args` and waits (bounded) for it to exit on its own;
+/// panics, after killing it, if it is still running after `within`.
+pub fn run_to_exit(args: &[String], within: Duration) -> Exited {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "switchyard {args:?} still running after {within:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Exited {
+        status,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The admin API
+// ---------------------------------------------------------------------------
+
+/// Serves the admin API over `table` with `config`'s access policy, on its own
+/// thread (as the binary does); returns where it listens.
+pub fn spawn_admin(table: Arc<Table>, config: switchyard::config::AdminConfig) -> SocketAddr {
+    let server = switchyard::admin::AdminServer::bind(&config, table).unwrap();
+    let addr = server.local_addr().unwrap();
+    server.spawn().unwrap();
+    addr
+}
+
+/// [`spawn_admin`] on 127.0.0.1:0 with no rules, no token.
+pub fn spawn_open_admin(table: Arc<Table>) -> SocketAddr {
+    spawn_admin(table, switchyard::config::AdminConfig::new(any_port()))
+}
+
+/// An answer of the admin API.
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    /// The body as JSON (`Null` when it is empty or not JSON).
+    pub json: serde_json::Value,
+    /// The client's end of the connection (what the API sees as the origin).
+    pub local: SocketAddr,
+}
+
+impl ApiReply {
+    /// `error.code` of an error body ("" when there is none).
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl std::fmt::Display for ApiReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+/// One admin API request, built up and then sent on a new connection.
+#[derive(Debug, Clone)]
+pub struct Call {
+    method: Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    from: Option<std::net::IpAddr>,
+}
+
+impl Call {
+    pub fn new(method: Method, path: &str) -> Call {
+        Call {
+            method,
+            path: path.to_string(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            from: None,
+        }
+    }
+
+    pub fn get(path: &str) -> Call {
+        Call::new(Method::GET, path)
+    }
+
+    pub fn delete(path: &str) -> Call {
+        Call::new(Method::DELETE, path)
+    }
+
+    /// POST with a JSON body.
+    pub fn post(path: &str, json: &str) -> Call {
+        Call::new(Method::POST, path).json(json)
+    }
+
+    /// PATCH with a JSON body.
+    pub fn patch(path: &str, json: &str) -> Call {
+        Call::new(Method::PATCH, path).json(json)
+    }
+
+    /// `json` as the body, with `Content-Type: application/json`.
+    pub fn json(self, json: &str) -> Call {
+        self.body("application/json", json.to_string())
+    }
+
+    /// A body of any type.
+    pub fn body(mut self, content_type: &str, body: impl Into<Bytes>) -> Call {
+        self.headers.retain(|(k, _)| k != "content-type");
+        self.headers
+            .push(("content-type".into(), content_type.to_string()));
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn bearer(self, token: &str) -> Call {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    /// Connects from this local address (any of 127/8 works on Linux).
+    pub fn from(mut self, ip: std::net::IpAddr) -> Call {
+        self.from = Some(ip);
+        self
+    }
+
+    /// Sends the request on a new HTTP/1.1 connection and reads the answer.
+    pub async fn send(self, admin: SocketAddr) -> ApiReply {
+        self.try_send(admin)
+            .await
+            .unwrap_or_else(|e| panic!("admin request failed: {e}"))
+    }
+
+    pub async fn try_send(self, admin: SocketAddr) -> Result<ApiReply, BoxError> {
+        let (resp, local) = self.start(admin).await?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(ApiReply {
+            status: parts.status,
+            headers: parts.headers,
+            json: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+            body,
+            local,
+        })
+    }
+
+    /// Sends the request and returns the response as soon as its head arrived
+    /// (for streams), with the client's end of the connection.
+    pub async fn start(
+        self,
+        admin: SocketAddr,
+    ) -> Result<(Response<Incoming>, SocketAddr), BoxError> {
+        let stream = match self.from {
+            None => TcpStream::connect(admin).await?,
+            Some(ip) => {
+                let socket = match ip {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(admin).await?
+            }
+        };
+        let local = stream.local_addr()?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(self.method)
+            .uri(self.path)
+            .header(header::HOST, admin.to_string());
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(Full::new(self.body))?;
+        Ok((sender.send_request(req).await?, local))
+    }
 }
