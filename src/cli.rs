@@ -367,6 +367,9 @@ async fn demo(
         println!("  {ctl} down demo {}                      # traffic leaves alpha at once", backends[0]);
         println!("  {ctl} up demo {}", backends[0]);
         println!("  curl -s 'http://{admin}/ups_api?ups=demo&act=list'       # the seed's API");
+        println!("  curl -s -X POST http://{}/_demo/fail                # bravo's health check fails: unhealthy in 2s", backends[1]);
+        println!("  curl -s http://{admin}/healthcheck                         # the status page");
+        println!("  curl -s -X POST http://{}/_demo/recover", backends[1]);
         println!("  curl -s http://{admin}/api/9/http/upstreams/demo/servers  # NGINX Plus API");
         println!("Changes are saved in {state_note}; restart the demo and they are still there.");
         println!("Ctrl-C stops the demo (in-flight requests finish first).");
