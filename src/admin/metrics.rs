@@ -313,3 +313,65 @@ impl Collector for TableCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ServerConfig};
+    use crate::upstream::{Command, ServerRef};
+    use std::time::Duration;
+
+    #[test]
+    fn scrape_reads_the_servers_atomics() {
+        let config = Config::single_upstream(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![
+                ServerConfig::new("127.0.0.1:1"),
+                ServerConfig::new("127.0.0.1:2"),
+            ],
+        );
+        let table = Arc::new(Table::from_config(&config).unwrap());
+        let reg = registry(Arc::clone(&table));
+        {
+            let snap = table.load();
+            let s = &snap.upstreams["default"].snapshot().servers[0];
+            let st = &s.runtime.stats;
+            st.requests.fetch_add(3, Relaxed);
+            st.count_response(200);
+            st.count_response(503);
+            st.header_time.observe(Duration::from_millis(3));
+        }
+        table
+            .apply(&[Command::SetState {
+                upstream: "default".into(),
+                server: ServerRef::Id(1),
+                state: AdminState::Drain,
+            }])
+            .unwrap();
+        let text = render(&reg).unwrap();
+        let s1 = r#"upstream="default",server="127.0.0.1:1""#;
+        let s2 = r#"upstream="default",server="127.0.0.1:2""#;
+        for line in [
+            "# TYPE switchyard_server_requests counter".to_string(),
+            format!("switchyard_server_requests_total{{{s1}}} 3"),
+            format!("switchyard_server_requests_total{{{s2}}} 0"),
+            format!("switchyard_server_responses_total{{{s1},code_class=\"2xx\"}} 1"),
+            format!("switchyard_server_responses_total{{{s1},code_class=\"5xx\"}} 1"),
+            format!("switchyard_server_state{{{s1},state=\"up\"}} 1"),
+            format!("switchyard_server_state{{{s2},state=\"drain\"}} 1"),
+            format!("switchyard_server_state{{{s2},state=\"up\"}} 0"),
+            format!("switchyard_server_header_time_seconds_bucket{{le=\"0.002\",{s1}}} 0"),
+            format!("switchyard_server_header_time_seconds_bucket{{le=\"0.005\",{s1}}} 1"),
+            format!("switchyard_server_header_time_seconds_bucket{{le=\"+Inf\",{s1}}} 1"),
+            format!("switchyard_server_header_time_seconds_count{{{s1}}} 1"),
+            "switchyard_upstream_eligible_servers{upstream=\"default\"} 1".to_string(),
+            "switchyard_admin_changes_total 1".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
