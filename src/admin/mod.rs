@@ -3,13 +3,16 @@
 //!
 //! Every door here — the native API ([`native`]), the seed's `/ups_api`
 //! ([`ups_api`]) and the NGINX Plus API ([`nginx`]) — parses its input into `upstream::Command`s and hands them to
-//! `Table::apply_as`; none of them touches the table any other way. Access
-//! control ([`access`]) runs before any handler.
+//! `Table::apply_as`; none of them touches the table any other way. The status
+//! page ([`status`]) and `/metrics` ([`metrics`]) only read. Access control
+//! ([`access`]) runs before any handler.
 
 pub mod access;
 mod error;
+pub mod metrics;
 mod native;
 mod nginx;
+pub mod status;
 mod ups_api;
 pub mod views;
 
@@ -114,6 +117,7 @@ async fn not_found() -> ApiError {
 
 /// The admin routes over `table`, behind `access`.
 pub fn router(table: Arc<Table>, access: Access) -> Router {
+    let registry = Arc::new(metrics::registry(Arc::clone(&table)));
     let state = AppState {
         table,
         access: Arc::new(access),
@@ -145,6 +149,11 @@ pub fn router(table: Arc<Table>, access: Access) -> Router {
         )
         .route("/api/v1/batch", post(native::batch))
         .route("/api/v1/events", get(native::events))
+        .route("/healthcheck", get(status::handle))
+        .route(
+            "/metrics",
+            get(move || metrics::handle(Arc::clone(&registry))),
+        )
         .route("/ups_api", any(ups_api::handle))
         .route("/api", any(nginx::handle_root))
         .route("/api/", any(nginx::handle_root))

@@ -111,6 +111,9 @@ pub struct Table {
     store: Option<Arc<dyn StateStore>>,
     events: broadcast::Sender<Event>,
     event_seq: AtomicU64,
+    /// Changes published by `apply*` (one per event; health reports excluded),
+    /// for the `switchyard_admin_changes_total` metric.
+    admin_changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Table {
@@ -339,6 +342,7 @@ impl Table {
             store,
             events,
             event_seq: AtomicU64::new(0),
+            admin_changes: AtomicU64::new(0),
         })
     }
 
@@ -626,11 +630,17 @@ impl Table {
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         for mut e in events {
             e.seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            self.admin_changes.fetch_add(1, Ordering::Relaxed);
             e.time.clone_from(&time);
             info!(origin = %e.origin, upstream = %e.upstream, server = ?e.server, change = %e.change, old = ?e.old, new = ?e.new, "table change");
             let _ = self.events.send(e);
         }
         Ok(touched)
+    }
+
+    /// Table changes published so far (admin API, batch, config): one per event.
+    pub fn admin_changes(&self) -> u64 {
+        self.admin_changes.load(Ordering::Relaxed)
     }
 
     /// Reports a health transition (from the `health` module) to the event stream
