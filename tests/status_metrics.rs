@@ -40,10 +40,32 @@ async fn set_down(admin: SocketAddr, id: u32) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
+/// Takes the demo's health check off, so that what the page shows depends on
+/// nothing but what the test does (and the library's "NO checkers" form shows).
+async fn no_checks(admin: SocketAddr) {
+    let r = call(
+        admin,
+        Method::DELETE,
+        "/api/v1/upstreams/demo/health_check",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
 #[tokio::test]
 async fn healthcheck_text_has_the_library_layout_and_shows_down() {
     let sy = Switchyard::demo();
     let admin = sy.admin();
+    // The demo's upstream has a checker: the header says nothing more.
+    let r = get(admin, "/healthcheck").await;
+    assert!(
+        r.body.starts_with("Upstream demo\n    Primary Peers\n"),
+        "{}",
+        r.body
+    );
+    no_checks(admin).await;
     let servers = demo_servers(admin).await;
     assert_eq!(servers.len(), 3);
     assert_eq!(
@@ -90,6 +112,7 @@ async fn healthcheck_text_has_the_library_layout_and_shows_down() {
 async fn healthcheck_prometheus_and_json_forms() {
     let sy = Switchyard::demo();
     let admin = sy.admin();
+    no_checks(admin).await;
     let servers = demo_servers(admin).await;
     set_down(admin, 1).await;
 
