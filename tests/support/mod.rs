@@ -600,6 +600,21 @@ impl Switchyard {
         Switchyard::start_in(dir, &args, listeners, false)
     }
 
+    /// [`Switchyard::run_config_with_admin`] with more arguments after
+    /// `run -c FILE` (e.g. `--workers 4`).
+    pub fn run_config_with_admin_args(text: &str, extra: &[&str], listeners: usize) -> Switchyard {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut args = vec![
+            "run".to_string(),
+            "-c".into(),
+            path.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Switchyard::start_in(dir, &args, listeners, true)
+    }
+
     /// [`Switchyard::run_config`] for a config with an `[admin]` listener; waits
     /// for its readiness line too.
     pub fn run_config_with_admin(text: &str, listeners: usize) -> Switchyard {
@@ -1063,5 +1078,293 @@ impl Call {
         }
         let req = req.body(Full::new(self.body))?;
         Ok((sender.send_request(req).await?, local))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Health-checked backends, load and the native API
+// ---------------------------------------------------------------------------
+
+/// Checks in flight at once, across every backend that shares it.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a [`checked`] backend answers to checks, and what it saw. Checks are
+/// requests whose path starts with `/health`; everything else is traffic.
+#[derive(Debug)]
+pub struct CheckCtl {
+    /// Status answered to checks (traffic always gets 200).
+    pub status: std::sync::atomic::AtomicU16,
+    /// Body answered to checks.
+    pub body: Mutex<String>,
+    /// Delay before answering a check, in ms.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Statuses answered to checks, in order (one per check that got an answer
+    /// chosen; pushed when the check arrives).
+    pub answers: Mutex<Vec<u16>>,
+    pub traffic: AtomicUsize,
+    pub gauge: Arc<Gauge>,
+}
+
+impl CheckCtl {
+    /// Checks received so far.
+    pub fn checks(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+    /// Checks answered with `status` so far.
+    pub fn answered(&self, status: u16) -> usize {
+        self.answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == status)
+            .count()
+    }
+    pub fn traffic(&self) -> usize {
+        self.traffic.load(Ordering::SeqCst)
+    }
+    pub fn set_status(&self, s: u16) {
+        self.status.store(s, Ordering::SeqCst);
+    }
+    pub fn set_body(&self, b: &str) {
+        *self.body.lock().unwrap() = b.to_string();
+    }
+}
+
+/// A backend for health checks: `/health*` gets [`CheckCtl::status`] and
+/// [`CheckCtl::body`]; anything else gets 200 with `name` as the body.
+pub struct Checked {
+    pub backend: Backend,
+    pub ctl: Arc<CheckCtl>,
+}
+
+impl Checked {
+    pub fn addr(&self) -> SocketAddr {
+        self.backend.addr
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = CheckCtl;
+    fn deref(&self) -> &CheckCtl {
+        &self.ctl
+    }
+}
+
+/// [`Checked`] with its own gauge.
+pub async fn checked(name: &'static str) -> Checked {
+    checked_sharing(name, Arc::new(Gauge::default())).await
+}
+
+/// [`Checked`] counting checks in flight on `gauge`.
+pub async fn checked_sharing(name: &'static str, gauge: Arc<Gauge>) -> Checked {
+    let ctl = Arc::new(CheckCtl {
+        status: std::sync::atomic::AtomicU16::new(200),
+        body: Mutex::new("OK".into()),
+        delay_ms: std::sync::atomic::AtomicU64::new(0),
+        answers: Mutex::new(Vec::new()),
+        traffic: AtomicUsize::new(0),
+        gauge,
+    });
+    let c = Arc::clone(&ctl);
+    let backend = serve_http(bind().await, move |req| {
+        let c = Arc::clone(&c);
+        async move {
+            if !req.uri().path().starts_with("/health") {
+                c.traffic.fetch_add(1, Ordering::SeqCst);
+                return Response::new(full(name));
+            }
+            c.gauge.enter();
+            let status = c.status.load(Ordering::SeqCst);
+            let body = c.body.lock().unwrap().clone();
+            c.answers.lock().unwrap().push(status);
+            let delay = c.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            c.gauge.leave();
+            let mut r = Response::new(full(body));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            r
+        }
+    });
+    Checked { backend, ctl }
+}
+
+/// A raw TCP backend: reads until the end of a request head, keeps the bytes,
+/// answers `HTTP/1.0 200 OK\r\n\r\n` and closes.
+pub struct RawRecorder {
+    pub addr: SocketAddr,
+    pub reads: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn raw_recorder() -> RawRecorder {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    let reads = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&reads);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                r.lock().unwrap().push(buf);
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    RawRecorder { addr, reads, task }
+}
+
+/// Clients sending GETs through a proxy without pause, counting answers.
+pub struct Load {
+    pub ok: Arc<AtomicUsize>,
+    /// Non-200 answers and transport errors, with the first few reasons.
+    pub errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` tasks GETting `/` from `addr` in a loop.
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (ok, errors, stop) = (Arc::clone(&ok), Arc::clone(&errors), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        match try_get(addr, "/").await {
+                            Ok(r) if r.status == StatusCode::OK => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(r) => errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("{}: {}", r.status, r.body)),
+                            Err(e) => errors.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            ok,
+            errors,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Stops the clients, waits for them, and returns (ok, errors).
+    pub async fn stop(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        (self.ok(), self.errors.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `GET` on the admin API, as JSON; panics unless 200.
+pub async fn api_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let r = get(admin, path).await;
+    assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.body))
+}
+
+/// `method path` on the admin API with a JSON body.
+pub async fn api_send(admin: SocketAddr, method: Method, path: &str, json: &str) -> Reply {
+    call(
+        admin,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        json,
+    )
+    .await
+}
+
+/// The native API's view of server `id` of `upstream`.
+pub async fn server_view(admin: SocketAddr, upstream: &str, id: u32) -> serde_json::Value {
+    api_json(admin, &format!("/api/v1/upstreams/{upstream}/servers/{id}")).await
+}
+
+/// Polls the server's view (every 5 ms, at most `within`) until `cond` holds;
+/// returns that view.
+pub async fn wait_view(
+    admin: SocketAddr,
+    upstream: &str,
+    id: u32,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = server_view(admin, upstream, id).await;
+        if cond(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server {id} of {upstream}: not {what} within {within:?}; last view: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls (every 5 ms, at most `within`) until `cond` holds.
+pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
