@@ -143,11 +143,12 @@ impl Probe {
         let interval = self.check.interval;
         // A server waiting for its first verdict is checked at once; others are
         // spread over the first interval so checks do not all fire together.
-        let mut next = if self.server.runtime.stats.health() == Health::Checking {
+        let mut base = if self.server.runtime.stats.health() == Health::Checking {
             Instant::now()
         } else {
             Instant::now() + interval.mul_f64(fastrand::f64())
         };
+        let mut next = base;
         loop {
             sleep_until(next).await;
             let started = Instant::now();
@@ -174,8 +175,11 @@ impl Probe {
                 self.table
                     .report_health(&self.upstream, &self.server, old, new);
             }
-            let jitter = self.check.jitter.mul_f64(fastrand::f64());
-            next = started + interval + jitter;
+            // Keep to the schedule, so late wake-ups do not add up; after a
+            // check that overran its interval, the schedule starts again from
+            // that check.
+            base = (base + interval).max(started);
+            next = base + self.check.jitter.mul_f64(fastrand::f64());
         }
     }
 
@@ -226,17 +230,18 @@ pub struct CheckResponse {
 }
 
 async fn read_response(stream: &mut TcpStream) -> Result<CheckResponse, String> {
+    // Read into a heap buffer: a buffer on the stack would be part of every probe
+    // task's future, whether or not it ever reads (10,000 servers, 10,000 tasks).
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
     loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(4096.min(MAX_RESPONSE - buf.len()).max(1));
+        }
         let n = stream
-            .read(&mut chunk)
+            .read_buf(&mut buf)
             .await
             .map_err(|e| format!("read: {e}"))?;
-        if n > 0 {
-            let room = MAX_RESPONSE - buf.len();
-            buf.extend_from_slice(&chunk[..n.min(room)]);
-        }
+        buf.truncate(MAX_RESPONSE);
         match parse_response(&buf, n == 0 || buf.len() >= MAX_RESPONSE)? {
             Some(r) => return Ok(r),
             None if n == 0 => return Err("connection closed before a whole response".into()),

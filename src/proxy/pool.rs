@@ -10,6 +10,7 @@
 //! response body has been read to the end, never earlier, so a new request never
 //! waits behind another one's body.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -27,8 +28,10 @@ struct Idle {
 
 /// Idle connections to one server.
 pub struct Pool {
-    /// `None` when keep-alive is off (`keepalive = 0`).
-    idle: Option<ArrayQueue<Idle>>,
+    /// Created on the first check-in, so a server that never takes traffic (a
+    /// backup, a big table) costs no queue; never created when `keepalive = 0`.
+    idle: OnceLock<ArrayQueue<Idle>>,
+    max_idle: usize,
     idle_timeout: Duration,
 }
 
@@ -44,14 +47,15 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            idle: OnceLock::new(),
+            max_idle,
             idle_timeout,
         }
     }
 
     /// An idle connection that is still open and younger than the idle timeout.
     pub fn checkout(&self) -> Option<Sender> {
-        let idle = self.idle.as_ref()?;
+        let idle = self.idle.get()?;
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
                 return Some(conn.sender);
@@ -66,24 +70,26 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        if let Some(idle) = &self.idle {
-            let _ = idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if self.max_idle == 0 {
+            return;
         }
+        let idle = self.idle.get_or_init(|| ArrayQueue::new(self.max_idle));
+        let _ = idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// Closes every idle connection (server removed, drained or set down).
     pub fn clear(&self) {
-        if let Some(idle) = &self.idle {
+        if let Some(idle) = self.idle.get() {
             while idle.pop().is_some() {}
         }
     }
 
     /// Closes idle connections that timed out or that the server closed.
     pub fn sweep(&self) {
-        let Some(idle) = &self.idle else { return };
+        let Some(idle) = self.idle.get() else { return };
         for _ in 0..idle.len() {
             let Some(conn) = idle.pop() else { break };
             if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
@@ -95,6 +101,6 @@ impl Pool {
     }
 
     pub fn idle_len(&self) -> usize {
-        self.idle.as_ref().map_or(0, ArrayQueue::len)
+        self.idle.get().map_or(0, ArrayQueue::len)
     }
 }
