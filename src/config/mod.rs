@@ -103,6 +103,38 @@ impl Default for RuntimeConfig {
 pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
+    pub limits: ClientLimits,
+}
+
+/// What a listener tolerates from clients (the defences against slow or hostile
+/// ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A request's headers must arrive within this (slowloris); an idle keep-alive
+    /// connection is closed after it too (`client_header_timeout`, default 30s).
+    pub header_timeout: Duration,
+    /// Most request headers (`max_headers`, default 100; more: 431).
+    pub max_headers: usize,
+    /// Most bytes of request line and headers (`max_header_size`, default 64 KiB,
+    /// at least 8 KiB; more: 431).
+    pub max_header_size: usize,
+    /// Longest request target (`max_uri_length`, default 8 KiB; longer: 414).
+    pub max_uri_length: usize,
+    /// Most client connections open at once (`max_connections`, default 10000);
+    /// further ones wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_header_size: 64 * 1024,
+            max_uri_length: 8 * 1024,
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// A route: requests whose host and path match go to `upstream`.
@@ -113,6 +145,8 @@ pub struct RouteConfig {
     /// `None` is the same as `"/"`.
     pub path_prefix: Option<String>,
     pub upstream: String,
+    /// Largest request body (`max_body_size`; more: 413). `None`: no limit.
+    pub max_body_size: Option<u64>,
 }
 
 /// How a route matches the request's host (port stripped, case-insensitive).
@@ -464,7 +498,9 @@ impl Config {
                     host: None,
                     path_prefix: None,
                     upstream: name,
+                    max_body_size: None,
                 }],
+                limits: ClientLimits::default(),
             }],
             upstreams,
         }

@@ -11,8 +11,8 @@ use super::addr;
 use super::fields::{Sink, Table, as_table};
 use super::upstream::read_upstream;
 use super::{
-    AccessRule, AdminConfig, Config, ConfigErrors, ListenerConfig, RouteConfig, RuntimeConfig,
-    UpstreamConfig,
+    AccessRule, AdminConfig, ClientLimits, Config, ConfigErrors, ListenerConfig, RouteConfig,
+    RuntimeConfig, UpstreamConfig,
 };
 
 const TOP_KEYS: &[&str] = &["admin", "runtime", "listener", "upstream"];
@@ -28,8 +28,16 @@ const ADMIN_KEYS: &[&str] = &[
     "state_file",
 ];
 const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace"];
-const LISTENER_KEYS: &[&str] = &["listen", "routes"];
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream"];
+const LISTENER_KEYS: &[&str] = &[
+    "listen",
+    "routes",
+    "client_header_timeout",
+    "max_headers",
+    "max_header_size",
+    "max_uri_length",
+    "max_connections",
+];
+const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "max_body_size"];
 const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
     18080,
@@ -303,9 +311,38 @@ fn read_listener(
         None if t.get("routes").is_none() => t.err(sink, &t.span, "listener has no routes"),
         None => {}
     }
+    let d = ClientLimits::default();
+    let mut limits = ClientLimits {
+        header_timeout: t
+            .duration(sink, "client_header_timeout")
+            .unwrap_or(d.header_timeout),
+        max_headers: t
+            .int(sink, "max_headers", 1, 10_000)
+            .unwrap_or(d.max_headers),
+        max_header_size: t
+            .int(sink, "max_header_size", 8 * 1024, 16 * 1024 * 1024)
+            .unwrap_or(d.max_header_size),
+        max_uri_length: t
+            .int(sink, "max_uri_length", 16, 1024 * 1024)
+            .unwrap_or(d.max_uri_length),
+        max_connections: t
+            .int(sink, "max_connections", 1, 10_000_000)
+            .unwrap_or(d.max_connections),
+    };
+    if limits.header_timeout.is_zero() {
+        if let Some(v) = t.get("client_header_timeout") {
+            t.err(
+                sink,
+                &v.span(),
+                "client_header_timeout must be greater than 0",
+            );
+        }
+        limits.header_timeout = d.header_timeout;
+    }
     Some(ListenerConfig {
         listen: listen?,
         routes,
+        limits,
     })
 }
 
@@ -347,9 +384,11 @@ fn read_route(
         }
         None => None,
     };
+    let max_body_size = t.int(sink, "max_body_size", 0, u64::MAX as i128);
     Some(RouteConfig {
         host,
         path_prefix,
         upstream: upstream?,
+        max_body_size,
     })
 }

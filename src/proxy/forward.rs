@@ -23,7 +23,7 @@ use super::body::{ProxyBody, UpstreamBody, UpstreamResponse};
 use super::io::UpstreamIo;
 use super::pool::Sender;
 use super::router::Router;
-use crate::config::{Balance, HashKey, Timeouts};
+use crate::config::{Balance, ClientLimits, HashKey, Timeouts};
 use crate::health::passive;
 use crate::upstream::balance::hash_key;
 use crate::upstream::{Lease, Server, Table, Tried, Upstream};
@@ -50,6 +50,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub struct Forwarder {
     router: Router,
     table: Arc<Table>,
+    limits: ClientLimits,
 }
 
 /// Why one attempt on one server failed.
@@ -220,8 +221,12 @@ async fn connect(server: &Server, timeouts: &Timeouts) -> Result<Sender, Attempt
 }
 
 impl Forwarder {
-    pub fn new(router: Router, table: Arc<Table>) -> Self {
-        Forwarder { router, table }
+    pub fn new(router: Router, table: Arc<Table>, limits: ClientLimits) -> Self {
+        Forwarder {
+            router,
+            table,
+            limits,
+        }
     }
 
     pub async fn handle(
@@ -235,6 +240,26 @@ impl Forwarder {
                 "404 Not Found: no route for this host and path\n".into(),
             ));
         };
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.limits.max_uri_length {
+            return Ok(text_response(
+                StatusCode::URI_TOO_LONG,
+                format!(
+                    "414 URI Too Long: the request target has {target_len} bytes, the most is {}\n",
+                    self.limits.max_uri_length
+                ),
+            ));
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(limit), Some(len)) = (target.max_body_size, declared)
+            && len > limit
+        {
+            return Ok(too_large(limit));
+        }
         let Some(upstream) = self.table.load().by_slot(target.slot).cloned() else {
             return Ok(text_response(
                 StatusCode::BAD_GATEWAY,
@@ -244,8 +269,17 @@ impl Forwarder {
                 ),
             ));
         };
-        Ok(forward(&self.table, target.slot, &upstream, req, client).await)
+        // A body of unknown length is counted as it streams.
+        let limit = target.max_body_size.filter(|_| declared.is_none());
+        Ok(forward(&self.table, target.slot, &upstream, req, client, limit).await)
     }
+}
+
+fn too_large(limit: u64) -> Response<ProxyBody> {
+    text_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("413 Content Too Large: this route takes request bodies up to {limit} bytes\n"),
+    )
 }
 
 async fn forward(
@@ -254,6 +288,7 @@ async fn forward(
     upstream: &Upstream,
     mut req: Request<Incoming>,
     client: SocketAddr,
+    body_limit: Option<u64>,
 ) -> Response<ProxyBody> {
     let key = request_key(upstream, &req, client.ip());
     let upgrade = is_upgrade(&req);
@@ -311,7 +346,16 @@ async fn forward(
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-    let mut pending = Some(Request::from_parts(parts, UpstreamBody::Client(body)));
+    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = match body_limit {
+        Some(left) if !body.is_end_stream() => UpstreamBody::Limited {
+            body,
+            left,
+            exceeded: Arc::clone(&exceeded),
+        },
+        _ => UpstreamBody::Client(body),
+    };
+    let mut pending = Some(Request::from_parts(parts, body));
 
     let started = Instant::now();
     let mut tried = Tried::default();
@@ -374,6 +418,11 @@ async fn forward(
                 return respond(upstream, lease, resp, sender, sent_at, client_upgrade);
             }
             Err((error, unsent)) => {
+                // The client's body broke the route's limit: not the server's
+                // fault, and no other server would fare better.
+                if exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+                    return too_large(body_limit.unwrap_or(0));
+                }
                 let server = lease.server();
                 let outcome = passive::record_failure(server, crate::clock::now_ms());
                 warn!(upstream = %upstream.name, server = %server.addr, error = %error, ?outcome, "upstream attempt failed");

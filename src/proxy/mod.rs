@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{ClientLimits, Config};
 use crate::upstream::Table;
 pub use forward::Forwarder;
 pub use router::Router;
@@ -42,7 +42,7 @@ pub enum ProxyError {
 
 /// Listeners bound and ready to serve.
 pub struct Proxy {
-    listeners: Vec<(TcpListener, Arc<Forwarder>)>,
+    listeners: Vec<(TcpListener, Arc<Forwarder>, ClientLimits)>,
     table: Arc<Table>,
     grace: Duration,
 }
@@ -68,7 +68,8 @@ impl Proxy {
                     addr: l.listen,
                     source,
                 })?;
-            listeners.push((socket, Arc::new(Forwarder::new(router, Arc::clone(&table)))));
+            let forwarder = Forwarder::new(router, Arc::clone(&table), l.limits);
+            listeners.push((socket, Arc::new(forwarder), l.limits));
         }
         Ok(Proxy {
             listeners,
@@ -81,7 +82,7 @@ impl Proxy {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|(l, ..)| l.local_addr().ok())
             .collect()
     }
 
@@ -103,10 +104,11 @@ impl Proxy {
         let tasks: Vec<_> = self
             .listeners
             .into_iter()
-            .map(|(listener, forwarder)| {
+            .map(|(listener, forwarder, limits)| {
                 tokio::spawn(serve_listener(
                     listener,
                     forwarder,
+                    limits,
                     stop_rx.clone(),
                     self.grace,
                 ))
@@ -133,12 +135,36 @@ impl Proxy {
 async fn serve_listener(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
+    limits: ClientLimits,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> usize {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_size);
+    // hyper keeps up to 100 headers on the stack; another limit costs a heap
+    // allocation per request, so it is set only when asked for.
+    if limits.max_headers != ClientLimits::default().max_headers {
+        builder.http1().max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    // Past `max_connections`, further clients wait in the kernel's accept queue.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
@@ -151,6 +177,7 @@ async fn serve_listener(
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        drop(permit);
                     });
                 }
                 Err(e) => {

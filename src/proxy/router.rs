@@ -15,13 +15,16 @@ struct Route {
     /// is seen at once.
     upstream: String,
     slot: usize,
+    max_body_size: Option<u64>,
 }
 
-/// Where a request goes: the upstream's name and table slot.
+/// Where a request goes: the upstream's name and table slot, and the route's
+/// body size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
     pub upstream: &'a str,
     pub slot: usize,
+    pub max_body_size: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -39,6 +42,7 @@ impl Router {
                 prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
                 slot: slot_of(&r.upstream),
                 upstream: r.upstream.clone(),
+                max_body_size: r.max_body_size,
             })
             .collect();
         Router { routes }
@@ -74,6 +78,7 @@ impl Router {
         best.map(|(_, _, r)| Target {
             upstream: &r.upstream,
             slot: r.slot,
+            max_body_size: r.max_body_size,
         })
     }
 }
@@ -87,6 +92,7 @@ mod tests {
             host,
             path_prefix: Some(prefix.into()),
             upstream: upstream.into(),
+            max_body_size: None,
         }
     }
 
