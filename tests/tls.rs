@@ -605,3 +605,44 @@ servers = [{{ addr = "{}" }}]
     let still = tls_connect(addrs[0], &ca.pem_path(), "site.test", &[b"http/1.1"]).await;
     assert!(still.peer == new.der);
 }
+
+#[tokio::test]
+async fn the_seed_configuration_translated_runs_with_sslback_on_local_https_backends() {
+    let ca = Ca::new("seed CA");
+    let cert = ca.issue(&["127.0.0.1"], false);
+    let one = backend("ssl-one", Some(server_config(&cert))).await;
+    let two = backend("ssl-two", Some(server_config(&cert))).await;
+    let foo = backend("foo", None).await;
+    // The seed's two upstreams; sslback's servers are the local HTTPS backends,
+    // checked the way the seed's checker checks both upstreams (over TLS here).
+    let text = format!(
+        r#"
+[[listener]]
+listen = "127.0.0.1:0"
+routes = [{{ host = "sslback", upstream = "sslback" }}, {{ path_prefix = "/", upstream = "foo.com" }}]
+
+[upstream."foo.com"]
+balance = "round_robin"
+servers = [{{ addr = "{}" }}]
+
+[upstream.sslback]
+scheme = "https"
+tls_ca = "{}"
+servers = [{{ addr = "{}" }}, {{ addr = "{}" }}]
+health_check = {{ type = "https", http_req = "GET / HTTP/1.0\r\nHost: foo.com\r\n\r\n",
+  interval = "2s", timeout = "1s", fall = 3, rise = 2, valid_statuses = [200, 302], concurrency = 10 }}
+"#,
+        foo.addr,
+        path(&ca.pem_path()),
+        one.addr,
+        two.addr
+    );
+    let sy = support::Switchyard::run_config(&text, 1);
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(plain_get(sy.addr(), "sslback", "/").await.body);
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["ssl-one", "ssl-one", "ssl-two", "ssl-two"]);
+    assert_eq!(plain_get(sy.addr(), "foo.com", "/").await.body, "foo");
+}
