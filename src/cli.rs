@@ -216,6 +216,31 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("cannot start the runtime")
 }
 
+/// `SIGHUP` reloads the TLS listeners' certificates (elsewhere than Unix: never).
+async fn reload_on_hangup(reloader: crate::tls::TlsReloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reload only through the admin API");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let r = reloader.clone();
+            match tokio::task::spawn_blocking(move || r.reload()).await {
+                Ok(Ok(n)) => info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "SIGHUP: TLS reload failed"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS reload failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -301,11 +326,14 @@ async fn serve(
     )?);
     let proxy = Proxy::bind(&cfg, Arc::clone(&table)).await?;
     let checker = crate::health::active::spawn(Arc::clone(&table));
-    for addr in proxy.local_addrs() {
-        println!("switchyard: listening on http://{addr}");
+    for (addr, tls) in proxy.local_addrs().into_iter().zip(proxy.tls_flags()) {
+        let scheme = if tls { "https" } else { "http" };
+        println!("switchyard: listening on {scheme}://{addr}");
     }
+    let reloader = proxy.tls_reloader();
+    let hup = (!reloader.is_empty()).then(|| tokio::spawn(reload_on_hangup(reloader)));
     if let Some(a) = &admin_cfg {
-        let server = AdminServer::bind(a, Arc::clone(&table))?;
+        let server = AdminServer::bind_with_tls(a, Arc::clone(&table), proxy.tls_reloader())?;
         if let Some(addr) = server.local_addr() {
             println!("switchyard: admin API on http://{addr}");
         }
@@ -317,6 +345,9 @@ async fn serve(
     ready();
     let outcome = proxy.run(shutdown_signal()).await;
     checker.abort();
+    if let Some(h) = hup {
+        h.abort();
+    }
     match outcome {
         Shutdown::Clean => info!("stopped; every in-flight request finished"),
         Shutdown::GraceExpired(n) => info!(cut = n, "stopped; grace period expired"),

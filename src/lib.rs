@@ -8,6 +8,7 @@
 //!   health, never admin state.
 //! - [`admin`]: the HTTP API that changes the table, and who may use it.
 //! - [`state`]: durable state behind one trait.
+//! - [`tls`]: certificates and rustls configurations for listeners and upstreams.
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
 //! - [`ctl`]: `switchyard ctl`, a client of the admin API for the shell.
 #![forbid(unsafe_code)]
@@ -21,4 +22,5 @@ pub mod demo;
 pub mod health;
 pub mod proxy;
 pub mod state;
+pub mod tls;
 pub mod upstream;

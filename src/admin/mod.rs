@@ -31,6 +31,7 @@ pub use access::Access;
 pub use error::ApiError;
 
 use crate::config::AdminConfig;
+use crate::tls::TlsReloader;
 use crate::upstream::Table;
 
 /// Bodies larger than this are refused with 413.
@@ -41,6 +42,8 @@ pub const MAX_BODY: usize = 1 << 20;
 pub struct AppState {
     pub table: Arc<Table>,
     pub access: Arc<Access>,
+    /// The TLS listeners, for `POST /api/v1/tls/reload`.
+    pub tls: TlsReloader,
 }
 
 /// Why the admin listener could not start.
@@ -111,16 +114,39 @@ impl Family {
     }
 }
 
+/// Reads every TLS listener's certificate files again. New handshakes get the new
+/// certificates; open connections keep theirs. On failure the old ones stay.
+async fn tls_reload(State(app): State<AppState>) -> Response {
+    let tls = app.tls.clone();
+    // File reads and key parsing: off the admin runtime's only thread.
+    match tokio::task::spawn_blocking(move || tls.reload()).await {
+        Ok(Ok(n)) => axum::Json(serde_json::json!({ "reloaded": n })).into_response(),
+        Ok(Err(e)) => ApiError::unprocessable("TlsReloadFailed", e).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "TlsReloadFailed",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such admin endpoint")
 }
 
 /// The admin routes over `table`, behind `access`.
 pub fn router(table: Arc<Table>, access: Access) -> Router {
+    router_with_tls(table, access, TlsReloader::default())
+}
+
+/// The admin routes, with the TLS listeners that `POST /api/v1/tls/reload` reloads.
+pub fn router_with_tls(table: Arc<Table>, access: Access, tls: TlsReloader) -> Router {
     let registry = Arc::new(metrics::registry(Arc::clone(&table)));
     let state = AppState {
         table,
         access: Arc::new(access),
+        tls,
     };
     let api = Router::new()
         .route(
@@ -149,6 +175,7 @@ pub fn router(table: Arc<Table>, access: Access) -> Router {
         )
         .route("/api/v1/batch", post(native::batch))
         .route("/api/v1/events", get(native::events))
+        .route("/api/v1/tls/reload", post(tls_reload))
         .route("/healthcheck", get(status::handle))
         .route(
             "/metrics",
@@ -168,6 +195,15 @@ impl AdminServer {
     /// Binds the admin listener (port 0 picks a free port). Refuses a listener
     /// reachable from the network with neither rules nor a token.
     pub fn bind(config: &AdminConfig, table: Arc<Table>) -> Result<AdminServer, AdminError> {
+        AdminServer::bind_with_tls(config, table, TlsReloader::default())
+    }
+
+    /// [`AdminServer::bind`], with the TLS listeners the API may reload.
+    pub fn bind_with_tls(
+        config: &AdminConfig,
+        table: Arc<Table>,
+        tls: TlsReloader,
+    ) -> Result<AdminServer, AdminError> {
         let access = Access::from_config(config);
         access
             .check_exposure(config.listen)
@@ -185,7 +221,7 @@ impl AdminServer {
             })?;
         Ok(AdminServer {
             listener,
-            app: router(table, access),
+            app: router_with_tls(table, access, tls),
         })
     }
 

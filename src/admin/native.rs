@@ -201,14 +201,11 @@ pub(super) struct HealthCheckJson {
 impl HealthCheckJson {
     pub(super) fn into_config(self) -> Result<HealthCheckConfig, ApiError> {
         let bad = |m: String| ApiError::unprocessable("BadHealthCheck", m);
-        let kind = match self.kind.as_str() {
-            "http" => HealthCheckKind::Http,
-            "tcp" => HealthCheckKind::Tcp,
-            other => {
-                return Err(bad(format!(
-                    "unknown health check type {other:?} (expected \"http\" or \"tcp\")"
-                )));
-            }
+        let Some(kind) = HealthCheckKind::parse(&self.kind) else {
+            return Err(bad(format!(
+                "unknown health check type {:?} (expected \"http\", \"https\" or \"tcp\")",
+                self.kind
+            )));
         };
         let mut c = HealthCheckConfig::new(kind);
         let structured = self.method.is_some()
@@ -393,6 +390,7 @@ impl NewUpstream {
                 .health_check
                 .map(HealthCheckJson::into_config)
                 .transpose()?,
+            ..UpstreamSettings::default()
         };
         let mut servers = Vec::new();
         for s in self.servers {

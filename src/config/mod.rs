@@ -104,6 +104,8 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
     pub limits: ClientLimits,
+    /// `tls = { ... }`: the listener speaks HTTPS.
+    pub tls: Option<ListenerTls>,
 }
 
 /// What a listener tolerates from clients (the defences against slow or hostile
@@ -133,6 +135,105 @@ impl Default for ClientLimits {
             max_header_size: 64 * 1024,
             max_uri_length: 8 * 1024,
             max_connections: 10_000,
+        }
+    }
+}
+
+/// `tls = { certificates = [{ cert = "a.pem", key = "a.key" }], min_version = "1.2" }`
+/// on a listener. The first certificate is the default; the others are chosen
+/// when the client's SNI names a host they are valid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificatePair>,
+    pub min_version: TlsVersion,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    V1_2,
+    V1_3,
+}
+
+/// How switchyard talks to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The HTTP version spoken to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (`protocol = "http1"`, the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, agreed through ALPN (`protocol = "h2"`, needs `scheme = "https"`).
+    H2,
+    /// HTTP/2 over cleartext with prior knowledge (`protocol = "h2c"`).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn parse(s: &str) -> Option<UpstreamProtocol> {
+        match s {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "h2" => Some(UpstreamProtocol::H2),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// TLS towards an upstream's servers (used with `scheme = "https"` and by
+/// `type = "https"` health checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and the name verified; default: the host of each server's `addr`.
+    pub server_name: Option<String>,
+    /// Verify against this CA file instead of the built-in web roots.
+    pub ca: Option<PathBuf>,
+    /// `false` accepts any certificate (logged as a warning at start-up).
+    pub verify: bool,
+    /// Client certificate and key for mTLS to the servers.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            server_name: None,
+            ca: None,
+            verify: true,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -171,6 +272,9 @@ pub struct UpstreamConfig {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub health_check: Option<HealthCheckConfig>,
+    pub scheme: Scheme,
+    pub protocol: UpstreamProtocol,
+    pub tls: UpstreamTls,
 }
 
 /// Balancing method of an upstream.
@@ -412,7 +516,28 @@ impl HealthCheckConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthCheckKind {
     Http,
+    /// HTTP over TLS, verified with the upstream's TLS settings.
+    Https,
     Tcp,
+}
+
+impl HealthCheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheckKind::Http => "http",
+            HealthCheckKind::Https => "https",
+            HealthCheckKind::Tcp => "tcp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HealthCheckKind> {
+        match s {
+            "http" => Some(HealthCheckKind::Http),
+            "https" => Some(HealthCheckKind::Https),
+            "tcp" => Some(HealthCheckKind::Tcp),
+            _ => None,
+        }
+    }
 }
 
 /// One problem in a configuration, with its place.
@@ -457,10 +582,18 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Reads and validates a configuration file.
+///
+/// Relative certificate and key paths are taken from the file's own folder, as
+/// one expects when the file and its certificates are kept together.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(src) => parse(&src, &name),
+        Ok(src) => parse(&src, &name).map(|mut c| {
+            if let Some(dir) = path.parent() {
+                c.resolve_paths(dir);
+            }
+            c
+        }),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: name,
             line: 0,
@@ -471,6 +604,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 impl Config {
+    /// Makes every relative TLS file path relative to `dir`.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                for pair in &mut tls.certificates {
+                    fix(&mut pair.cert);
+                    fix(&mut pair.key);
+                }
+            }
+        }
+        for u in self.upstreams.values_mut() {
+            for p in [&mut u.tls.ca, &mut u.tls.client_cert, &mut u.tls.client_key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
+    }
+
     /// The configuration `switchyard proxy --listen L --to A --to B` stands for: one
     /// listener routing everything to one round-robin upstream named `default`.
     pub fn single_upstream(listen: SocketAddr, servers: Vec<ServerConfig>) -> Config {
@@ -487,6 +645,9 @@ impl Config {
                 timeouts: Timeouts::default(),
                 retry: RetryPolicy::default(),
                 health_check: None,
+                scheme: Scheme::Http,
+                protocol: UpstreamProtocol::Http1,
+                tls: UpstreamTls::default(),
             },
         );
         Config {
@@ -501,6 +662,7 @@ impl Config {
                     max_body_size: None,
                 }],
                 limits: ClientLimits::default(),
+                tls: None,
             }],
             upstreams,
         }

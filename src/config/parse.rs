@@ -11,8 +11,8 @@ use super::addr;
 use super::fields::{Sink, Table, as_table};
 use super::upstream::read_upstream;
 use super::{
-    AccessRule, AdminConfig, ClientLimits, Config, ConfigErrors, ListenerConfig, RouteConfig,
-    RuntimeConfig, UpstreamConfig,
+    AccessRule, AdminConfig, CertificatePair, ClientLimits, Config, ConfigErrors, ListenerConfig,
+    ListenerTls, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
 };
 
 const TOP_KEYS: &[&str] = &["admin", "runtime", "listener", "upstream"];
@@ -31,12 +31,15 @@ const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace"];
 const LISTENER_KEYS: &[&str] = &[
     "listen",
     "routes",
+    "tls",
     "client_header_timeout",
     "max_headers",
     "max_header_size",
     "max_uri_length",
     "max_connections",
 ];
+const LISTENER_TLS_KEYS: &[&str] = &["certificates", "min_version"];
+const CERT_KEYS: &[&str] = &["cert", "key"];
 const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "max_body_size"];
 const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
@@ -339,11 +342,70 @@ fn read_listener(
         }
         limits.header_timeout = d.header_timeout;
     }
+    let tls = t
+        .table(sink, "tls", "tls")
+        .map(|tls| read_listener_tls(&tls, sink));
     Some(ListenerConfig {
         listen: listen?,
         routes,
         limits,
+        tls,
     })
+}
+
+fn read_listener_tls(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ListenerTls {
+    t.check_keys(sink, LISTENER_TLS_KEYS);
+    let mut min_version = TlsVersion::V1_2;
+    if let Some((v, span)) = t.str(sink, "min_version") {
+        match v {
+            "1.2" => {}
+            "1.3" => min_version = TlsVersion::V1_3,
+            _ => t.err(
+                sink,
+                &span,
+                format!("unknown min_version {v:?} (expected \"1.2\" or \"1.3\")"),
+            ),
+        }
+    }
+    let mut certificates = Vec::new();
+    match t.array(sink, "certificates") {
+        Some((list, span)) if list.is_empty() => {
+            t.err(sink, &span, "at least one certificate is needed")
+        }
+        Some((list, _)) => {
+            for (i, v) in list.iter().enumerate() {
+                let ctx = format!("{}certificate #{}: ", t.ctx, i + 1);
+                let key = format!("certificate #{}", i + 1);
+                let Some(c) = as_table(t, sink, &key, v, "certificate", ctx) else {
+                    continue;
+                };
+                c.check_keys(sink, CERT_KEYS);
+                let mut file = |name: &str| match c.str(sink, name) {
+                    Some(("", span)) => {
+                        c.err(sink, &span, format!("{name} must name a PEM file"));
+                        None
+                    }
+                    Some((s, _)) => Some(PathBuf::from(s)),
+                    None => {
+                        if c.get(name).is_none() {
+                            c.missing(sink, name);
+                        }
+                        None
+                    }
+                };
+                let (cert, key) = (file("cert"), file("key"));
+                if let (Some(cert), Some(key)) = (cert, key) {
+                    certificates.push(CertificatePair { cert, key });
+                }
+            }
+        }
+        None if t.get("certificates").is_none() => t.missing(sink, "certificates"),
+        None => {}
+    }
+    ListenerTls {
+        certificates,
+        min_version,
+    }
 }
 
 fn read_route(

@@ -356,9 +356,58 @@ fn unknown_balance_method_lists_the_valid_ones() {
 }
 
 #[test]
-fn https_is_refused_for_now() {
-    let src = with_upstream("scheme = \"https\"\nservers = [{ addr = \"10.0.0.1:443\" }]\n");
-    assert_errors(&src, &[(5, 10, "HTTPS upstreams are not supported yet")]);
+fn https_upstream_keys_are_read_with_their_defaults() {
+    let src = with_upstream(
+        "scheme = \"https\"\nprotocol = \"h2\"\ntls_server_name = \"backend.internal\"\n\
+         tls_ca = \"ca.pem\"\ntls_client_cert = \"c.pem\"\ntls_client_key = \"c.key\"\n\
+         servers = [{ addr = \"10.0.0.1:443\" }]\n\
+         health_check = { type = \"https\", path = \"/health\" }\n",
+    );
+    let c = parse(&src, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let u = &c.upstreams["a"];
+    assert_eq!(u.scheme, Scheme::Https);
+    assert_eq!(u.protocol, UpstreamProtocol::H2);
+    assert_eq!(u.tls.server_name.as_deref(), Some("backend.internal"));
+    assert_eq!(u.tls.ca.as_deref(), Some(Path::new("ca.pem")));
+    assert!(u.tls.verify, "verification is on unless turned off");
+    assert_eq!(u.tls.client_key.as_deref(), Some(Path::new("c.key")));
+    assert_eq!(
+        u.health_check.as_ref().map(|h| h.kind),
+        Some(HealthCheckKind::Https)
+    );
+    let plain = parse(
+        &with_upstream("servers = [{ addr = \"10.0.0.1:80\" }]\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(plain.upstreams["a"].scheme, Scheme::Http);
+    assert_eq!(plain.upstreams["a"].protocol, UpstreamProtocol::Http1);
+}
+
+#[test]
+fn tls_verify_false_with_a_ca_file_is_refused_at_its_place() {
+    let src = with_upstream(
+        "scheme = \"https\"\ntls_ca = \"ca.pem\"\ntls_verify = false\nservers = [{ addr = \"10.0.0.1:443\" }]\n",
+    );
+    assert_errors(&src, &[(7, 14, "tls_verify = false ignores tls_ca")]);
+}
+
+#[test]
+fn a_tls_listener_reads_its_certificates_and_minimum_version() {
+    let src = "[[listener]]\nlisten = \"127.0.0.1:8443\"\nroutes = [{ upstream = \"a\" }]\n\
+        tls = { min_version = \"1.3\", certificates = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }] }\n\
+        [upstream.a]\nservers = [{ addr = \"10.0.0.1:80\" }]\n";
+    let mut c = parse(src, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    c.resolve_paths(Path::new("/etc/switchyard"));
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.min_version, TlsVersion::V1_3);
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[1].key, Path::new("/etc/switchyard/b.key"));
+    let missing_key = src.replace(", key = \"b.key\"", "");
+    assert_errors(
+        &missing_key,
+        &[(4, 81, "missing key \"key\" in certificate")],
+    );
 }
 
 #[test]

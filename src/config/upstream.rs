@@ -1,6 +1,7 @@
 //! `[upstream.NAME]`: servers, balancing, timeouts, retries and health checks.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -8,8 +9,8 @@ use toml::de::DeValue;
 use super::addr;
 use super::fields::{Sink, Span, Table, as_table, int_value};
 use super::{
-    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
-    ServerConfig, Timeouts, UpstreamConfig,
+    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy, Scheme,
+    ServerConfig, Timeouts, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 
 const UPSTREAM_KEYS: &[&str] = &[
@@ -22,6 +23,12 @@ const UPSTREAM_KEYS: &[&str] = &[
     "send_timeout",
     "retry",
     "scheme",
+    "protocol",
+    "tls_server_name",
+    "tls_ca",
+    "tls_verify",
+    "tls_client_cert",
+    "tls_client_key",
     "servers",
     "health_check",
 ];
@@ -107,17 +114,40 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
         _ => {}
     }
 
+    let mut scheme = Scheme::Http;
     if let Some((s, span)) = t.str(sink, "scheme") {
         match s {
             "http" => {}
-            "https" => t.err(sink, &span, "HTTPS upstreams are not supported yet"),
+            "https" => scheme = Scheme::Https,
             _ => t.err(
                 sink,
                 &span,
-                format!("unknown scheme {s:?} (expected \"http\")"),
+                format!("unknown scheme {s:?} (expected \"http\" or \"https\")"),
             ),
         }
     }
+    let mut protocol = UpstreamProtocol::Http1;
+    if let Some((p, span)) = t.str(sink, "protocol") {
+        match (UpstreamProtocol::parse(p), scheme) {
+            (Some(UpstreamProtocol::H2), Scheme::Http) => t.err(
+                sink,
+                &span,
+                "protocol \"h2\" is agreed through TLS: it needs scheme = \"https\" (use \"h2c\" for cleartext HTTP/2)",
+            ),
+            (Some(UpstreamProtocol::H2c), Scheme::Https) => t.err(
+                sink,
+                &span,
+                "protocol \"h2c\" is cleartext HTTP/2: with scheme = \"https\" use \"h2\"",
+            ),
+            (Some(v), _) => protocol = v,
+            (None, _) => t.err(
+                sink,
+                &span,
+                format!("unknown protocol {p:?} (expected \"http1\", \"h2\" or \"h2c\")"),
+            ),
+        }
+    }
+    let tls = read_upstream_tls(t, sink);
 
     let servers = read_servers(t, sink, balance);
 
@@ -156,7 +186,64 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
         timeouts,
         retry,
         health_check,
+        scheme,
+        protocol,
+        tls,
     }
+}
+
+/// The `tls_*` keys of an upstream. Only read here; the files are loaded when
+/// the upstream is built.
+fn read_upstream_tls(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> UpstreamTls {
+    let mut tls = UpstreamTls::default();
+    let path = |sink: &mut Sink<'_>, key: &str| {
+        t.str(sink, key).and_then(|(s, span)| {
+            if s.is_empty() {
+                t.err(sink, &span, format!("{key} must name a file"));
+                None
+            } else {
+                Some(PathBuf::from(s))
+            }
+        })
+    };
+    tls.ca = path(sink, "tls_ca");
+    tls.client_cert = path(sink, "tls_client_cert");
+    tls.client_key = path(sink, "tls_client_key");
+    if let Some((name, span)) = t.str(sink, "tls_server_name") {
+        if rustls_pki_types::ServerName::try_from(name).is_err() {
+            t.err(
+                sink,
+                &span,
+                format!("bad tls_server_name {name:?} (expected a DNS name or an IP address)"),
+            );
+        }
+        tls.server_name = Some(name.to_string());
+    }
+    if let Some((v, _)) = t.bool(sink, "tls_verify") {
+        tls.verify = v;
+    }
+    for (have, other) in [
+        ("tls_client_cert", "tls_client_key"),
+        ("tls_client_key", "tls_client_cert"),
+    ] {
+        if let (Some(v), None) = (t.get(have), t.get(other)) {
+            t.err(
+                sink,
+                &v.span(),
+                format!("{have} needs {other} too (a client certificate and its key)"),
+            );
+        }
+    }
+    if let (Some(v), Some(_)) = (t.get("tls_verify"), t.get("tls_ca"))
+        && matches!(v.get_ref(), DeValue::Boolean(false))
+    {
+        t.err(
+            sink,
+            &v.span(),
+            "tls_verify = false ignores tls_ca: keep one of the two",
+        );
+    }
+    tls
 }
 
 fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec<ServerConfig> {
@@ -295,23 +382,25 @@ fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfi
     h.check_keys(sink, HEALTH_KEYS);
     let mut c = HealthCheckConfig::new(HealthCheckKind::Http);
     match h.str(sink, "type") {
-        Some(("http", _)) => {}
-        Some(("tcp", _)) => c.kind = HealthCheckKind::Tcp,
-        Some(("https", span)) => h.err(
-            sink,
-            &span,
-            "type = \"https\" health checks are not supported yet (they come with TLS upstreams)",
-        ),
-        Some((other, span)) => {
-            let msg = format!("unknown health check type {other:?} (expected \"http\" or \"tcp\")");
-            h.err(sink, &span, msg);
-        }
+        Some((s, span)) => match HealthCheckKind::parse(s) {
+            Some(k) => c.kind = k,
+            None => {
+                let msg = format!(
+                    "unknown health check type {s:?} (expected \"http\", \"https\" or \"tcp\")"
+                );
+                h.err(sink, &span, msg);
+            }
+        },
         None if h.get("type").is_none() => h.missing(sink, "type"),
         None => {}
     }
     let http_req = h.str(sink, "http_req");
     if let (Some((_, span)), HealthCheckKind::Tcp) = (&http_req, c.kind) {
-        h.err(sink, span, "http_req is only used with type = \"http\"");
+        h.err(
+            sink,
+            span,
+            "http_req is only used with type = \"http\" or \"https\"",
+        );
     }
     if let Some((_, span)) = &http_req {
         for key in ["method", "path", "host", "headers"] {
@@ -404,7 +493,7 @@ fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfi
                 h.err(
                     sink,
                     &v.span(),
-                    format!("{key} is only used with type = \"http\""),
+                    format!("{key} is only used with type = \"http\" or \"https\""),
                 );
             }
         }

@@ -23,10 +23,10 @@ use super::body::{ProxyBody, UpstreamBody, UpstreamResponse};
 use super::io::UpstreamIo;
 use super::pool::Sender;
 use super::router::Router;
-use crate::config::{Balance, ClientLimits, HashKey, Timeouts};
+use crate::config::{Balance, ClientLimits, HashKey, Scheme, UpstreamProtocol};
 use crate::health::passive;
 use crate::upstream::balance::hash_key;
-use crate::upstream::{Lease, Server, Table, Tried, Upstream};
+use crate::upstream::{Lease, Server, Table, Tried, Upstream, UpstreamSettings};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -51,6 +51,8 @@ pub struct Forwarder {
     router: Router,
     table: Arc<Table>,
     limits: ClientLimits,
+    /// `X-Forwarded-Proto`: `https` on TLS listeners.
+    proto: HeaderValue,
 }
 
 /// Why one attempt on one server failed.
@@ -59,6 +61,8 @@ enum AttemptError {
     Connect(std::io::Error),
     ConnectTimeout(Duration),
     Handshake(hyper::Error),
+    /// TLS set-up or handshake failed (certificate verification, among others).
+    Tls(String),
     ClosedBeforeReady,
     Send(hyper::Error),
     ResponseTimeout(Duration),
@@ -70,6 +74,7 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Connect(e) => write!(f, "connect failed: {e}"),
             AttemptError::ConnectTimeout(d) => write!(f, "connect timed out after {d:?}"),
             AttemptError::Handshake(e) => write!(f, "connection setup failed: {e}"),
+            AttemptError::Tls(e) => f.write_str(e),
             AttemptError::ClosedBeforeReady => f.write_str("connection closed before it was ready"),
             AttemptError::Send(e) => write!(f, "request failed: {e}"),
             AttemptError::ResponseTimeout(d) => {
@@ -189,43 +194,139 @@ fn request_key<B>(upstream: &Upstream, req: &Request<B>, client: IpAddr) -> Opti
     }
 }
 
-/// Opens a new connection to `server` and starts driving it.
-async fn connect(server: &Server, timeouts: &Timeouts) -> Result<Sender, AttemptError> {
-    let stream = match timeout(
-        timeouts.connect,
-        tokio::net::TcpStream::connect(server.sockaddr),
-    )
-    .await
+/// A new connection for a request: for an HTTP/2 upstream, one at a time per
+/// server, so that requests arriving together share the connection the first of
+/// them opens.
+async fn connect_pooled(
+    server: &Server,
+    settings: &UpstreamSettings,
+    upgrade: bool,
+) -> Result<Sender, AttemptError> {
+    let h2 = matches!(
+        settings.protocol,
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c
+    );
+    if !h2 || upgrade {
+        return connect(server, settings).await;
+    }
+    let _gate = server.runtime.pool.h2_connect_gate().await;
+    if let Some(s) = server.runtime.pool.checkout() {
+        return Ok(s);
+    }
+    let sender = connect(server, settings).await?;
+    if let Sender::H2(h2) = &sender {
+        server.runtime.pool.checkin(Sender::H2(h2.clone()));
+    }
+    Ok(sender)
+}
+
+/// An HTTP/2 request carries its scheme and authority in the URI.
+fn h2_form(mut req: Request<UpstreamBody>, scheme: Scheme) -> Request<UpstreamBody> {
+    if req.uri().authority().is_some() {
+        return req;
+    }
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    if let Ok(uri) = Uri::builder()
+        .scheme(scheme.as_str())
+        .authority(authority.as_str())
+        .path_and_query(pq)
+        .build()
     {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    req
+}
+
+/// Opens a new connection to `server` (TCP, then TLS for `https`, then HTTP/1.1 or
+/// HTTP/2 as the upstream's `protocol` and ALPN say) and starts driving it.
+async fn connect(server: &Server, settings: &UpstreamSettings) -> Result<Sender, AttemptError> {
+    let timeouts = &settings.timeouts;
+    let deadline = Instant::now() + timeouts.connect;
+    let stream =
+        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(server.sockaddr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(AttemptError::Connect(e)),
+            Err(_) => return Err(AttemptError::ConnectTimeout(timeouts.connect)),
+        };
+    let _ = stream.set_nodelay(true);
+    let io = UpstreamIo::new(stream, timeouts.send, Arc::clone(&server.runtime));
+    let addr = server.sockaddr;
+    if settings.scheme == Scheme::Http {
+        return handshake(io, settings.protocol == UpstreamProtocol::H2c, addr).await;
+    }
+    let Some(client) = &settings.tls_client else {
+        return Err(AttemptError::Tls(
+            "the upstream has no TLS client configuration".into(),
+        ));
+    };
+    let name = crate::tls::server_name(&settings.tls, &server.addr).map_err(AttemptError::Tls)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&client.proxy));
+    let tls = match tokio::time::timeout_at(deadline, connector.connect(name.clone(), io)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(AttemptError::Connect(e)),
+        Ok(Err(e)) => {
+            return Err(AttemptError::Tls(format!(
+                "TLS handshake with {addr} (server name {}) failed: {e}",
+                name.to_str()
+            )));
+        }
         Err(_) => return Err(AttemptError::ConnectTimeout(timeouts.connect)),
     };
-    let _ = stream.set_nodelay(true);
-    let io = hyper_util::rt::TokioIo::new(UpstreamIo::new(
-        stream,
-        timeouts.send,
-        Arc::clone(&server.runtime),
-    ));
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    handshake(tls, h2, addr).await
+}
+
+async fn handshake<I>(io: I, h2: bool, addr: SocketAddr) -> Result<Sender, AttemptError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    if h2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(AttemptError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
         .await
         .map_err(AttemptError::Handshake)?;
-    let addr = server.sockaddr;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(%addr, error = %e, "upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 impl Forwarder {
-    pub fn new(router: Router, table: Arc<Table>, limits: ClientLimits) -> Self {
+    /// A handler for one listener; `tls` when it terminates TLS.
+    pub fn new(router: Router, table: Arc<Table>, tls: bool, limits: ClientLimits) -> Self {
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         Forwarder {
             router,
             table,
             limits,
+            proto,
         }
     }
 
@@ -271,7 +372,7 @@ impl Forwarder {
         };
         // A body of unknown length is counted as it streams.
         let limit = target.max_body_size.filter(|_| declared.is_none());
-        Ok(forward(&self.table, target.slot, &upstream, req, client, limit).await)
+        Ok(forward(&self, target.slot, &upstream, req, client, limit).await)
     }
 }
 
@@ -283,13 +384,14 @@ fn too_large(limit: u64) -> Response<ProxyBody> {
 }
 
 async fn forward(
-    table: &Table,
+    forwarder: &Forwarder,
     slot: usize,
     upstream: &Upstream,
     mut req: Request<Incoming>,
     client: SocketAddr,
     body_limit: Option<u64>,
 ) -> Response<ProxyBody> {
+    let table = &forwarder.table;
     let key = request_key(upstream, &req, client.ip());
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -305,7 +407,21 @@ async fn forward(
         parts.headers.insert(header::HOST, authority);
     }
     let upgrade_proto = parts.headers.get(header::UPGRADE).cloned();
+    // `TE: trailers` says the client takes trailers, which the proxy passes on:
+    // gRPC servers insist on it.
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let (true, Some(proto)) = (upgrade, upgrade_proto) {
         parts
             .headers
@@ -329,7 +445,7 @@ async fn forward(
     }
     parts
         .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        .insert(X_FORWARDED_PROTO.clone(), forwarder.proto.clone());
     parts.version = Version::HTTP_11;
     parts.uri = parts
         .uri
@@ -405,15 +521,7 @@ async fn forward(
             .stats
             .selected_unix_ms
             .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
-        match attempt(
-            lease.server(),
-            &settings.timeouts,
-            req,
-            upgrade,
-            replay.as_ref(),
-        )
-        .await
-        {
+        match attempt(lease.server(), settings, req, upgrade, replay.as_ref()).await {
             Ok((resp, sender, sent_at)) => {
                 return respond(upstream, lease, resp, sender, sent_at, client_upgrade);
             }
@@ -468,7 +576,7 @@ type Unsent = Option<Request<UpstreamBody>>;
 /// it was never sent.
 async fn attempt(
     server: &Arc<Server>,
-    timeouts: &Timeouts,
+    settings: &UpstreamSettings,
     mut req: Request<UpstreamBody>,
     upgrade: bool,
     replay: Option<&Replay>,
@@ -482,11 +590,14 @@ async fn attempt(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => match connect(server, timeouts).await {
+            None => match connect_pooled(server, settings, upgrade).await {
                 Ok(s) => s,
                 Err(e) => return Err((e, Some(req))),
             },
         };
+        if sender.is_h2() {
+            req = h2_form(req, settings.scheme);
+        }
         if sender.ready().await.is_err() {
             if reused {
                 continue;
@@ -499,6 +610,7 @@ async fn attempt(
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent_at = Instant::now();
+        let timeouts = &settings.timeouts;
         match timeout(timeouts.read, sender.try_send_request(req)).await {
             Ok(Ok(resp)) => {
                 server.runtime.stats.header_time.observe(sent_at.elapsed());

@@ -1,7 +1,9 @@
 //! The data plane: listeners, routing, forwarding, retries and connection pools.
 //!
-//! Clients speak HTTP/1.1 or HTTP/2 cleartext (prior knowledge); servers are
-//! reached over HTTP/1.1 on a keep-alive pool per server. The proxy reads the
+//! Clients speak HTTP/1.1 or HTTP/2, in cleartext (HTTP/2 by prior knowledge) or
+//! over TLS on listeners with `tls` (HTTP/2 by ALPN). Servers are reached over
+//! HTTP/1.1 or HTTP/2 (h2 through ALPN, or h2c), in cleartext or TLS, on a pool
+//! per server. The proxy reads the
 //! upstream table's snapshots and counts into its atomics; it never changes the
 //! table (that is the admin side's job, through `Table::apply`).
 
@@ -23,9 +25,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{ClientLimits, Config};
+use crate::tls::{ListenerTls, TlsReloader};
 use crate::upstream::Table;
 pub use forward::Forwarder;
 pub use router::Router;
@@ -38,11 +41,25 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("listener {addr}: TLS: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
+}
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One bound listener.
+struct Bound {
+    socket: TcpListener,
+    forwarder: Arc<Forwarder>,
+    tls: Option<Arc<ListenerTls>>,
+    limits: ClientLimits,
 }
 
 /// Listeners bound and ready to serve.
 pub struct Proxy {
-    listeners: Vec<(TcpListener, Arc<Forwarder>, ClientLimits)>,
+    listeners: Vec<Bound>,
+    reloader: TlsReloader,
     table: Arc<Table>,
     grace: Duration,
 }
@@ -60,19 +77,37 @@ impl Proxy {
     /// Binds every listener of `config` (port 0 picks a free port).
     pub async fn bind(config: &Config, table: Arc<Table>) -> Result<Proxy, ProxyError> {
         let mut listeners = Vec::new();
+        let mut tls_listeners = Vec::new();
         for l in &config.listeners {
             let router = Router::new(&l.routes, |name| table.slot(name));
+            // Certificates first: a listener is not bound with files that fail.
+            let tls = match &l.tls {
+                Some(t) => Some(Arc::new(ListenerTls::new(l.listen, t).map_err(
+                    |reason| ProxyError::Tls {
+                        addr: l.listen,
+                        reason,
+                    },
+                )?)),
+                None => None,
+            };
             let socket = TcpListener::bind(l.listen)
                 .await
                 .map_err(|source| ProxyError::Bind {
                     addr: l.listen,
                     source,
                 })?;
-            let forwarder = Forwarder::new(router, Arc::clone(&table), l.limits);
-            listeners.push((socket, Arc::new(forwarder), l.limits));
+            tls_listeners.extend(tls.clone());
+            let forwarder = Forwarder::new(router, Arc::clone(&table), tls.is_some(), l.limits);
+            listeners.push(Bound {
+                socket,
+                forwarder: Arc::new(forwarder),
+                tls,
+                limits: l.limits,
+            });
         }
         Ok(Proxy {
             listeners,
+            reloader: TlsReloader::new(tls_listeners),
             table,
             grace: config.runtime.shutdown_grace,
         })
@@ -82,8 +117,18 @@ impl Proxy {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, ..)| l.local_addr().ok())
+            .filter_map(|b| b.socket.local_addr().ok())
             .collect()
+    }
+
+    /// Whether each listener, in config order, terminates TLS.
+    pub fn tls_flags(&self) -> Vec<bool> {
+        self.listeners.iter().map(|b| b.tls.is_some()).collect()
+    }
+
+    /// Reloads the certificates of every TLS listener (`SIGHUP`, admin API).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.reloader.clone()
     }
 
     /// Serves until `shutdown` completes; then stops accepting (new connections are
@@ -104,11 +149,12 @@ impl Proxy {
         let tasks: Vec<_> = self
             .listeners
             .into_iter()
-            .map(|(listener, forwarder, limits)| {
+            .map(|b| {
                 tokio::spawn(serve_listener(
-                    listener,
-                    forwarder,
-                    limits,
+                    b.socket,
+                    b.forwarder,
+                    b.tls,
+                    b.limits,
                     stop_rx.clone(),
                     self.grace,
                 ))
@@ -135,6 +181,7 @@ impl Proxy {
 async fn serve_listener(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
+    tls: Option<Arc<ListenerTls>>,
     limits: ClientLimits,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
@@ -171,14 +218,48 @@ async fn serve_listener(
                     let _ = stream.set_nodelay(true);
                     let forwarder = Arc::clone(&forwarder);
                     let service = service_fn(move |req| Arc::clone(&forwarder).handle(req, client));
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                        drop(permit);
-                    });
+                    match &tls {
+                        None => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned();
+                            let conn = graceful.watch(conn);
+                            tokio::spawn(async move {
+                                let _ = conn.await;
+                                drop(permit);
+                            });
+                        }
+                        Some(tls) => {
+                            // The configuration of the moment: a reload changes
+                            // what later handshakes get, never this connection.
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                            let watcher = graceful.watcher();
+                            let builder = builder.clone();
+                            tokio::spawn(async move {
+                                let stream = match tokio::time::timeout(
+                                    TLS_HANDSHAKE_TIMEOUT,
+                                    acceptor.accept(stream),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        debug!(%client, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        debug!(%client, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let conn = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .into_owned();
+                                let _ = watcher.watch(conn).await;
+                                drop(permit);
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of

@@ -6,20 +6,68 @@
 //! stops taking traffic. The idle stack is a bounded lock-free queue, so checking a
 //! connection in or out takes no lock on the request path.
 //!
-//! A connection is only ever in the pool while idle: it is checked back in when its
-//! response body has been read to the end, never earlier, so a new request never
-//! waits behind another one's body.
+//! An HTTP/1.1 connection is only ever in the pool while idle: it is checked back
+//! in when its response body has been read to the end, never earlier, so a new
+//! request never waits behind another one's body.
+//!
+//! An HTTP/2 connection carries many requests at once, so it is not checked out
+//! and in: the pool keeps one shared connection per server (behind an `ArcSwap`,
+//! read without a lock) that every request clones. Only opening a new one takes a
+//! lock ([`Pool::h2_connect_gate`]), so that a burst of first requests opens one
+//! connection, not one each.
 
-use std::sync::OnceLock;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::SendRequest;
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::{Request, Response};
 
 use super::body::UpstreamBody;
 
-/// The sending half of an HTTP/1.1 connection to a server.
-pub type Sender = SendRequest<UpstreamBody>;
+/// A request on its way: the response, or the request back if it was never sent.
+pub type SendFuture = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>> + Send,
+    >,
+>;
+
+/// The sending half of a connection to a server.
+#[derive(Debug)]
+pub enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Sender {
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    pub fn try_send_request(&mut self, req: Request<UpstreamBody>) -> SendFuture {
+        match self {
+            Sender::H1(s) => Box::pin(s.try_send_request(req)),
+            Sender::H2(s) => Box::pin(s.try_send_request(req)),
+        }
+    }
+}
 
 struct Idle {
     sender: Sender,
@@ -33,6 +81,9 @@ pub struct Pool {
     idle: OnceLock<ArrayQueue<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// The shared HTTP/2 connection, when the server speaks HTTP/2.
+    h2: ArcSwapOption<http2::SendRequest<UpstreamBody>>,
+    h2_gate: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -50,11 +101,19 @@ impl Pool {
             idle: OnceLock::new(),
             max_idle,
             idle_timeout,
+            h2: ArcSwapOption::empty(),
+            h2_gate: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// An idle connection that is still open and younger than the idle timeout.
+    /// The shared HTTP/2 connection if it is open, else an idle HTTP/1.1 one that
+    /// is still open and younger than the idle timeout.
     pub fn checkout(&self) -> Option<Sender> {
+        if let Some(h2) = self.h2.load().as_ref()
+            && !h2.is_closed()
+        {
+            return Some(Sender::H2((**h2).clone()));
+        }
         let idle = self.idle.get()?;
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
@@ -64,12 +123,28 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose exchange has finished. Dropped (and so closed)
-    /// when the pool is full or keep-alive is off.
+    /// Held while opening an HTTP/2 connection: whoever waited on it checks the
+    /// pool again before opening another.
+    pub async fn h2_connect_gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.h2_gate.lock().await
+    }
+
+    /// Returns a connection whose exchange has finished. An HTTP/1.1 one is
+    /// dropped (and so closed) when the pool is full or keep-alive is off; an
+    /// HTTP/2 one becomes the shared one unless there is an open one already.
     pub fn checkin(&self, sender: Sender) {
         if sender.is_closed() {
             return;
         }
+        let sender = match sender {
+            Sender::H2(h2) => {
+                if self.h2.load().as_ref().is_none_or(|s| s.is_closed()) {
+                    self.h2.store(Some(Arc::new(h2)));
+                }
+                return;
+            }
+            h1 => h1,
+        };
         if self.max_idle == 0 {
             return;
         }
@@ -82,6 +157,7 @@ impl Pool {
 
     /// Closes every idle connection (server removed, drained or set down).
     pub fn clear(&self) {
+        self.h2.store(None);
         if let Some(idle) = self.idle.get() {
             while idle.pop().is_some() {}
         }
@@ -89,6 +165,9 @@ impl Pool {
 
     /// Closes idle connections that timed out or that the server closed.
     pub fn sweep(&self) {
+        if self.h2.load().as_ref().is_some_and(|s| s.is_closed()) {
+            self.h2.store(None);
+        }
         let Some(idle) = self.idle.get() else { return };
         for _ in 0..idle.len() {
             let Some(conn) = idle.pop() else { break };

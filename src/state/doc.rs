@@ -64,13 +64,30 @@ pub struct SettingsState {
     pub retry_non_idempotent: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckState>,
+    /// `https`; absent means `http` (and so in files written before TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// `h2` or `h2c`; absent means HTTP/1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Only ever `false` when present; absent means verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key: Option<std::path::PathBuf>,
 }
 
 /// An active health check as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckState {
-    /// `http` or `tcp`.
+    /// `http`, `https` or `tcp`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -133,6 +133,13 @@ mod tests {
                     retry_timeout_ms: 0,
                     retry_non_idempotent: false,
                     health_check: None,
+                    scheme: None,
+                    protocol: None,
+                    tls_server_name: None,
+                    tls_ca: None,
+                    tls_verify: None,
+                    tls_client_cert: None,
+                    tls_client_key: None,
                 },
                 next_id: 2,
                 servers: vec![ServerState {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::server::AdminState;
 use super::table::{Upstream, UpstreamSettings};
 use crate::config::{
-    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
-    ServerConfig, Timeouts,
+    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy, Scheme,
+    ServerConfig, Timeouts, UpstreamProtocol, UpstreamTls,
 };
 use crate::state::{HealthCheckState, ServerState, SettingsState, StateDoc, UpstreamState};
 
@@ -29,6 +29,13 @@ pub(crate) fn settings_to_state(s: &UpstreamSettings) -> SettingsState {
         retry_timeout_ms: ms(s.retry.timeout),
         retry_non_idempotent: s.retry.non_idempotent,
         health_check: s.health_check.as_ref().map(check_to_state),
+        scheme: (s.scheme != Scheme::Http).then(|| s.scheme.as_str().to_string()),
+        protocol: (s.protocol != UpstreamProtocol::Http1).then(|| s.protocol.as_str().to_string()),
+        tls_server_name: s.tls.server_name.clone(),
+        tls_ca: s.tls.ca.clone(),
+        tls_verify: (!s.tls.verify).then_some(false),
+        tls_client_cert: s.tls.client_cert.clone(),
+        tls_client_key: s.tls.client_key.clone(),
     }
 }
 
@@ -39,10 +46,7 @@ pub fn check_view(c: &HealthCheckConfig) -> HealthCheckState {
 
 pub(crate) fn check_to_state(c: &HealthCheckConfig) -> HealthCheckState {
     HealthCheckState {
-        kind: match c.kind {
-            HealthCheckKind::Http => "http".into(),
-            HealthCheckKind::Tcp => "tcp".into(),
-        },
+        kind: c.kind.as_str().into(),
         http_req: c.http_req.clone(),
         method: c.method.clone(),
         path: c.path.clone(),
@@ -63,11 +67,8 @@ pub(crate) fn check_to_state(c: &HealthCheckConfig) -> HealthCheckState {
 }
 
 pub(crate) fn check_from_state(s: &HealthCheckState) -> Result<HealthCheckConfig, String> {
-    let kind = match s.kind.as_str() {
-        "http" => HealthCheckKind::Http,
-        "tcp" => HealthCheckKind::Tcp,
-        other => return Err(format!("unknown health check type {other:?}")),
-    };
+    let kind = HealthCheckKind::parse(&s.kind)
+        .ok_or_else(|| format!("unknown health check type {:?}", s.kind))?;
     if let Some(re) = &s.body_regex {
         regex::Regex::new(re).map_err(|e| format!("bad body_regex: {e}"))?;
     }
@@ -118,6 +119,25 @@ pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings,
             non_idempotent: s.retry_non_idempotent,
         },
         health_check: s.health_check.as_ref().map(check_from_state).transpose()?,
+        scheme: match s.scheme.as_deref() {
+            None | Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => return Err(format!("unknown scheme {other:?}")),
+        },
+        protocol: match s.protocol.as_deref() {
+            None => UpstreamProtocol::Http1,
+            Some(p) => {
+                UpstreamProtocol::parse(p).ok_or_else(|| format!("unknown protocol {p:?}"))?
+            }
+        },
+        tls: Box::new(UpstreamTls {
+            server_name: s.tls_server_name.clone(),
+            ca: s.tls_ca.clone(),
+            verify: s.tls_verify.unwrap_or(true),
+            client_cert: s.tls_client_cert.clone(),
+            client_key: s.tls_client_key.clone(),
+        }),
+        tls_client: None,
     })
 }
 

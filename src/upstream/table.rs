@@ -19,7 +19,8 @@ use super::events::Event;
 use super::server::{AdminState, Health, Server, ServerRuntime};
 use super::snapshot::Snapshot;
 use crate::config::{
-    Balance, Config, HashKey, HealthCheckConfig, KeepaliveConfig, RetryPolicy, Timeouts,
+    Balance, Config, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
+    Scheme, Timeouts, UpstreamProtocol, UpstreamTls,
 };
 use crate::proxy::pool::Pool;
 use crate::state::{StateError, StateStore};
@@ -33,6 +34,13 @@ pub struct UpstreamSettings {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub health_check: Option<HealthCheckConfig>,
+    pub scheme: Scheme,
+    pub protocol: UpstreamProtocol,
+    /// Boxed: most upstreams have no TLS, and settings travel in every command.
+    pub tls: Box<UpstreamTls>,
+    /// Built from `tls` by [`UpstreamSettings::prepare_tls`] when the upstream is
+    /// HTTPS or has an `https` check; shared by every generation of the upstream.
+    pub tls_client: Option<crate::tls::TlsClient>,
 }
 
 impl Default for UpstreamSettings {
@@ -44,6 +52,10 @@ impl Default for UpstreamSettings {
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             health_check: None,
+            scheme: Scheme::Http,
+            protocol: UpstreamProtocol::Http1,
+            tls: Box::default(),
+            tls_client: None,
         }
     }
 }
@@ -57,7 +69,34 @@ impl UpstreamSettings {
             timeouts: up.timeouts,
             retry: up.retry,
             health_check: up.health_check.clone(),
+            scheme: up.scheme,
+            protocol: up.protocol,
+            tls: Box::new(up.tls.clone()),
+            tls_client: None,
         }
+    }
+
+    /// Whether this upstream needs TLS client settings.
+    pub fn needs_tls(&self) -> bool {
+        self.scheme == Scheme::Https
+            || self
+                .health_check
+                .as_ref()
+                .is_some_and(|c| c.kind == HealthCheckKind::Https)
+    }
+
+    /// Loads the TLS files once, when the upstream needs them and has no client
+    /// configuration yet.
+    pub fn prepare_tls(&mut self, upstream: &str) -> Result<(), String> {
+        if self.tls_client.is_none() && self.needs_tls() {
+            self.tls_client = Some(crate::tls::TlsClient::build(
+                upstream,
+                self.scheme,
+                self.protocol,
+                &self.tls,
+            )?);
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +184,8 @@ pub enum OpenError {
     Table(#[from] TableError),
     #[error("state file {path}: {reason}")]
     BadState { path: String, reason: String },
+    #[error("upstream {upstream:?}: TLS: {reason}")]
+    Tls { upstream: String, reason: String },
 }
 
 /// A server added at run time: with a health check it starts `checking`, and
@@ -300,7 +341,13 @@ impl Table {
         let mut slots = BTreeMap::new();
         let mut upstreams = BTreeMap::new();
         let mut next_id = BTreeMap::new();
-        for (name, (settings, specs, next)) in drafts {
+        for (name, (mut settings, specs, next)) in drafts {
+            settings
+                .prepare_tls(&name)
+                .map_err(|reason| OpenError::Tls {
+                    upstream: name.clone(),
+                    reason,
+                })?;
             // At start-up servers take traffic at once, unless the check is
             // mandatory: then they wait for a first pass.
             let mandatory = settings.health_check.as_ref().is_some_and(|c| c.mandatory);
@@ -504,10 +551,7 @@ impl Table {
                     Command::SetHealthCheck { check, .. } => {
                         let old = draft.settings.health_check.take();
                         let describe = |c: &Option<HealthCheckConfig>| {
-                            c.as_ref().map(|c| match c.kind {
-                                crate::config::HealthCheckKind::Http => "http".to_string(),
-                                crate::config::HealthCheckKind::Tcp => "tcp".to_string(),
-                            })
+                            c.as_ref().map(|c| c.kind.as_str().to_string())
                         };
                         events.push(event(
                             name,

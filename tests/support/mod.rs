@@ -555,6 +555,7 @@ impl Drop for InProcess {
 // ---------------------------------------------------------------------------
 
 const READY: &str = "switchyard: listening on http://";
+const READY_TLS: &str = "switchyard: listening on https://";
 const ADMIN_READY: &str = "switchyard: admin API on http://";
 
 /// A readiness line of the child's stdout.
@@ -716,7 +717,7 @@ impl Switchyard {
                         line.strip_prefix(prefix)
                             .and_then(|a| a.trim().parse::<SocketAddr>().ok())
                     };
-                    if let Some(addr) = parse(READY) {
+                    if let Some(addr) = parse(READY).or_else(|| parse(READY_TLS)) {
                         let _ = tx.send(Ready::Listen(addr));
                     } else {
                         let admin = parse(ADMIN_READY);
