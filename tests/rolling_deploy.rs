@@ -117,14 +117,15 @@ impl Restartable {
     }
 
     /// Polls (bounded) until this backend got `n` more requests than `since`.
-    async fn wait_hits_after(&self, since: usize, n: usize) {
+    async fn wait_hits_after(&self, since: usize, n: usize, sy: &Switchyard) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.hits() < since + n {
             assert!(
                 Instant::now() < deadline,
-                "{} got {} requests since it was started, expected {n}",
+                "{} got {} requests since it was started, expected {n}; switchyard's log:\n{}",
                 self.name,
-                self.hits() - since
+                self.hits() - since,
+                sy.stderr()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -431,7 +432,7 @@ async fn draining_each_backend_before_replacing_it_loses_no_request_under_load()
         let r = set_state(admin, id, "up", "").await;
         assert_eq!(r.status, StatusCode::OK, "up {}: {r}", b.name);
         // The new instance takes its share before the next one goes.
-        b.wait_hits_after(before, per_step / 3).await;
+        b.wait_hits_after(before, per_step / 3, &sy).await;
         wait_answers(&load, per_step as u64).await;
     }
 
@@ -474,7 +475,7 @@ async fn killing_a_backend_mid_load_fails_no_get_and_only_posts_in_flight_at_the
         in_flight_at_kills += in_flight + (load.counts.posts_sent.load(SeqCst) - posts_before);
         let before = b.hits();
         b.restart();
-        b.wait_hits_after(before, per_step / 3).await;
+        b.wait_hits_after(before, per_step / 3, &sy).await;
         wait_answers(&load, per_step as u64).await;
     }
 
