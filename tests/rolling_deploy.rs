@@ -287,7 +287,7 @@ async fn client(
     let mut n = index;
     while !stop.load(SeqCst) {
         n += 1;
-        let post = n % 4 == 0;
+        let post = n.is_multiple_of(4);
         let req = if post {
             Request::post("/upload").body(Full::new(payload.clone()))
         } else {
