@@ -596,7 +596,10 @@ impl Table {
                         for (change, was, now) in diff(old, &new) {
                             events.push(event(name, Some(&new), change, Some(was), Some(now)));
                         }
-                        if new.state != AdminState::Up {
+                        // Out of rotation: its idle connections are not wanted. Back
+                        // in: those that requests finishing during a drain checked in
+                        // may lead to a process that has been replaced meanwhile.
+                        if new.state != AdminState::Up || old.state != AdminState::Up {
                             closed.push(Arc::clone(&new));
                         }
                         if new.state != old.state {

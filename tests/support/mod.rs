@@ -558,6 +558,12 @@ const READY: &str = "switchyard: listening on http://";
 const READY_TLS: &str = "switchyard: listening on https://";
 const ADMIN_READY: &str = "switchyard: admin API on http://";
 
+/// The child's `RUST_LOG`: `info`, or `SWITCHYARD_TEST_LOG` when set (to debug
+/// a test with `SWITCHYARD_TEST_LOG=switchyard=debug`).
+fn child_log_filter() -> String {
+    std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// A readiness line of the child's stdout.
 enum Ready {
     Listen(SocketAddr),
@@ -698,7 +704,7 @@ impl Switchyard {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", child_log_filter())
             .env_remove("SWITCHYARD_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
