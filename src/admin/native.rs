@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::views::{ServerView, UpstreamView, parse_duration};
 use std::collections::BTreeMap;
 
@@ -519,7 +519,7 @@ pub(super) async fn list_upstreams(State(app): State<AppState>) -> Json<Vec<Upst
 
 pub(super) async fn get_upstream(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     let up = app
         .table
@@ -552,7 +552,7 @@ pub(super) async fn create_upstream(
 pub(super) async fn delete_upstream(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     apply(&app, vec![Command::DeleteUpstream { name }], who(client)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -560,7 +560,7 @@ pub(super) async fn delete_upstream(
 
 pub(super) async fn list_servers(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     let up = app
         .table
@@ -579,7 +579,7 @@ pub(super) async fn list_servers(
 pub(super) async fn add_server(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -614,7 +614,7 @@ pub(super) async fn add_server(
 
 pub(super) async fn get_server(
     State(app): State<AppState>,
-    Path((name, server)): Path<(String, String)>,
+    ApiPath((name, server)): ApiPath<(String, String)>,
 ) -> ApiResult {
     let s = find_server(&app, &name, &server)?;
     Ok(Json(ServerView::of(&s, now())).into_response())
@@ -623,8 +623,8 @@ pub(super) async fn get_server(
 pub(super) async fn patch_server(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((name, server)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
+    ApiPath((name, server)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -671,8 +671,8 @@ async fn respond_after_wait(
 pub(super) async fn delete_server(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((name, server)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
+    ApiPath((name, server)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult {
     let wait = q
         .wait
@@ -756,7 +756,7 @@ pub(super) async fn batch(
 
 pub(super) async fn get_health_check(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     let up = app.table.upstream(&name).ok_or_else(|| {
         ApiError::from(crate::upstream::TableError::UnknownUpstream(name.clone()))
@@ -773,7 +773,7 @@ pub(super) async fn get_health_check(
 pub(super) async fn put_health_check(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -795,7 +795,7 @@ pub(super) async fn put_health_check(
 pub(super) async fn delete_health_check(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     apply(
         &app,
