@@ -1054,7 +1054,7 @@ async fn send_and_check(fx: &Fixture, req: &Req) -> Result<(), TestCaseError> {
 fn every_admin_input_is_answered_4xx_with_a_reason_and_changes_nothing_when_rejected() {
     let start = Instant::now();
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: cases(300),
+        cases: cases(500),
         failure_persistence: None,
         ..ProptestConfig::default()
     });

@@ -347,7 +347,7 @@ fn run(name: &str, default_cases: u32, strategy: impl Strategy<Value = String>) 
 fn arbitrary_text_never_panics_and_errors_are_placed() {
     run(
         "config/arbitrary",
-        400,
+        800,
         prop_oneof![
             any::<String>(),
             // Text made of TOML's own pieces gets past the tokenizer more often.
@@ -375,7 +375,7 @@ fn mutated_fixtures_never_panic_and_errors_are_placed() {
     ];
     run(
         "config/mutated",
-        600,
+        1200,
         (seed, prop::collection::vec(edit(), 1..6))
             .prop_map(move |(i, edits)| apply(&corpus[i], &edits)),
     );
