@@ -16,8 +16,9 @@
 //!   state file's bytes are as they were;
 //! - after a change that was published, the state file loads.
 //!
-//! proptest with a bounded case count; `PROPTEST_CASES=N` raises it locally,
-//! `PROPTEST_RNG_SEED=N` replays a run.
+//! proptest with a bounded case count (500 cases, about 1 250 requests, 2 to 8 s
+//! in a debug build, most of it the state file's fsyncs); `PROPTEST_CASES=N`
+//! raises it locally. A failure is shrunk and printed as its minimal input.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
