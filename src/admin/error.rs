@@ -1,9 +1,12 @@
 //! API errors: an HTTP status that fits and a JSON body naming what was wrong,
 //! `{"error": {"code": "...", "message": "..."}}` (plus `index` for a batch).
 
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::upstream::TableError;
 
@@ -89,5 +92,35 @@ impl IntoResponse for ApiError {
             },
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// `Path`, refusing a bad segment (say, one that decodes to invalid UTF-8) with
+/// an [`ApiError`] instead of axum's plain-text 400.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(ApiError::new(e.status(), "BadPath", e.body_text())),
+        }
+    }
+}
+
+/// `Query`, refusing a bad query string (say, a key given twice) with an
+/// [`ApiError`] instead of axum's plain-text 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(e) => Err(ApiError::new(e.status(), "BadQuery", e.body_text())),
+        }
     }
 }

@@ -135,6 +135,16 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such admin endpoint")
 }
 
+/// A method a native route does not take: 405 with a reason (axum's own 405 has
+/// an empty body), `Allow` still listing the methods it takes.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("method {method} is not allowed on this endpoint"),
+    )
+}
+
 /// The admin routes over `table`, behind `access`.
 pub fn router(table: Arc<Table>, access: Access) -> Router {
     router_with_tls(table, access, TlsReloader::default())
@@ -185,7 +195,8 @@ pub fn router_with_tls(table: Arc<Table>, access: Access, tls: TlsReloader) -> R
         .route("/api", any(nginx::handle_root))
         .route("/api/", any(nginx::handle_root))
         .route("/api/{*rest}", any(nginx::handle))
-        .fallback(not_found);
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     api.layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::views::{ServerView, UpstreamView, parse_duration};
 use std::collections::BTreeMap;
 
@@ -517,7 +517,7 @@ pub(super) async fn list_upstreams(State(app): State<AppState>) -> Json<Vec<Upst
 
 pub(super) async fn get_upstream(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     let up = app
         .table
@@ -550,7 +550,7 @@ pub(super) async fn create_upstream(
 pub(super) async fn delete_upstream(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     apply(&app, vec![Command::DeleteUpstream { name }], who(client)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -558,7 +558,7 @@ pub(super) async fn delete_upstream(
 
 pub(super) async fn list_servers(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     let up = app
         .table
@@ -577,7 +577,7 @@ pub(super) async fn list_servers(
 pub(super) async fn add_server(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -612,7 +612,7 @@ pub(super) async fn add_server(
 
 pub(super) async fn get_server(
     State(app): State<AppState>,
-    Path((name, server)): Path<(String, String)>,
+    ApiPath((name, server)): ApiPath<(String, String)>,
 ) -> ApiResult {
     let s = find_server(&app, &name, &server)?;
     Ok(Json(ServerView::of(&s, now())).into_response())
@@ -621,8 +621,8 @@ pub(super) async fn get_server(
 pub(super) async fn patch_server(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((name, server)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
+    ApiPath((name, server)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -669,8 +669,8 @@ async fn respond_after_wait(
 pub(super) async fn delete_server(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((name, server)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
+    ApiPath((name, server)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult {
     let wait = q
         .wait
@@ -754,7 +754,7 @@ pub(super) async fn batch(
 
 pub(super) async fn get_health_check(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     let up = app.table.upstream(&name).ok_or_else(|| {
         ApiError::from(crate::upstream::TableError::UnknownUpstream(name.clone()))
@@ -771,7 +771,7 @@ pub(super) async fn get_health_check(
 pub(super) async fn put_health_check(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -793,7 +793,7 @@ pub(super) async fn put_health_check(
 pub(super) async fn delete_health_check(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     apply(
         &app,

@@ -22,11 +22,12 @@
 //! `DOWN` means "takes no new requests": admin `down` or `drain`, `unhealthy`,
 //! `checking`, or passive `unavail`.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use super::error::ApiQuery;
 use super::views::{ChecksView, health};
 use super::{ApiError, AppState};
 use crate::upstream::{Server, Upstream};
@@ -213,7 +214,7 @@ fn truthy(v: Option<&str>) -> bool {
 }
 
 /// `GET /healthcheck[?format=text|prometheus|json][&verbose=1]`.
-pub async fn handle(State(app): State<AppState>, Query(q): Query<StatusQuery>) -> Response {
+pub async fn handle(State(app): State<AppState>, ApiQuery(q): ApiQuery<StatusQuery>) -> Response {
     let ups = collect(&app);
     let verbose = truthy(q.verbose.as_deref());
     match q.format.as_deref().map(str::trim).unwrap_or("text") {

@@ -183,9 +183,10 @@ impl ServerRuntime {
     }
 
     /// Waits until no request is in flight on this server, or `timeout` passes.
-    /// Returns the requests still in flight (0 when it became idle).
+    /// Returns the requests still in flight (0 when it became idle). A timeout
+    /// too long to be a point in time (`?wait=18446744073709551615`, in seconds) waits for idle.
     pub async fn wait_idle(&self, timeout: std::time::Duration) -> u64 {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             // Register before reading, so a wake-up between the two is not lost.
             let notified = self.idle.notified();
@@ -193,8 +194,13 @@ impl ServerRuntime {
             if active == 0 {
                 return 0;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.stats.active.load(Ordering::SeqCst);
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        return self.stats.active.load(Ordering::SeqCst);
+                    }
+                }
+                None => notified.await,
             }
         }
     }
