@@ -34,6 +34,20 @@ use crate::config::AdminConfig;
 use crate::tls::TlsReloader;
 use crate::upstream::Table;
 
+/// Runs the table's single writer off the async threads (it fsyncs the state
+/// file). Every door's writes go through here; the outer error is a writer that
+/// panicked, the inner one a refused change (with the failing command's index).
+pub(crate) async fn write(
+    table: &Arc<Table>,
+    commands: Vec<crate::upstream::Command>,
+    origin: String,
+) -> Result<Result<Vec<Arc<crate::upstream::Server>>, crate::upstream::BatchError>, String> {
+    let table = Arc::clone(table);
+    tokio::task::spawn_blocking(move || table.apply_batch_as(&commands, &origin))
+        .await
+        .map_err(|e| format!("the table's writer failed: {e}"))
+}
+
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
 

@@ -470,11 +470,36 @@ pub(super) async fn apply(
     commands: Vec<Command>,
     origin: String,
 ) -> Result<Vec<Arc<crate::upstream::Server>>, ApiError> {
-    let table = Arc::clone(&app.table);
-    tokio::task::spawn_blocking(move || table.apply_as(&commands, &origin))
+    super::write(&app.table, commands, origin)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?
-        .map_err(ApiError::from)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e))?
+        .map_err(|e| ApiError::from(e.error))
+}
+
+/// Applies one server command and returns the server it touched.
+pub(super) async fn apply_one(
+    app: &AppState,
+    command: Command,
+    origin: String,
+) -> Result<Arc<crate::upstream::Server>, ApiError> {
+    apply(app, vec![command], origin)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                "the table returned no server for a server command",
+            )
+        })
+}
+
+fn wait_param(q: &WaitQuery) -> Result<Option<Duration>, ApiError> {
+    q.wait
+        .as_deref()
+        .map(|w| duration_field("wait", w))
+        .transpose()
 }
 
 fn find_server(
@@ -583,22 +608,15 @@ pub(super) async fn add_server(
 ) -> ApiResult {
     let new: NewServer = json_body(&app, &headers, body)?;
     let spec = new.into_spec().await?;
-    let added = apply(
+    let server = &apply_one(
         &app,
-        vec![Command::Add {
+        Command::Add {
             upstream: name.clone(),
             server: spec,
-        }],
+        },
         who(client),
     )
     .await?;
-    let server = added.first().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal",
-            "no server returned",
-        )
-    })?;
     Ok((
         StatusCode::CREATED,
         [(
@@ -626,31 +644,20 @@ pub(super) async fn patch_server(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let wait = q
-        .wait
-        .as_deref()
-        .map(|w| duration_field("wait", w))
-        .transpose()?;
+    let wait = wait_param(&q)?;
     let change: ServerChange = json_body(&app, &headers, body)?;
     let patch = change.into_patch()?;
-    let changed = apply(
+    let server = apply_one(
         &app,
-        vec![Command::Patch {
+        Command::Patch {
             upstream: name,
             server: ServerRef::parse(&server),
             patch,
-        }],
+        },
         who(client),
     )
     .await?;
-    let server = changed.first().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal",
-            "no server returned",
-        )
-    })?;
-    respond_after_wait(server, wait).await
+    respond_after_wait(&server, wait).await
 }
 
 /// With `?wait=`, answers once the server has no request in flight (200) or the
@@ -672,28 +679,17 @@ pub(super) async fn delete_server(
     ApiPath((name, server)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult {
-    let wait = q
-        .wait
-        .as_deref()
-        .map(|w| duration_field("wait", w))
-        .transpose()?;
-    let removed = apply(
+    let wait = wait_param(&q)?;
+    let server = apply_one(
         &app,
-        vec![Command::Remove {
+        Command::Remove {
             upstream: name,
             server: ServerRef::parse(&server),
-        }],
+        },
         who(client),
     )
     .await?;
-    let server = removed.first().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal",
-            "no server returned",
-        )
-    })?;
-    respond_after_wait(server, wait).await
+    respond_after_wait(&server, wait).await
 }
 
 pub(super) async fn batch(
@@ -731,11 +727,9 @@ pub(super) async fn batch(
         };
         commands.push(cmd);
     }
-    let table = Arc::clone(&app.table);
-    let origin = who(client);
-    let result = tokio::task::spawn_blocking(move || table.apply_batch_as(&commands, &origin))
+    let result = super::write(&app.table, commands, who(client))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e))?;
     match result {
         Ok(touched) => {
             let now = now();

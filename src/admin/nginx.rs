@@ -542,17 +542,29 @@ async fn apply(
     commands: Vec<Command>,
     origin: String,
 ) -> Result<Vec<Arc<Server>>, NgxError> {
-    let table = Arc::clone(&app.table);
-    tokio::task::spawn_blocking(move || table.apply_as(&commands, &origin))
+    super::write(&app.table, commands, origin)
         .await
-        .map_err(|e| {
+        .map_err(|e| NgxError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?
+        .map_err(|e| NgxError::from(e.error))
+}
+
+/// Applies one server command and returns the server it touched.
+async fn apply_one(
+    app: &AppState,
+    command: Command,
+    origin: String,
+) -> Result<Arc<Server>, NgxError> {
+    apply(app, vec![command], origin)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
             NgxError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
-                e.to_string(),
+                "the table returned no server for a server command",
             )
-        })?
-        .map_err(NgxError::from)
+        })
 }
 
 fn upstream(app: &AppState, name: &str) -> Result<Arc<Upstream>, NgxError> {
@@ -684,22 +696,15 @@ async fn run(
                         e.to_string(),
                     )
                 })??;
-            let added = apply(
+            let s = &apply_one(
                 app,
-                vec![Command::Add {
+                Command::Add {
                     upstream: name,
                     server: spec,
-                }],
+                },
                 origin,
             )
             .await?;
-            let s = added.first().ok_or_else(|| {
-                NgxError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "no server returned",
-                )
-            })?;
             let v = filter_fields(server_conf(s), fields, Shape::Object);
             (StatusCode::CREATED, Json(v)).into_response()
         }
@@ -724,23 +729,16 @@ async fn run(
             let s = if patch.is_empty() {
                 s
             } else {
-                let changed = apply(
+                apply_one(
                     app,
-                    vec![Command::Patch {
+                    Command::Patch {
                         upstream: name,
                         server: ServerRef::Id(id),
                         patch,
-                    }],
+                    },
                     origin,
                 )
-                .await?;
-                changed.into_iter().next().ok_or_else(|| {
-                    NgxError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        "no server returned",
-                    )
-                })?
+                .await?
             };
             ok(server_conf(&s), fields, Shape::Object)
         }

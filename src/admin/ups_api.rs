@@ -324,12 +324,10 @@ async fn run(
             state,
         })
         .collect();
-    let table = std::sync::Arc::clone(&app.table);
-    let origin = client.to_string();
-    let result = tokio::task::spawn_blocking(move || table.apply_as(&commands, &origin))
+    let result = super::write(&app.table, commands, client.to_string())
         .await
-        .map_err(|e| UpsError::new(StatusCode::INTERNAL_SERVER_ERROR, "E002", e.to_string()))?;
-    let changed = match result {
+        .map_err(|e| UpsError::new(StatusCode::INTERNAL_SERVER_ERROR, "E002", e))?;
+    let changed = match result.map_err(|e| e.error) {
         Ok(changed) => changed,
         Err(TableError::UnknownUpstream(_)) => return Err(unknown_upstream(ups)),
         Err(TableError::UnknownServer { server, .. }) => {
