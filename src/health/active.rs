@@ -226,13 +226,18 @@ impl Probe {
         let response = match &self.tls {
             None => self.exchange(stream).await?,
             Some(Err(e)) => return Err(format!("TLS settings: {e}")),
+            // Boxed: a TLS handshake's state is large, and inline it would make
+            // every probe task that large, TLS or not.
             Some(Ok((client, tls))) => {
-                let name = crate::tls::server_name(tls, &self.server.addr)?;
-                let stream = tokio_rustls::TlsConnector::from(Arc::clone(client))
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
-                self.exchange(stream).await?
+                Box::pin(async {
+                    let name = crate::tls::server_name(tls, &self.server.addr)?;
+                    let stream = tokio_rustls::TlsConnector::from(Arc::clone(client))
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake: {e}"))?;
+                    self.exchange(stream).await
+                })
+                .await?
             }
         };
         judge(&self.check, self.body_regex.as_ref(), &response)
