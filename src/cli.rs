@@ -100,7 +100,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cfg = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let workers = workers.or(cfg.runtime.workers);
-            runtime(workers)?.block_on(serve(cfg, None, state, || ()))
+            runtime(workers)?.block_on(serve(cfg, Some(config), None, state, || ()))
         }
         Command::Proxy {
             listen,
@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let servers = to.into_iter().map(ServerConfig::new).collect();
             let cfg = Config::single_upstream(listen, servers);
-            runtime(workers)?.block_on(serve(cfg, admin, state, || ()))
+            runtime(workers)?.block_on(serve(cfg, None, admin, state, || ()))
         }
         Command::Demo {
             listen,
@@ -295,8 +295,11 @@ fn is_bad_state(e: &OpenError) -> bool {
     )
 }
 
+/// Serves `cfg`; `file` is where it came from (`run -c FILE`): then `SIGHUP`
+/// and `POST /api/v1/reload` reload it, else `SIGHUP` reloads TLS certificates.
 async fn serve(
     cfg: Config,
+    file: Option<PathBuf>,
     admin: Option<SocketAddr>,
     state: StateArgs,
     ready: impl FnOnce(),
@@ -330,10 +333,22 @@ async fn serve(
         let scheme = if tls { "https" } else { "http" };
         println!("switchyard: listening on {scheme}://{addr}");
     }
-    let reloader = proxy.tls_reloader();
-    let hup = (!reloader.is_empty()).then(|| tokio::spawn(reload_on_hangup(reloader)));
+    let (reload_tx, hup) = match file {
+        Some(path) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let reloader =
+                crate::reload::Reloader::new(path, cfg.clone(), Arc::clone(&table), proxy.handle());
+            (Some(tx), Some(tokio::spawn(reloader.run(rx))))
+        }
+        None => {
+            let reloader = proxy.tls_reloader();
+            let hup = (!reloader.is_empty()).then(|| tokio::spawn(reload_on_hangup(reloader)));
+            (None, hup)
+        }
+    };
     if let Some(a) = &admin_cfg {
-        let server = AdminServer::bind_with_tls(a, Arc::clone(&table), proxy.tls_reloader())?;
+        let server =
+            AdminServer::bind_with_reload(a, Arc::clone(&table), proxy.tls_reloader(), reload_tx)?;
         if let Some(addr) = server.local_addr() {
             println!("switchyard: admin API on http://{addr}");
         }
@@ -390,7 +405,7 @@ async fn demo(
         backends[0], backends[1], backends[2]
     );
     println!("--- configuration in use ---\n{}---", text.trim_start());
-    serve(cfg, Some(admin), state, move || {
+    serve(cfg, None, Some(admin), state, move || {
         let ctl = format!("switchyard ctl --admin http://{admin}");
         println!("Try:");
         println!("  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo");

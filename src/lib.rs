@@ -9,6 +9,7 @@
 //! - [`admin`]: the HTTP API that changes the table, and who may use it.
 //! - [`state`]: durable state behind one trait.
 //! - [`tls`]: certificates and rustls configurations for listeners and upstreams.
+//! - [`reload`]: hot reload of the configuration file (`SIGHUP`, the API).
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
 //! - [`ctl`]: `switchyard ctl`, a client of the admin API for the shell.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod ctl;
 pub mod demo;
 pub mod health;
 pub mod proxy;
+pub mod reload;
 pub mod state;
 pub mod tls;
 pub mod upstream;

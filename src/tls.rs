@@ -184,29 +184,36 @@ impl ListenerTls {
 /// Every TLS listener of the process, for `SIGHUP` and `POST /api/v1/tls/reload`.
 #[derive(Debug, Clone, Default)]
 pub struct TlsReloader {
-    listeners: Arc<Vec<Arc<ListenerTls>>>,
+    /// Swapped by a configuration reload ([`TlsReloader::set`]).
+    listeners: Arc<ArcSwap<Vec<Arc<ListenerTls>>>>,
 }
 
 impl TlsReloader {
     pub fn new(listeners: Vec<Arc<ListenerTls>>) -> TlsReloader {
         TlsReloader {
-            listeners: Arc::new(listeners),
+            listeners: Arc::new(ArcSwap::from_pointee(listeners)),
         }
     }
 
+    /// Replaces the listeners (after a configuration reload).
+    pub fn set(&self, listeners: Vec<Arc<ListenerTls>>) {
+        self.listeners.store(Arc::new(listeners));
+    }
+
     pub fn len(&self) -> usize {
-        self.listeners.len()
+        self.listeners.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
+        self.listeners.load().is_empty()
     }
 
     /// Reloads every listener's certificates; returns how many were reloaded, or
     /// every failure (those listeners keep serving their old certificates).
     pub fn reload(&self) -> Result<usize, String> {
         let mut failures = Vec::new();
-        for l in self.listeners.iter() {
+        let listeners = self.listeners.load_full();
+        for l in listeners.iter() {
             match l.reload() {
                 Ok(()) => info!(listen = %l.listen, "TLS certificates reloaded"),
                 Err(e) => {
@@ -216,7 +223,7 @@ impl TlsReloader {
             }
         }
         if failures.is_empty() {
-            Ok(self.listeners.len())
+            Ok(listeners.len())
         } else {
             Err(failures.join("; "))
         }

@@ -31,6 +31,7 @@ pub use access::Access;
 pub use error::ApiError;
 
 use crate::config::AdminConfig;
+use crate::reload::ReloadRequest;
 use crate::tls::TlsReloader;
 use crate::upstream::Table;
 
@@ -58,6 +59,9 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// The TLS listeners, for `POST /api/v1/tls/reload`.
     pub tls: TlsReloader,
+    /// Asks the serve loop to reload the configuration file (`POST
+    /// /api/v1/reload`); `None` when there is no file (`proxy`, `demo`, tests).
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
 
 /// Why the admin listener could not start.
@@ -145,6 +149,47 @@ async fn tls_reload(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Re-reads the configuration file and applies what changed (see
+/// [`crate::reload`]): 200 with what changed, 422 with every problem (nothing
+/// changed), 409 when the process runs without a file.
+async fn reload_config(State(app): State<AppState>) -> Response {
+    let Some(tx) = app.reload.clone() else {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "NoConfigFile",
+            "this process runs without a configuration file (proxy or demo); nothing to reload",
+        )
+        .into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ReloadUnavailable",
+            "the process is shutting down",
+        )
+        .into_response()
+    };
+    if tx.send(reply).await.is_err() {
+        return gone();
+    }
+    match answer.await {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({
+                "error": {
+                    "code": "ReloadRejected",
+                    "message": problems.join("\n"),
+                    "problems": problems,
+                }
+            })),
+        )
+            .into_response(),
+        Err(_) => gone(),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such admin endpoint")
 }
@@ -166,11 +211,22 @@ pub fn router(table: Arc<Table>, access: Access) -> Router {
 
 /// The admin routes, with the TLS listeners that `POST /api/v1/tls/reload` reloads.
 pub fn router_with_tls(table: Arc<Table>, access: Access, tls: TlsReloader) -> Router {
+    router_with_reload(table, access, tls, None)
+}
+
+/// The admin routes, with the serve loop that `POST /api/v1/reload` asks.
+pub fn router_with_reload(
+    table: Arc<Table>,
+    access: Access,
+    tls: TlsReloader,
+    reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+) -> Router {
     let registry = Arc::new(metrics::registry(Arc::clone(&table)));
     let state = AppState {
         table,
         access: Arc::new(access),
         tls,
+        reload,
     };
     let api = Router::new()
         .route(
@@ -200,6 +256,7 @@ pub fn router_with_tls(table: Arc<Table>, access: Access, tls: TlsReloader) -> R
         .route("/api/v1/batch", post(native::batch))
         .route("/api/v1/events", get(native::events))
         .route("/api/v1/tls/reload", post(tls_reload))
+        .route("/api/v1/reload", post(reload_config))
         .route("/healthcheck", get(status::handle))
         .route(
             "/metrics",
@@ -229,6 +286,17 @@ impl AdminServer {
         table: Arc<Table>,
         tls: TlsReloader,
     ) -> Result<AdminServer, AdminError> {
+        AdminServer::bind_with_reload(config, table, tls, None)
+    }
+
+    /// [`AdminServer::bind_with_tls`], with the serve loop `POST /api/v1/reload`
+    /// asks to reload the configuration file.
+    pub fn bind_with_reload(
+        config: &AdminConfig,
+        table: Arc<Table>,
+        tls: TlsReloader,
+        reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    ) -> Result<AdminServer, AdminError> {
         let access = Access::from_config(config);
         access
             .check_exposure(config.listen)
@@ -246,7 +314,7 @@ impl AdminServer {
             })?;
         Ok(AdminServer {
             listener,
-            app: router_with_tls(table, access, tls),
+            app: router_with_reload(table, access, tls, reload),
         })
     }
 

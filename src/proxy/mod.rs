@@ -19,15 +19,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::{ClientLimits, Config};
+use crate::config::{ClientLimits, Config, ListenerConfig};
 use crate::tls::{ListenerTls, TlsReloader};
 use crate::upstream::Table;
 pub use forward::Forwarder;
@@ -48,20 +50,63 @@ pub enum ProxyError {
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One bound listener.
-struct Bound {
-    socket: TcpListener,
+/// What a listener serves with; swapped whole by a reload, read per connection.
+struct Listening {
     forwarder: Arc<Forwarder>,
     tls: Option<Arc<ListenerTls>>,
     limits: ClientLimits,
 }
 
+impl Listening {
+    /// Builds what `l` asks for (TLS files are read here).
+    fn new(l: &ListenerConfig, table: &Arc<Table>) -> Result<Listening, ProxyError> {
+        let router = Router::new(&l.routes, |name| table.slot(name));
+        let tls = match &l.tls {
+            Some(t) => Some(Arc::new(ListenerTls::new(l.listen, t).map_err(
+                |reason| ProxyError::Tls {
+                    addr: l.listen,
+                    reason,
+                },
+            )?)),
+            None => None,
+        };
+        let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits);
+        Ok(Listening {
+            forwarder: Arc::new(forwarder),
+            tls,
+            limits: l.limits,
+        })
+    }
+}
+
+/// One bound listener, not serving yet.
+struct Bound {
+    /// The configured address (its identity across reloads).
+    listen: SocketAddr,
+    socket: TcpListener,
+    live: Arc<ArcSwap<Listening>>,
+}
+
+async fn bind_one(l: &ListenerConfig, table: &Arc<Table>) -> Result<Bound, ProxyError> {
+    // Certificates first: a listener is not bound with files that fail.
+    let listening = Listening::new(l, table)?;
+    let socket = TcpListener::bind(l.listen)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            addr: l.listen,
+            source,
+        })?;
+    Ok(Bound {
+        listen: l.listen,
+        socket,
+        live: Arc::new(ArcSwap::from_pointee(listening)),
+    })
+}
+
 /// Listeners bound and ready to serve.
 pub struct Proxy {
     listeners: Vec<Bound>,
-    reloader: TlsReloader,
-    table: Arc<Table>,
-    grace: Duration,
+    handle: ProxyHandle,
 }
 
 /// How a run ended.
@@ -73,43 +118,171 @@ pub enum Shutdown {
     GraceExpired(usize),
 }
 
+/// A serving listener.
+struct Live {
+    listen: SocketAddr,
+    local: Option<SocketAddr>,
+    live: Arc<ArcSwap<Listening>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<usize>,
+}
+
+#[derive(Default)]
+struct Running {
+    serving: bool,
+    listeners: Vec<Live>,
+    /// Listeners a reload removed, finishing their in-flight requests.
+    retired: Vec<JoinHandle<usize>>,
+}
+
+struct Shared {
+    table: Arc<Table>,
+    reloader: TlsReloader,
+    grace: Duration,
+    running: tokio::sync::Mutex<Running>,
+}
+
+/// Changes the listeners of a running [`Proxy`] (hot reload). Cloneable.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+}
+
+/// A reload's listeners, bound and built, not yet in service. Dropping it
+/// changes nothing (new sockets close).
+pub struct Prepared {
+    kept: Vec<(usize, Listening)>,
+    added: Vec<Bound>,
+    removed: Vec<usize>,
+    tls: Vec<Arc<ListenerTls>>,
+}
+
+/// What a reload did to the listeners, by bound address.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+fn shown(local: Option<SocketAddr>, listen: SocketAddr) -> String {
+    local.unwrap_or(listen).to_string()
+}
+
+impl ProxyHandle {
+    /// Builds what `new` asks of the listeners: a listener whose `listen` is
+    /// unchanged is kept (new routes, limits and TLS); others are bound now. Any
+    /// failure (a port taken, a certificate that does not load) is returned and
+    /// nothing changes.
+    pub async fn prepare(&self, new: &Config) -> Result<Prepared, String> {
+        let running = self.shared.running.lock().await;
+        if !running.serving {
+            return Err("the proxy is not serving".into());
+        }
+        let table = &self.shared.table;
+        let mut used = vec![false; running.listeners.len()];
+        let mut p = Prepared {
+            kept: Vec::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            tls: Vec::new(),
+        };
+        for l in &new.listeners {
+            let same =
+                (0..used.len()).find(|&i| !used[i] && running.listeners[i].listen == l.listen);
+            match same {
+                Some(i) => {
+                    used[i] = true;
+                    let listening = Listening::new(l, table).map_err(|e| e.to_string())?;
+                    p.tls.extend(listening.tls.clone());
+                    p.kept.push((i, listening));
+                }
+                None => {
+                    let b = bind_one(l, table).await.map_err(|e| e.to_string())?;
+                    p.tls.extend(b.live.load().tls.clone());
+                    p.added.push(b);
+                }
+            }
+        }
+        p.removed = (0..used.len()).filter(|&i| !used[i]).collect();
+        Ok(p)
+    }
+
+    /// Puts `p` in service: kept listeners swap what they serve with, new ones
+    /// start accepting, removed ones stop accepting and finish their in-flight
+    /// requests (within the shutdown grace period).
+    pub async fn commit(&self, p: Prepared) -> ListenerChanges {
+        let mut running = self.shared.running.lock().await;
+        let mut out = ListenerChanges::default();
+        if !running.serving {
+            return out;
+        }
+        for (i, listening) in p.kept {
+            if let Some(l) = running.listeners.get(i) {
+                l.live.store(Arc::new(listening));
+                out.kept.push(shown(l.local, l.listen));
+            }
+        }
+        let mut removed = p.removed;
+        removed.sort_unstable_by(|a, b| b.cmp(a));
+        for i in removed {
+            if i < running.listeners.len() {
+                let l = running.listeners.remove(i);
+                let _ = l.stop.send(true);
+                info!(listen = %shown(l.local, l.listen), "listener removed; in-flight requests finish");
+                out.removed.push(shown(l.local, l.listen));
+                running.retired.push(l.task);
+            }
+        }
+        for b in p.added {
+            let live = self.spawn(b);
+            info!(listen = %shown(live.local, live.listen), "listener added");
+            out.added.push(shown(live.local, live.listen));
+            running.listeners.push(live);
+        }
+        self.shared.reloader.set(p.tls);
+        out
+    }
+
+    fn spawn(&self, b: Bound) -> Live {
+        let (stop, stop_rx) = watch::channel(false);
+        let local = b.socket.local_addr().ok();
+        let task = tokio::spawn(serve_listener(
+            b.socket,
+            Arc::clone(&b.live),
+            stop_rx,
+            self.shared.grace,
+        ));
+        Live {
+            listen: b.listen,
+            local,
+            live: b.live,
+            stop,
+            task,
+        }
+    }
+}
+
 impl Proxy {
     /// Binds every listener of `config` (port 0 picks a free port).
     pub async fn bind(config: &Config, table: Arc<Table>) -> Result<Proxy, ProxyError> {
         let mut listeners = Vec::new();
         let mut tls_listeners = Vec::new();
         for l in &config.listeners {
-            let router = Router::new(&l.routes, |name| table.slot(name));
-            // Certificates first: a listener is not bound with files that fail.
-            let tls = match &l.tls {
-                Some(t) => Some(Arc::new(ListenerTls::new(l.listen, t).map_err(
-                    |reason| ProxyError::Tls {
-                        addr: l.listen,
-                        reason,
-                    },
-                )?)),
-                None => None,
-            };
-            let socket = TcpListener::bind(l.listen)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    addr: l.listen,
-                    source,
-                })?;
-            tls_listeners.extend(tls.clone());
-            let forwarder = Forwarder::new(router, Arc::clone(&table), tls.is_some(), l.limits);
-            listeners.push(Bound {
-                socket,
-                forwarder: Arc::new(forwarder),
-                tls,
-                limits: l.limits,
-            });
+            let b = bind_one(l, &table).await?;
+            tls_listeners.extend(b.live.load().tls.clone());
+            listeners.push(b);
         }
         Ok(Proxy {
             listeners,
-            reloader: TlsReloader::new(tls_listeners),
-            table,
-            grace: config.runtime.shutdown_grace,
+            handle: ProxyHandle {
+                shared: Arc::new(Shared {
+                    table,
+                    reloader: TlsReloader::new(tls_listeners),
+                    grace: config.runtime.shutdown_grace,
+                    running: tokio::sync::Mutex::new(Running::default()),
+                }),
+            },
         })
     }
 
@@ -123,21 +296,29 @@ impl Proxy {
 
     /// Whether each listener, in config order, terminates TLS.
     pub fn tls_flags(&self) -> Vec<bool> {
-        self.listeners.iter().map(|b| b.tls.is_some()).collect()
+        self.listeners
+            .iter()
+            .map(|b| b.live.load().tls.is_some())
+            .collect()
     }
 
     /// Reloads the certificates of every TLS listener (`SIGHUP`, admin API).
     pub fn tls_reloader(&self) -> TlsReloader {
-        self.reloader.clone()
+        self.handle.shared.reloader.clone()
+    }
+
+    /// Changes the listeners once running (hot reload).
+    pub fn handle(&self) -> ProxyHandle {
+        self.handle.clone()
     }
 
     /// Serves until `shutdown` completes; then stops accepting (new connections are
     /// refused), lets in-flight requests finish within the grace period, and
     /// returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Shutdown {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::clone(&self.handle.shared);
         let sweeper = {
-            let table = Arc::clone(&self.table);
+            let table = Arc::clone(&shared.table);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
@@ -146,23 +327,27 @@ impl Proxy {
                 }
             })
         };
-        let tasks: Vec<_> = self
-            .listeners
-            .into_iter()
-            .map(|b| {
-                tokio::spawn(serve_listener(
-                    b.socket,
-                    b.forwarder,
-                    b.tls,
-                    b.limits,
-                    stop_rx.clone(),
-                    self.grace,
-                ))
-            })
-            .collect();
+        {
+            let mut running = shared.running.lock().await;
+            running.serving = true;
+            for b in self.listeners {
+                let live = self.handle.spawn(b);
+                running.listeners.push(live);
+            }
+        }
         shutdown.await;
         info!("shutting down: no new connections, waiting for in-flight requests");
-        let _ = stop_tx.send(true);
+        let tasks: Vec<JoinHandle<usize>> = {
+            let mut running = shared.running.lock().await;
+            running.serving = false;
+            let listeners = std::mem::take(&mut running.listeners);
+            let mut tasks = std::mem::take(&mut running.retired);
+            for l in listeners {
+                let _ = l.stop.send(true);
+                tasks.push(l.task);
+            }
+            tasks
+        };
         let mut cut = 0;
         for t in tasks {
             cut += t.await.unwrap_or(0);
@@ -176,17 +361,7 @@ impl Proxy {
     }
 }
 
-/// Accepts on one listener until told to stop; returns how many connections were
-/// still open when the grace period ran out.
-async fn serve_listener(
-    listener: TcpListener,
-    forwarder: Arc<Forwarder>,
-    tls: Option<Arc<ListenerTls>>,
-    limits: ClientLimits,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-) -> usize {
-    let graceful = GracefulShutdown::new();
+fn connection_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -202,7 +377,22 @@ async fn serve_listener(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    // Past `max_connections`, further clients wait in the kernel's accept queue.
+    builder
+}
+
+/// Accepts on one listener until told to stop; returns how many connections were
+/// still open when the grace period ran out.
+async fn serve_listener(
+    listener: TcpListener,
+    live: Arc<ArcSwap<Listening>>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> usize {
+    let graceful = GracefulShutdown::new();
+    let mut limits = live.load().limits;
+    let mut builder = connection_builder(&limits);
+    // Past `max_connections`, further clients wait in the kernel's accept queue
+    // (the number of the listener's start: a reload keeps it).
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let permit = tokio::select! {
@@ -216,7 +406,14 @@ async fn serve_listener(
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
-                    let forwarder = Arc::clone(&forwarder);
+                    // What the listener serves with now (a reload may swap it).
+                    let current = live.load_full();
+                    if current.limits != limits {
+                        limits = current.limits;
+                        builder = connection_builder(&limits);
+                    }
+                    let forwarder = Arc::clone(&current.forwarder);
+                    let tls = current.tls.clone();
                     let service = service_fn(move |req| Arc::clone(&forwarder).handle(req, client));
                     match &tls {
                         None => {

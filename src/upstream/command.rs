@@ -130,6 +130,15 @@ pub enum Command {
         upstream: String,
         check: Option<HealthCheckConfig>,
     },
+    /// Replaces an upstream's settings (balance, timeouts, retry, health check,
+    /// TLS...) and keeps its servers and their runtimes. `settings.tls_client` is
+    /// used as given: build it first ([`UpstreamSettings::prepare_tls`]) when
+    /// the upstream needs one. Servers keep their connection pools, sized as
+    /// they were.
+    SetSettings {
+        upstream: String,
+        settings: UpstreamSettings,
+    },
 }
 
 impl Command {
@@ -141,7 +150,8 @@ impl Command {
             | Command::SetWeight { upstream, .. }
             | Command::SetMaxConns { upstream, .. }
             | Command::Patch { upstream, .. }
-            | Command::SetHealthCheck { upstream, .. } => upstream,
+            | Command::SetHealthCheck { upstream, .. }
+            | Command::SetSettings { upstream, .. } => upstream,
             Command::CreateUpstream { name, .. } | Command::DeleteUpstream { name } => name,
         }
     }

@@ -254,6 +254,17 @@ fn check_backup(settings: &UpstreamSettings, backup: bool) -> Result<(), TableEr
     }
 }
 
+/// A short account of an upstream's settings, for the `settings` event.
+fn describe_settings(s: &UpstreamSettings) -> String {
+    format!(
+        "balance={} scheme={} protocol={} health_check={}",
+        s.balance.as_str(),
+        s.scheme.as_str(),
+        s.protocol.as_str(),
+        s.health_check.as_ref().map_or("none", |c| c.kind.as_str())
+    )
+}
+
 fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
@@ -572,6 +583,29 @@ impl Table {
                             health_resets.extend(draft.servers.iter().map(|s| (Arc::clone(s), h)));
                         }
                         draft.settings.health_check = check.clone();
+                    }
+                    Command::SetSettings { settings, .. } => {
+                        for s in &draft.servers {
+                            check_backup(settings, s.backup)?;
+                        }
+                        let old = &draft.settings;
+                        events.push(event(
+                            name,
+                            None,
+                            "settings",
+                            Some(describe_settings(old)),
+                            Some(describe_settings(settings)),
+                        ));
+                        // The health verdicts, as `SetHealthCheck` treats them.
+                        let start = match (&old.health_check, &settings.health_check) {
+                            (Some(_), None) => Some(Health::Healthy),
+                            (None, Some(c)) if c.mandatory => Some(Health::Checking),
+                            _ => None,
+                        };
+                        if let Some(h) = start {
+                            health_resets.extend(draft.servers.iter().map(|s| (Arc::clone(s), h)));
+                        }
+                        draft.settings = settings.clone();
                     }
                     Command::Remove { server, .. } => {
                         let i = find(&draft.servers, server)?;
