@@ -224,16 +224,41 @@ port_of() {
   esac
 }
 
+pid_of() {
+  case "$1" in
+    direct) cat "$WORK/backend/nginx.pid" ;;
+    nginx) cat "$WORK/nginx/nginx.pid" ;;
+    haproxy) echo "$HAPROXY_PID" ;;
+    *) echo "$SY_PID" ;;
+  esac
+}
+
+# CPU time (ns, user + system) of a process, its threads and its children (nginx:
+# master + workers), from /proc/*/task/*/schedstat. Unlike requests/s, CPU time per
+# request barely moves when other work shares the machine.
+cpu_ns() {
+  local total=0 p t
+  for p in $1 $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/schedstat; do
+      [ -r "$t" ] && total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
 # One wrk run; appends a result line. $1 scenario $2 workers $3 round $4 proxy
 # $5 path, then extra wrk arguments.
 run_wrk() {
   local scenario=$1 n=$2 round=$3 proxy=$4 path=$5
   shift 5
-  local out=$WORK/wrk-$scenario-$n-$round-$proxy.txt
+  local out=$WORK/wrk-$scenario-$n-$round-$proxy.txt pid cpu0 cpu1
+  pid=$(pid_of "$proxy")
+  cpu0=$(cpu_ns "$pid")
   wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" \
     "http://127.0.0.1:$(port_of "$proxy")$path" >"$out" 2>&1 || true
-  python3 "$ROOT/bench/report.py" parse "$scenario" "$n" "$round" "$proxy" <"$out" >>"$RESULTS"
-  tail -n1 "$RESULTS" | awk -F'\t' '{printf "  %-8s w=%s round %s %-10s %10s req/s  p50 %s ms  p99 %s ms  errors %s\n", $1, $2, $3, $4, $5, $6, $7, $8}' >&2
+  cpu1=$(cpu_ns "$pid")
+  python3 "$ROOT/bench/report.py" parse "$scenario" "$n" "$round" "$proxy" --cpu-ns $((cpu1 - cpu0)) <"$out" >>"$RESULTS"
+  tail -n1 "$RESULTS" | awk -F'\t' '{printf "  %-8s w=%s round %s %-10s %10s req/s  p50 %s ms  p99 %s ms  errors %s  CPU %s us/req\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' >&2
 }
 
 rounds() { # $1 scenario $2 workers $3 path, then wrk arguments

@@ -40,7 +40,9 @@ def parse(args):
     if non2xx:
         errors += int(non2xx.group(1))
     if not rps:
-        errors = -1  # wrk failed: shown as "failed"
+        errors = -1  # wrk failed
+    total = re.search(r"(\d+) requests in", out)
+    cpu_us = args.cpu_ns / 1000 / int(total.group(1)) if total and int(total.group(1)) else float("nan")
     fields = [
         args.scenario,
         args.workers,
@@ -50,6 +52,7 @@ def parse(args):
         f"{to_ms(p50.group(1)):.3f}" if p50 else "nan",
         f"{to_ms(p99.group(1)):.3f}" if p99 else "nan",
         str(errors),
+        f"{cpu_us:.2f}",
     ]
     print("\t".join(fields))
 
@@ -67,12 +70,12 @@ def table(args):
     rows = [line.rstrip("\n").split("\t") for line in open(args.results) if line.strip()]
     runs = {}
     order = []
-    for sc, w, r, p, rps, p50, p99, err in rows:
+    for sc, w, r, p, rps, p50, p99, err, cpu in rows:
         key = (sc, w)
         if key not in runs:
             runs[key] = {}
             order.append(key)
-        runs[key].setdefault(p, []).append((int(r), float(rps), float(p50), float(p99), int(err)))
+        runs[key].setdefault(p, []).append((int(r), float(rps), float(p50), float(p99), int(err), float(cpu)))
     out = []
     out.append(f"Machine: {args.machine}.  ")
     out.append(f"Command: `{args.command}` (commit {args.commit}, {args.elapsed} s in all).  ")
@@ -80,7 +83,9 @@ def table(args):
         "Each cell is the median over the rounds; rounds ran interleaved (direct, nginx, "
         "HAProxy, switchyard, then again). `direct` is wrk against the backend alone, the "
         "bound for any proxy. Errors: wrk's socket errors plus non-2xx answers, summed over "
-        "the rounds."
+        "the rounds. CPU µs/request: the proxy's own CPU time (all its threads and worker "
+        "processes, from /proc/*/task/*/schedstat) over the run divided by wrk's request count; "
+        "it moves far less than req/s when other work shares the machine."
     )
     out.append("")
     summary = []
@@ -109,17 +114,17 @@ def table(args):
             summary.append(f"| flip dip, {w} worker(s) | {dip * 100:+.1f}% | ≤ 5%, 0 errors ({sum(x[4] for x in flip)} errors) |")
             out.append("")
             continue
-        out.append("| proxy | req/s | p50 ms | p99 ms | errors | req/s per round |")
-        out.append("|---|---:|---:|---:|---:|---|")
+        out.append("| proxy | req/s | p50 ms | p99 ms | errors | CPU µs/request | req/s per round |")
+        out.append("|---|---:|---:|---:|---:|---:|---|")
         meds = {}
         for p in PROXIES:
             rs = sorted(by.get(p, []))
             if not rs:
                 continue
-            meds[p] = (med([x[1] for x in rs]), med([x[2] for x in rs]), med([x[3] for x in rs]))
+            meds[p] = (med([x[1] for x in rs]), med([x[2] for x in rs]), med([x[3] for x in rs]), med([x[5] for x in rs]))
             errs = sum(x[4] for x in rs)
             out.append(
-                f"| {p} | {meds[p][0]:.0f} | {meds[p][1]:.3f} | {meds[p][2]:.3f} | {errs} | "
+                f"| {p} | {meds[p][0]:.0f} | {meds[p][1]:.3f} | {meds[p][2]:.3f} | {errs} | {meds[p][3]:.1f} | "
                 f"{', '.join(f'{x[1]:.0f}' for x in rs)} |"
             )
         out.append("")
@@ -134,6 +139,10 @@ def table(args):
             )
             summary.append(f"| {sc}, {w} worker(s): switchyard/{other} req/s | {fmt_ratio(m)} | " + ("≥ 1.10×" if sc == "get" else "(no target)") + " |")
         if "switchyard" in meds and "nginx" in meds:
+            summary.append(
+                f"| {sc}, {w} worker(s): CPU per request, switchyard/nginx (lower is better) | "
+                f"{meds['switchyard'][3] / meds['nginx'][3]:.2f}× ({meds['switchyard'][3]:.1f} vs {meds['nginx'][3]:.1f} µs) | (diagnostic) |"
+            )
             summary.append(
                 f"| {sc}, {w} worker(s): p99 switchyard vs nginx | {meds['switchyard'][2]:.3f} ms vs {meds['nginx'][2]:.3f} ms | "
                 + ("≤ nginx" if sc == "get" else "(no target)") + " |"
@@ -185,6 +194,7 @@ def main():
     p = sub.add_parser("parse")
     for f in ("scenario", "workers", "round", "proxy"):
         p.add_argument(f)
+    p.add_argument("--cpu-ns", type=int, default=0)
     t = sub.add_parser("table")
     t.add_argument("results")
     t.add_argument("idle", nargs="?")

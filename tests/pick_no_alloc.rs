@@ -53,9 +53,11 @@ fn picking_a_server_allocates_nothing_for_any_method() {
             drop(upstream.snapshot().pick(Some(1), &tried, now));
             let before = allocations();
             for key in 0..1_000u64 {
-                let lease = upstream
-                    .snapshot()
-                    .pick(Some(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)), &tried, now);
+                let lease = upstream.snapshot().pick(
+                    Some(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    &tried,
+                    now,
+                );
                 assert!(lease.is_some(), "{method} at {n} servers picked nobody");
                 drop(lease);
             }
