@@ -104,11 +104,12 @@ def table(args):
                     f"{med([x[3] for x in rs]):.3f} | {sum(x[4] for x in rs)} | "
                     f"{', '.join(f'{x[1]:.0f}' for x in sorted(rs))} |"
                 )
+            # The dip: how much lower req/s is while flipping (negative: higher).
             dips = [1 - f[1] / b[1] for b, f in zip(sorted(base), sorted(flip)) if b[1]]
             dip = 1 - med([x[1] for x in flip]) / med([x[1] for x in base]) if base and flip else float("nan")
             out.append("")
             out.append(
-                f"Dip (1 − flipping/no flips): per round {', '.join(f'{d * 100:+.1f}%' for d in dips)}; "
+                f"Dip (1 − flipping/no flips; negative: no dip, flipping ran faster): per round {', '.join(f'{d * 100:+.1f}%' for d in dips)}; "
                 f"median {dip * 100:+.1f}%. Errors while flipping: {sum(x[4] for x in flip)}."
             )
             summary.append(f"| flip dip, {w} worker(s) | {dip * 100:+.1f}% | ≤ 5%, 0 errors ({sum(x[4] for x in flip)} errors) |")
