@@ -144,7 +144,12 @@ async fn serve_listener(
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
                     let forwarder = Arc::clone(&forwarder);
-                    let service = service_fn(move |req| Arc::clone(&forwarder).handle(req, client));
+                    // Boxed: hyper keeps room for the service's future in every
+                    // connection, idle or not, so the (large) forwarding future is
+                    // allocated per request instead (BENCHMARKS.md, idle RSS).
+                    let service = service_fn(move |req| {
+                        Box::pin(Arc::clone(&forwarder).handle(req, client))
+                    });
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
