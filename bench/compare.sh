@@ -348,7 +348,7 @@ cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 machine="$(nproc) CPUs ($cpu), $(uname -sr), nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $((haproxy -v || true) | awk 'NR==1 {print $3}'), wrk $( (wrk -v 2>&1 || true) | awk 'NR==1 {print $2}')"
 cmd="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WORKERS=\"$WORKERS\" EXTRA_WORKERS=\"$EXTRA_WORKERS\" WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS bash bench/compare.sh ${scenarios[*]/#/--}"
 python3 "$ROOT/bench/report.py" table "$RESULTS" "$WORK/idle.tsv" \
-  --machine "$machine" --command "$cmd" --elapsed "$elapsed" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')" \
+  --machine "$machine" --command "$cmd" --elapsed "$elapsed" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!BENCHMARKS.md' 2>/dev/null || echo '+dirty')" \
   >"$WORK/table.md"
 cat "$WORK/table.md"
 if [ -n "$write_file" ]; then

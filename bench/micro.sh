@@ -11,7 +11,7 @@ cargo bench --quiet --bench pick -- --warm-up-time 0.5 --measurement-time 1.5 2>
       /time:/ { if (name != "") { print name " " $0; name = "" } else print; next }
       { name = $1; if (NF > 1) { $1 = ""; print name $0; name = "" } }' >"$out"
 {
-  echo "Command: \`bash bench/micro.sh\` (\`cargo bench --bench pick -- --warm-up-time 0.5 --measurement-time 1.5\`; commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')). Time per pick, including the lease (the active count taken and given back); criterion's [low estimate, median, high estimate]."
+  echo "Command: \`bash bench/micro.sh\` (\`cargo bench --bench pick -- --warm-up-time 0.5 --measurement-time 1.5\`; commit $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!BENCHMARKS.md' || echo '+dirty')). Time per pick, including the lease (the active count taken and given back); criterion's [low estimate, median, high estimate]."
   echo
   echo '```'
   cat "$out"

@@ -57,13 +57,13 @@ PERF_PID=$!
 wrk -t1 -c64 -d"$DURATION" --latency "http://127.0.0.1:$PORT/" >"$WORK/wrk.txt"
 wait $PERF_PID || true
 {
-  echo "Command: \`DURATION=$DURATION WORKERS=$WORKERS bash bench/profile.sh\` (commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')); switchyard under \`wrk -t1 -c64 -d$DURATION\` at $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt") req/s while sampled."
+  echo "Command: \`DURATION=$DURATION WORKERS=$WORKERS bash bench/profile.sh\` (commit $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!BENCHMARKS.md' || echo '+dirty')); switchyard under \`wrk -t1 -c64 -d$DURATION\` at $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt") req/s while sampled."
   echo
   echo "Self time by symbol (perf record -e cpu-clock, 1999 Hz; entries ≥ 1%):"
   echo
   echo '```'
   perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --percent-limit 1 --stdio 2>/dev/null \
-    | grep -v '^#' | grep -v '^$' | sed 's/[[:space:]]*$//' | cut -c1-150
+    | grep -v '^#' | grep -v '^$' | sed 's/[[:space:]]*$//' | cut -c1-150 | sed 's/[[:space:]]*$//'
   echo
   echo "By shared object:"
   perf report -i "$WORK/perf.data" --no-children --sort dso --stdio 2>/dev/null \
