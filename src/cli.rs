@@ -207,12 +207,22 @@ fn state_warnings(cfg: &Config) -> Vec<String> {
     out
 }
 
+/// The data plane's runtime. One worker is a current-thread runtime on the main
+/// thread: the same single serving thread as a one-worker multi-thread runtime,
+/// without its cross-thread wake-ups and work-stealing bookkeeping, which cost
+/// about a tenth of the small-GET throughput here (BENCHMARKS.md).
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         anyhow::ensure!(n >= 1, "--workers must be at least 1");
-        b.worker_threads(n);
     }
+    let n = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut b = if n == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(n);
+        b
+    };
     b.enable_all().build().context("cannot start the runtime")
 }
 

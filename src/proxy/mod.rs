@@ -414,7 +414,12 @@ async fn serve_listener(
                     }
                     let forwarder = Arc::clone(&current.forwarder);
                     let tls = current.tls.clone();
-                    let service = service_fn(move |req| Arc::clone(&forwarder).handle(req, client));
+                    // Boxed: hyper keeps room for the service's future in every
+                    // connection, idle or not, so the (large) forwarding future is
+                    // allocated per request instead (BENCHMARKS.md, idle RSS).
+                    let service = service_fn(move |req| {
+                        Box::pin(Arc::clone(&forwarder).handle(req, client))
+                    });
                     match &tls {
                         None => {
                             let conn = builder

@@ -42,8 +42,40 @@ pub struct HashRing {
     points: Box<[u64]>,
     /// `owners[j]` is the member owning `points[j]`.
     owners: Box<[u32]>,
+    /// `index[b]` is the first ring position whose point's top `bits` bits are
+    /// `>= b` (one entry per bucket, plus the end): a key's search starts within
+    /// its bucket of about 8 points instead of over the whole ring, which at
+    /// 10,000 servers is 8 MB of points and one cache miss per bisection step.
+    /// Empty when the ring is small enough to search whole (`bits == 0`).
+    index: Box<[u32]>,
+    bits: u32,
     /// Rotation for keyless picks.
     cursor: AtomicUsize,
+}
+
+/// About this many ring points per bucket of the index.
+const POINTS_PER_BUCKET: usize = 8;
+/// At most 2^16 buckets (256 KiB of index).
+const MAX_BUCKET_BITS: u32 = 16;
+
+/// The bucket index over sorted `points` (see [`HashRing::index`]).
+fn bucket_index(points: &[u64]) -> (Box<[u32]>, u32) {
+    let buckets_wanted = points.len() / POINTS_PER_BUCKET;
+    if buckets_wanted < 2 {
+        return (Box::new([]), 0);
+    }
+    let bits = (usize::BITS - 1 - buckets_wanted.leading_zeros()).min(MAX_BUCKET_BITS);
+    let shift = 64 - bits;
+    let buckets = 1usize << bits;
+    let mut index = Vec::with_capacity(buckets + 1);
+    let mut j = 0;
+    for b in 0..=buckets as u64 {
+        while j < points.len() && (points[j] >> shift) < b {
+            j += 1;
+        }
+        index.push(j as u32);
+    }
+    (index.into_boxed_slice(), bits)
 }
 
 /// Points for a member of weight `w` after halving `shift` times (rounded, ≥ 1).
@@ -57,7 +89,15 @@ impl HashRing {
     /// Index into the ring where `key` lands (first point ≥ key, wrapping).
     #[inline]
     fn slot(&self, key: u64) -> usize {
-        let p = self.points.partition_point(|&x| x < key);
+        let p = if self.bits == 0 {
+            self.points.partition_point(|&x| x < key)
+        } else {
+            // Every point before `lo` is below the key's bucket, every point from
+            // `hi` on above it: the first point >= key lies in `lo..=hi`.
+            let b = (key >> (64 - self.bits)) as usize;
+            let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+            lo + self.points[lo..hi].partition_point(|&x| x < key)
+        };
         if p == self.points.len() { 0 } else { p }
     }
 }
@@ -93,10 +133,13 @@ impl Select for HashRing {
                 .then_with(|| a.1.cmp(&b.1))
         });
         let (points, owners) = ring.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
+        let (index, bits) = bucket_index(&points);
         HashRing {
             n,
             points: points.into_boxed_slice(),
             owners: owners.into_boxed_slice(),
+            index,
+            bits,
             cursor: AtomicUsize::new(0),
         }
     }
@@ -133,6 +176,25 @@ mod tests {
 
     fn keys(k: u64) -> impl Iterator<Item = u64> {
         (0..k).map(|i| hash_key(format!("client-{i}").as_bytes()))
+    }
+
+    #[test]
+    fn bucket_index_finds_the_same_slot_as_a_search_of_the_whole_ring() {
+        for n in [1, 2, 7, 100, 3_000] {
+            let a = addrs(n);
+            let ring = HashRing::build(&members(&a, &random_weights(n, 1, 20, 7)));
+            let whole = |k: u64| match ring.points.partition_point(|&x| x < k) {
+                p if p == ring.points.len() => 0,
+                p => p,
+            };
+            let edges = ring
+                .points
+                .iter()
+                .flat_map(|&p| [p.wrapping_sub(1), p, p.wrapping_add(1)]);
+            for k in keys(2_000).chain(edges).chain([0, u64::MAX]) {
+                assert_eq!(ring.slot(k), whole(k), "n={n} key={k:#x}");
+            }
+        }
     }
 
     #[test]

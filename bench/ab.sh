@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Before/after of one change, measured in the same run: two switchyard binaries
+# behind the same backend, driven in interleaved wrk rounds (A B A B ...).
+#
+#   bash bench/ab.sh BEFORE_BINARY AFTER_BINARY      # DURATION=3s ROUNDS=6 WORKERS=1 PATH_=/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=$(realpath "$1")
+B=$(realpath "$2")
+DURATION=${DURATION:-3s}
+ROUNDS=${ROUNDS:-6}
+WORKERS=${WORKERS:-1}
+CONNS=${CONNS:-64}
+export PATH=$PATH:/usr/sbin
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+WORK=$(mktemp -d /tmp/switchyard-ab.XXXXXX)
+chmod 755 "$WORK"
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:19030; location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;' 2>/dev/null
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
+for side in a b; do
+  port=$([ $side = a ] && echo 19031 || echo 19032)
+  cat >"$WORK/$side.toml" <<CONF
+[runtime]
+workers = $WORKERS
+[[listener]]
+listen = "127.0.0.1:$port"
+routes = [{ path_prefix = "/", upstream = "backend" }]
+[upstream.backend]
+keepalive = 64
+servers = [{ addr = "127.0.0.1:19030" }]
+CONF
+  bin=$([ $side = a ] && echo "$A" || echo "$B")
+  RUST_LOG=warn "$bin" run -c "$WORK/$side.toml" >"$WORK/$side.log" 2>&1 &
+  pids+=($!)
+done
+for p in 19030 19031 19032; do
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
+done
+cpu_ns() {
+  local total=0 t
+  for t in /proc/"$1"/task/*/schedstat; do
+    [ -r "$t" ] && total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+: >"$WORK/results.tsv"
+for r in $(seq 1 "$ROUNDS"); do
+  for side in a b; do
+    port=$([ $side = a ] && echo 19031 || echo 19032)
+    name=$([ $side = a ] && echo before || echo after)
+    pid=$([ $side = a ] && echo "${pids[0]}" || echo "${pids[1]}")
+    c0=$(cpu_ns "$pid")
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port${PATH_:-/}" >"$WORK/wrk.txt" 2>&1 || true
+    c1=$(cpu_ns "$pid")
+    python3 bench/report.py parse ab "$WORKERS" "$r" "$name" --cpu-ns $((c1 - c0)) <"$WORK/wrk.txt" | tee -a "$WORK/results.tsv" >&2
+  done
+done
+python3 - "$WORK/results.tsv" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+get = lambda name, i: [float(r[i]) for r in rows if r[3] == name]
+b, a = get("before", 4), get("after", 4)
+ratios = [y / x for x, y in zip(b, a) if x]
+print(f"before: median {statistics.median(b):.0f} req/s, p99 {statistics.median(get('before', 6)):.2f} ms; rounds {', '.join(f'{x:.0f}' for x in b)}")
+print(f"after:  median {statistics.median(a):.0f} req/s, p99 {statistics.median(get('after', 6)):.2f} ms; rounds {', '.join(f'{x:.0f}' for x in a)}")
+cb, ca = statistics.median(get("before", 8)), statistics.median(get("after", 8))
+print(f"CPU per request: before {cb:.1f} µs, after {ca:.1f} µs ({ca / cb - 1:+.1%})")
+print(f"after/before per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}")
+PY

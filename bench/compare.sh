@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of switchyard, nginx and HAProxy on loopback (issue 6).
+#
+# One fast backend (nginx, one worker, `return 200`) and, in front of it, nginx
+# (upstream keepalive), HAProxy (http-reuse always) and switchyard, each with the
+# same number of workers. wrk drives each in interleaved rounds (direct, nginx,
+# haproxy, switchyard, direct, nginx, ...) so drift hits all alike.
+#
+#   bash bench/compare.sh                 # small GET, keep-alive, 1 and 2 workers
+#   bash bench/compare.sh --all           # and every scenario below
+#   bash bench/compare.sh --all --write BENCHMARKS.md   # also refresh the file's table
+#
+# Scenario flags: --get (default when none is given) --64k --upload --close --idle
+# --flip; --all is every one. Knobs (environment): DURATION=5s CONNS=64 ROUNDS=3
+# WORKERS="1 2" WRK_THREADS=1 IDLE_CONNS=10000 EXTRA_WORKERS=1 (worker counts for the
+# scenarios beyond the small GET). Loopback only; ports 19000-19020.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-3}
+WORKERS=${WORKERS:-"1 2"}
+EXTRA_WORKERS=${EXTRA_WORKERS:-1}
+WRK_THREADS=${WRK_THREADS:-1}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+scenarios=()
+write_file=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --get) scenarios+=(get) ;;
+    --64k) scenarios+=(64k) ;;
+    --upload) scenarios+=(upload) ;;
+    --close) scenarios+=(close) ;;
+    --idle) scenarios+=(idle) ;;
+    --flip) scenarios+=(flip) ;;
+    --all) scenarios=(get 64k upload close idle flip) ;;
+    --write) write_file=$2; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "unknown flag: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(get)
+
+# --- tools -------------------------------------------------------------------
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export PATH=$PATH:/usr/sbin
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+echo "building switchyard (release)..." >&2
+cargo build --release --quiet
+SY=$TARGET_DIR/release/switchyard
+
+# --- layout ------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+BACKEND=19000   # and 19001: a second address of the same backend (flip scenario)
+P_NGINX=19002
+P_HAPROXY=19003
+P_SY=19004
+P_ADMIN=19005
+mkdir -p "$WORK/www" "$WORK/backend" "$WORK/nginx"
+chmod 755 "$WORK" "$WORK/www" # nginx's workers run as an unprivileged user
+head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/www/64k"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$WORK"/backend/nginx.pid "$WORK"/nginx/nginx.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2
+  return 1
+}
+
+# The backend: one nginx worker answering 200 from memory (and /64k from a file).
+cat >"$WORK/backend/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_max_body_size 2m;
+  client_body_buffer_size 2m;
+  server {
+    listen 127.0.0.1:$BACKEND reuseport;
+    listen 127.0.0.1:$((BACKEND + 1)) reuseport;
+    root $WORK/www;
+    location / { return 200 "ok\n"; }
+    location = /64k { }
+  }
+}
+CONF
+nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon on;' 2>/dev/null
+wait_port $BACKEND
+
+start_proxies() { # $1 workers
+  local n=$1
+  cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes $n;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_max_body_size 2m;
+  client_body_buffer_size 2m;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+  nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon on;' 2>/dev/null
+
+  cat >"$WORK/haproxy.cfg" <<CONF
+global
+  nbthread $n
+  # 10,000 idle clients need maxconn above 10,000; HAProxy asks for 2 fds per
+  # connection, more than the 20,000 this machine allows, so it warns and goes on.
+  maxconn 12000
+  no strict-limits
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$P_HAPROXY
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND
+CONF
+  haproxy -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  HAPROXY_PID=$!
+  pids+=("$HAPROXY_PID")
+
+  cat >"$WORK/switchyard.toml" <<CONF
+[admin]
+listen = "127.0.0.1:$P_ADMIN"
+
+[runtime]
+workers = $n
+shutdown_grace = "1s"
+
+[[listener]]
+listen = "127.0.0.1:$P_SY"
+routes = [
+  { path_prefix = "/flip", upstream = "flip" },
+  { path_prefix = "/", upstream = "backend" },
+]
+
+[upstream.backend]
+keepalive = 64
+servers = [{ addr = "127.0.0.1:$BACKEND" }]
+
+[upstream.flip]
+keepalive = 64
+servers = [{ addr = "127.0.0.1:$BACKEND" }, { addr = "127.0.0.1:$((BACKEND + 1))" }]
+CONF
+  RUST_LOG=warn "$SY" run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 &
+  SY_PID=$!
+  pids+=("$SY_PID")
+  wait_port $P_NGINX
+  wait_port $P_HAPROXY
+  wait_port $P_SY
+  wait_port $P_ADMIN
+}
+
+stop_proxies() {
+  kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
+  kill "$HAPROXY_PID" "$SY_PID" 2>/dev/null || true
+  wait "$HAPROXY_PID" "$SY_PID" 2>/dev/null || true
+  while [ -f "$WORK/nginx/nginx.pid" ]; do sleep 0.05; done
+  sleep 0.5
+}
+
+port_of() {
+  case "$1" in
+    direct) echo $BACKEND ;;
+    nginx) echo $P_NGINX ;;
+    haproxy) echo $P_HAPROXY ;;
+    switchyard | base | flipping) echo $P_SY ;; # flip rows: switchyard both
+  esac
+}
+
+pid_of() {
+  case "$1" in
+    direct) cat "$WORK/backend/nginx.pid" ;;
+    nginx) cat "$WORK/nginx/nginx.pid" ;;
+    haproxy) echo "$HAPROXY_PID" ;;
+    *) echo "$SY_PID" ;;
+  esac
+}
+
+# CPU time (ns, user + system) of a process, its threads and its children (nginx:
+# master + workers), from /proc/*/task/*/schedstat. Unlike requests/s, CPU time per
+# request barely moves when other work shares the machine.
+cpu_ns() {
+  local total=0 p t
+  for p in $1 $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/schedstat; do
+      [ -r "$t" ] && total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
+# One wrk run; appends a result line. $1 scenario $2 workers $3 round $4 proxy
+# $5 path, then extra wrk arguments.
+run_wrk() {
+  local scenario=$1 n=$2 round=$3 proxy=$4 path=$5
+  shift 5
+  local out=$WORK/wrk-$scenario-$n-$round-$proxy.txt pid cpu0 cpu1
+  pid=$(pid_of "$proxy")
+  cpu0=$(cpu_ns "$pid")
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" \
+    "http://127.0.0.1:$(port_of "$proxy")$path" >"$out" 2>&1 || true
+  cpu1=$(cpu_ns "$pid")
+  python3 "$ROOT/bench/report.py" parse "$scenario" "$n" "$round" "$proxy" --cpu-ns $((cpu1 - cpu0)) <"$out" >>"$RESULTS"
+  tail -n1 "$RESULTS" | awk -F'\t' '{printf "  %-8s w=%s round %s %-10s %10s req/s  p50 %s ms  p99 %s ms  errors %s  CPU %s us/req\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' >&2
+}
+
+rounds() { # $1 scenario $2 workers $3 path, then wrk arguments
+  local scenario=$1 n=$2 path=$3
+  shift 3
+  for r in $(seq 1 "$ROUNDS"); do
+    for p in direct nginx haproxy switchyard; do
+      run_wrk "$scenario" "$n" "$r" "$p" "$path" "$@"
+    done
+  done
+}
+
+# RSS (KiB) of a process and its children (nginx: master + workers).
+rss_tree() {
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' /proc/"$p"/status 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+idle_run() { # $1 workers
+  local n=$1 proxy port pid before after
+  for proxy in nginx haproxy switchyard; do
+    port=$(port_of $proxy)
+    case $proxy in
+      nginx) pid=$(cat "$WORK/nginx/nginx.pid") ;;
+      haproxy) pid=$HAPROXY_PID ;;
+      switchyard) pid=$SY_PID ;;
+    esac
+    # Warm up the same way for all: one short load, then measure.
+    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+    before=$(rss_tree "$pid")
+    rm -f "$WORK/idle.ready"
+    python3 "$ROOT/bench/idle_clients.py" 127.0.0.1 "$port" "$IDLE_CONNS" "$WORK/idle.ready" \
+      >"$WORK/idle-$proxy.log" 2>&1 &
+    local cpid=$!
+    for _ in $(seq 1 600); do [ -f "$WORK/idle.ready" ] && break; sleep 0.1; done
+    sleep 1
+    after=$(rss_tree "$pid")
+    local open
+    open=$(cat "$WORK/idle.ready" 2>/dev/null || echo 0)
+    kill "$cpid" 2>/dev/null || true
+    wait "$cpid" 2>/dev/null || true
+    printf 'idle\t%s\t1\t%s\t%s\t%s\t%s\t%s\n' "$n" "$proxy" "$before" "$after" "$open" "$IDLE_CONNS" >>"$WORK/idle.tsv"
+    echo "  idle     w=$n $proxy: RSS $before KiB before, $after KiB with $open of $IDLE_CONNS idle connections" >&2
+    sleep 1
+  done
+}
+
+flip_run() { # $1 workers: switchyard only; base and flip runs interleaved
+  local n=$1 r
+  for r in $(seq 1 "$ROUNDS"); do
+    run_wrk flip "$n" "$r" base /flip/
+    python3 "$ROOT/bench/flipper.py" 127.0.0.1:$P_ADMIN flip 1 0.1 >"$WORK/flipper-$r.log" 2>&1 &
+    local fpid=$!
+    run_wrk flip "$n" "$r" flipping /flip/
+    kill "$fpid" 2>/dev/null || true
+    wait "$fpid" 2>/dev/null || true
+    echo "    flips: $(tail -n1 "$WORK/flipper-$r.log")" >&2
+    # Make sure the server is up again before the next base run.
+    python3 "$ROOT/bench/flipper.py" 127.0.0.1:$P_ADMIN flip 1 0 up >/dev/null 2>&1 || true
+  done
+}
+
+: >"$WORK/idle.tsv"
+start_all=$(date +%s)
+for n in $WORKERS; do
+  start_proxies "$n"
+  for s in "${scenarios[@]}"; do
+    if [ "$s" != get ] && ! [[ " $EXTRA_WORKERS " == *" $n "* ]]; then continue; fi
+    echo "== $s, $n worker(s)" >&2
+    case $s in
+      get) rounds get "$n" / ;;
+      64k) rounds 64k "$n" /64k ;;
+      upload) rounds upload "$n" /upload -s "$ROOT/bench/upload.lua" ;;
+      close) rounds close "$n" / -H "Connection: close" ;;
+      idle) idle_run "$n" ;;
+      flip) flip_run "$n" ;;
+    esac
+  done
+  stop_proxies
+done
+elapsed=$(($(date +%s) - start_all))
+
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+machine="$(nproc) CPUs ($cpu), $(uname -sr), nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $((haproxy -v || true) | awk 'NR==1 {print $3}'), wrk $( (wrk -v 2>&1 || true) | awk 'NR==1 {print $2}')"
+cmd="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WORKERS=\"$WORKERS\" EXTRA_WORKERS=\"$EXTRA_WORKERS\" WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS bash bench/compare.sh ${scenarios[*]/#/--}"
+python3 "$ROOT/bench/report.py" table "$RESULTS" "$WORK/idle.tsv" \
+  --machine "$machine" --command "$cmd" --elapsed "$elapsed" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!BENCHMARKS.md' 2>/dev/null || echo '+dirty')" \
+  >"$WORK/table.md"
+cat "$WORK/table.md"
+if [ -n "$write_file" ]; then
+  python3 "$ROOT/bench/report.py" splice "$write_file" compare <"$WORK/table.md"
+  echo "wrote the table into $write_file" >&2
+fi
+echo "raw results: $WORK" >&2

@@ -1,0 +1,71 @@
+//! The pick path allocates nothing: a counting global allocator (per thread, so the
+//! test harness's other threads don't count) around `Snapshot::pick` and the
+//! lease's drop, for every balancing method.
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use switchyard::upstream::Tried;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+#[test]
+fn picking_a_server_allocates_nothing_for_any_method() {
+    for method in ["round_robin", "least_conn", "random_two", "hash", "ip_hash"] {
+        for n in [2, 100, 10_000] {
+            let table = common::one_upstream(method, n);
+            let upstream = table.load().upstreams["u"].clone();
+            let tried = Tried::default();
+            let now = switchyard::clock::now_ms();
+            // Warm up thread-locals (the random generator) before counting.
+            drop(upstream.snapshot().pick(Some(1), &tried, now));
+            let before = allocations();
+            for key in 0..1_000u64 {
+                let lease = upstream.snapshot().pick(
+                    Some(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    &tried,
+                    now,
+                );
+                assert!(lease.is_some(), "{method} at {n} servers picked nobody");
+                drop(lease);
+            }
+            let during = allocations() - before;
+            assert_eq!(
+                during, 0,
+                "{method} at {n} servers: {during} allocations in 1,000 picks"
+            );
+        }
+    }
+}
