@@ -11,9 +11,16 @@
 #   bash bench/compare.sh --all --write BENCHMARKS.md   # also refresh the file's table
 #
 # Scenario flags: --get (default when none is given) --64k --upload --close --idle
-# --flip; --all is every one. Knobs (environment): DURATION=5s CONNS=64 ROUNDS=3
-# WORKERS="1 2" WRK_THREADS=1 IDLE_CONNS=10000 EXTRA_WORKERS=1 (worker counts for the
-# scenarios beyond the small GET). Loopback only; ports 19000-19020.
+# --flip --tls-handshake --tls-keepalive; --all is every one. Knobs (environment):
+# DURATION=5s CONNS=64 ROUNDS=3 WORKERS="1 2" WRK_THREADS=1 IDLE_CONNS=10000
+# EXTRA_WORKERS=1 (worker counts for the scenarios beyond the small GET) TLS_KEY=ec
+# (ec: P-256, rsa: RSA 2048; one self-signed certificate for every TLS listener, made
+# at run time). TLS rows terminate TLS in each proxy (backends stay plain HTTP; the
+# `direct` row is the backend nginx terminating TLS itself): --tls-handshake is one
+# new TLS connection per request (`Connection: close`, so req/s = handshakes/s),
+# --tls-keepalive is keep-alive requests over TLS. Each server keeps its default
+# session resumption, and wrk resumes sessions where it can, so the handshakes are
+# mostly abbreviated ones. Loopback only; ports 19000-19020.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,6 +32,7 @@ WORKERS=${WORKERS:-"1 2"}
 EXTRA_WORKERS=${EXTRA_WORKERS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+TLS_KEY=${TLS_KEY:-ec}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 scenarios=()
@@ -37,9 +45,11 @@ while [ $# -gt 0 ]; do
     --close) scenarios+=(close) ;;
     --idle) scenarios+=(idle) ;;
     --flip) scenarios+=(flip) ;;
-    --all) scenarios=(get 64k upload close idle flip) ;;
+    --tls-handshake) scenarios+=(tls-handshake) ;;
+    --tls-keepalive) scenarios+=(tls-keepalive) ;;
+    --all) scenarios=(get 64k upload close idle flip tls-handshake tls-keepalive) ;;
     --write) write_file=$2; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown flag: $1" >&2; exit 2 ;;
   esac
   shift
@@ -52,6 +62,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-li
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   apt-get update -qq
@@ -73,9 +84,25 @@ P_NGINX=19002
 P_HAPROXY=19003
 P_SY=19004
 P_ADMIN=19005
-mkdir -p "$WORK/www" "$WORK/backend" "$WORK/nginx"
+T_BACKEND=19006 # TLS listeners: the backend itself (the `direct` row), nginx, ...
+T_NGINX=19007
+T_HAPROXY=19008
+T_SY=19009
+mkdir -p "$WORK/www" "$WORK/backend" "$WORK/nginx" "$WORK/tls"
 chmod 755 "$WORK" "$WORK/www" # nginx's workers run as an unprivileged user
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/www/64k"
+
+# One self-signed certificate for every TLS listener (same key type for all).
+case $TLS_KEY in
+  ec) key_args=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+  rsa) key_args=(-newkey rsa:2048) ;;
+  *) echo "TLS_KEY must be ec or rsa" >&2; exit 2 ;;
+esac
+openssl req -x509 "${key_args[@]}" -nodes -subj /CN=localhost -days 2 \
+  -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null
+cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >"$WORK/tls/combined.pem" # HAProxy's form
+chmod 755 "$WORK/tls"
+chmod 644 "$WORK/tls"/*.pem
 
 pids=()
 cleanup() {
@@ -111,6 +138,10 @@ http {
   server {
     listen 127.0.0.1:$BACKEND reuseport;
     listen 127.0.0.1:$((BACKEND + 1)) reuseport;
+    listen 127.0.0.1:$T_BACKEND ssl;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; # nginx 1.22's default stops at 1.2; rustls and HAProxy offer 1.3
     root $WORK/www;
     location / { return 200 "ok\n"; }
     location = /64k { }
@@ -136,6 +167,10 @@ http {
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$P_NGINX;
+    listen 127.0.0.1:$T_NGINX ssl;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; # nginx 1.22's default stops at 1.2; rustls and HAProxy offer 1.3
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -168,6 +203,9 @@ defaults
 frontend fe
   bind 127.0.0.1:$P_HAPROXY
   default_backend be
+frontend fe_tls
+  bind 127.0.0.1:$T_HAPROXY ssl crt $WORK/tls/combined.pem
+  default_backend be
 backend be
   server s1 127.0.0.1:$BACKEND
 CONF
@@ -190,6 +228,11 @@ routes = [
   { path_prefix = "/", upstream = "backend" },
 ]
 
+[[listener]]
+listen = "127.0.0.1:$T_SY"
+routes = [{ path_prefix = "/", upstream = "backend" }]
+tls = { certificates = [{ cert = "$WORK/tls/cert.pem", key = "$WORK/tls/key.pem" }] }
+
 [upstream.backend]
 keepalive = 64
 servers = [{ addr = "127.0.0.1:$BACKEND" }]
@@ -205,6 +248,9 @@ CONF
   wait_port $P_HAPROXY
   wait_port $P_SY
   wait_port $P_ADMIN
+  wait_port $T_NGINX
+  wait_port $T_HAPROXY
+  wait_port $T_SY
 }
 
 stop_proxies() {
@@ -221,6 +267,15 @@ port_of() {
     nginx) echo $P_NGINX ;;
     haproxy) echo $P_HAPROXY ;;
     switchyard | base | flipping) echo $P_SY ;; # flip rows: switchyard both
+  esac
+}
+
+tls_port_of() {
+  case "$1" in
+    direct) echo $T_BACKEND ;;
+    nginx) echo $T_NGINX ;;
+    haproxy) echo $T_HAPROXY ;;
+    switchyard) echo $T_SY ;;
   esac
 }
 
@@ -251,11 +306,12 @@ cpu_ns() {
 run_wrk() {
   local scenario=$1 n=$2 round=$3 proxy=$4 path=$5
   shift 5
-  local out=$WORK/wrk-$scenario-$n-$round-$proxy.txt pid cpu0 cpu1
+  local out=$WORK/wrk-$scenario-$n-$round-$proxy.txt pid cpu0 cpu1 url
+  url="http://127.0.0.1:$(port_of "$proxy")$path"
+  case $scenario in tls-*) url="https://127.0.0.1:$(tls_port_of "$proxy")$path" ;; esac
   pid=$(pid_of "$proxy")
   cpu0=$(cpu_ns "$pid")
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" \
-    "http://127.0.0.1:$(port_of "$proxy")$path" >"$out" 2>&1 || true
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$url" >"$out" 2>&1 || true
   cpu1=$(cpu_ns "$pid")
   python3 "$ROOT/bench/report.py" parse "$scenario" "$n" "$round" "$proxy" --cpu-ns $((cpu1 - cpu0)) <"$out" >>"$RESULTS"
   tail -n1 "$RESULTS" | awk -F'\t' '{printf "  %-8s w=%s round %s %-10s %10s req/s  p50 %s ms  p99 %s ms  errors %s  CPU %s us/req\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}' >&2
@@ -338,6 +394,8 @@ for n in $WORKERS; do
       close) rounds close "$n" / -H "Connection: close" ;;
       idle) idle_run "$n" ;;
       flip) flip_run "$n" ;;
+      tls-handshake) rounds tls-handshake "$n" / -H "Connection: close" ;;
+      tls-keepalive) rounds tls-keepalive "$n" / ;;
     esac
   done
   stop_proxies
@@ -346,7 +404,7 @@ elapsed=$(($(date +%s) - start_all))
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 machine="$(nproc) CPUs ($cpu), $(uname -sr), nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $((haproxy -v || true) | awk 'NR==1 {print $3}'), wrk $( (wrk -v 2>&1 || true) | awk 'NR==1 {print $2}')"
-cmd="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WORKERS=\"$WORKERS\" EXTRA_WORKERS=\"$EXTRA_WORKERS\" WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS bash bench/compare.sh ${scenarios[*]/#/--}"
+cmd="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WORKERS=\"$WORKERS\" EXTRA_WORKERS=\"$EXTRA_WORKERS\" WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS TLS_KEY=$TLS_KEY bash bench/compare.sh ${scenarios[*]/#/--}"
 python3 "$ROOT/bench/report.py" table "$RESULTS" "$WORK/idle.tsv" \
   --machine "$machine" --command "$cmd" --elapsed "$elapsed" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!BENCHMARKS.md' 2>/dev/null || echo '+dirty')" \
   >"$WORK/table.md"

@@ -18,6 +18,8 @@ TITLES = {
     "64k": "64 KiB responses, keep-alive",
     "upload": "1 MiB uploads (POST), keep-alive",
     "close": "New connection per request (`Connection: close`)",
+    "tls-handshake": "New TLS connection per request (`Connection: close` over HTTPS; req/s = TLS handshakes/s)",
+    "tls-keepalive": "TLS, keep-alive (HTTPS, small GET)",
     "flip": "switchyard, one of two servers flipped down/up every 100 ms through the admin API",
 }
 
