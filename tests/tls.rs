@@ -646,3 +646,168 @@ health_check = {{ type = "https", http_req = "GET / HTTP/1.0\r\nHost: foo.com\r\
     assert_eq!(bodies, ["ssl-one", "ssl-one", "ssl-two", "ssl-two"]);
     assert_eq!(plain_get(sy.addr(), "foo.com", "/").await.body, "foo");
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_reloads_listener_certificates() {
+    let ca = Ca::new("admin reload CA");
+    let old = ca.issue(&["site.test"], false);
+    let be = backend("plain", None).await;
+    let live = ca.dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+listen = "127.0.0.1:0"
+routes = [{{ upstream = "app" }}]
+tls = {{ certificates = [{{ cert = "{}", key = "{}" }}] }}
+
+[upstream.app]
+servers = [{{ addr = "{}" }}]
+"#,
+        path(&cert),
+        path(&key),
+        be.addr
+    );
+    let sy = support::Switchyard::run_config_with_admin(&text, 1);
+    let admin = sy.admin();
+    let reload = || support::Call::new(hyper::Method::POST, "/api/v1/tls/reload");
+
+    let mut open = tls_connect(sy.addr(), &ca.pem_path(), "site.test", &[b"http/1.1"]).await;
+    assert!(
+        open.peer == old.der,
+        "before the reload: the old certificate"
+    );
+    let got = collect(
+        open.h1
+            .as_mut()
+            .unwrap()
+            .send_request(request("site.test", "/"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((got.status, got.body.as_str()), (200, "plain"));
+
+    // A new certificate for the same name: another key and serial.
+    let new = ca.issue(&["site.test"], false);
+    assert!(new.der != old.der);
+    std::fs::copy(&new.cert, &cert).unwrap();
+    std::fs::copy(&new.key, &key).unwrap();
+    let r = reload().send(admin).await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json, serde_json::json!({ "reloaded": 1 }), "{r}");
+
+    let fresh = tls_connect(sy.addr(), &ca.pem_path(), "site.test", &[b"http/1.1"]).await;
+    assert!(
+        fresh.peer == new.der,
+        "a connection opened after the reload gets the new certificate"
+    );
+    let got = collect(
+        open.h1
+            .as_mut()
+            .unwrap()
+            .send_request(request("site.test", "/"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (200, "plain"),
+        "the connection opened before the reload still completes a request"
+    );
+
+    // A broken key file: 422, and the listener keeps what it had.
+    std::fs::write(&key, "not a key").unwrap();
+    let r = reload().send(admin).await;
+    assert_eq!(r.status, 422, "{r}");
+    assert_eq!(r.code(), "TlsReloadFailed", "{r}");
+    let still = tls_connect(sy.addr(), &ca.pem_path(), "site.test", &[b"http/1.1"]).await;
+    assert!(
+        still.peer == new.der,
+        "after a failed reload the last good certificate is still served"
+    );
+    let got = collect(
+        open.h1
+            .as_mut()
+            .unwrap()
+            .send_request(request("site.test", "/"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+}
+
+/// An HTTPS backend that requires a client certificate issued by `clients`.
+fn mtls_server_config(leaf: &Leaf, clients: &Ca) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(clients.pem_path()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+#[tokio::test]
+async fn an_upstream_that_requires_a_client_certificate_gets_ours() {
+    let ca = Ca::new("mTLS CA");
+    let server = ca.issue(&["127.0.0.1"], false);
+    let client = ca.issue(&["switchyard.test"], false);
+    let be = backend("mtls-backend", Some(mtls_server_config(&server, &ca))).await;
+    let cfg = config(&format!(
+        r#"
+[[listener]]
+listen = "127.0.0.1:0"
+routes = [{{ host = "with", upstream = "with_cert" }}, {{ host = "without", upstream = "without_cert" }}]
+
+[upstream.with_cert]
+scheme = "https"
+tls_ca = "{ca}"
+tls_client_cert = "{cert}"
+tls_client_key = "{key}"
+servers = [{{ addr = "{addr}" }}]
+
+[upstream.without_cert]
+scheme = "https"
+tls_ca = "{ca}"
+retry = {{ tries = 1 }}
+servers = [{{ addr = "{addr}" }}]
+"#,
+        ca = path(&ca.pem_path()),
+        cert = path(&client.cert),
+        key = path(&client.key),
+        addr = be.addr
+    ));
+    let (addrs, _, _) = start(&cfg).await;
+
+    let with = plain_get(addrs[0], "with", "/").await;
+    assert_eq!(
+        (with.status, with.body.as_str()),
+        (200, "mtls-backend"),
+        "with tls_client_cert the backend accepts us"
+    );
+    let without = plain_get(addrs[0], "without", "/").await;
+    assert_eq!(
+        without.status, 502,
+        "without a client certificate the backend refuses us: {}",
+        without.body
+    );
+}
