@@ -502,24 +502,24 @@ fn wait_param(q: &WaitQuery) -> Result<Option<Duration>, ApiError> {
         .transpose()
 }
 
+/// The current version of an upstream, or 404 `UpstreamNotFound`.
+fn lookup_upstream(app: &AppState, name: &str) -> Result<Arc<crate::upstream::Upstream>, ApiError> {
+    app.table
+        .upstream(name)
+        .ok_or_else(|| ApiError::from(crate::upstream::TableError::UnknownUpstream(name.into())))
+}
+
 fn find_server(
     app: &AppState,
     upstream: &str,
     server: &str,
 ) -> Result<Arc<crate::upstream::Server>, ApiError> {
-    let up = app.table.upstream(upstream).ok_or_else(|| {
-        ApiError::from(crate::upstream::TableError::UnknownUpstream(
-            upstream.into(),
-        ))
-    })?;
+    let up = lookup_upstream(app, upstream)?;
     let r = ServerRef::parse(server);
     up.snapshot()
         .servers
         .iter()
-        .find(|s| match &r {
-            ServerRef::Id(id) => s.id == *id,
-            ServerRef::Addr(a) => s.addr == *a,
-        })
+        .find(|s| r.matches(s))
         .cloned()
         .ok_or_else(|| {
             ApiError::not_found(
@@ -544,10 +544,7 @@ pub(super) async fn get_upstream(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
-    let up = app
-        .table
-        .upstream(&name)
-        .ok_or_else(|| ApiError::from(crate::upstream::TableError::UnknownUpstream(name)))?;
+    let up = lookup_upstream(&app, &name)?;
     Ok(Json(UpstreamView::of(&up, now())).into_response())
 }
 
@@ -561,9 +558,7 @@ pub(super) async fn create_upstream(
     let name = new.name.clone();
     let cmd = new.into_command().await?;
     apply(&app, vec![cmd], who(client)).await?;
-    let up = app.table.upstream(&name).ok_or_else(|| {
-        ApiError::from(crate::upstream::TableError::UnknownUpstream(name.clone()))
-    })?;
+    let up = lookup_upstream(&app, &name)?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v1/upstreams/{name}"))],
@@ -585,10 +580,7 @@ pub(super) async fn list_servers(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
-    let up = app
-        .table
-        .upstream(&name)
-        .ok_or_else(|| ApiError::from(crate::upstream::TableError::UnknownUpstream(name)))?;
+    let up = lookup_upstream(&app, &name)?;
     let now = now();
     let list: Vec<ServerView> = up
         .snapshot()
@@ -750,9 +742,7 @@ pub(super) async fn get_health_check(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
-    let up = app.table.upstream(&name).ok_or_else(|| {
-        ApiError::from(crate::upstream::TableError::UnknownUpstream(name.clone()))
-    })?;
+    let up = lookup_upstream(&app, &name)?;
     match &up.settings.health_check {
         Some(c) => Ok(Json(crate::upstream::check_view(c)).into_response()),
         None => Err(ApiError::not_found(

@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::server::AdminState;
+use super::server::{AdminState, Server};
 use super::table::UpstreamSettings;
 use crate::config::{HealthCheckConfig, ServerConfig};
 
@@ -53,6 +53,14 @@ impl ServerRef {
         match s.parse::<u32>() {
             Ok(id) => ServerRef::Id(id),
             Err(_) => ServerRef::Addr(s.to_string()),
+        }
+    }
+
+    /// Whether `server` is the one this names.
+    pub fn matches(&self, server: &Server) -> bool {
+        match self {
+            ServerRef::Id(id) => server.id == *id,
+            ServerRef::Addr(a) => server.addr == *a,
         }
     }
 }

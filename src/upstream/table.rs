@@ -533,15 +533,12 @@ impl Table {
                 }
                 let draft = draft_mut(&mut drafts, &current, name)?;
                 let find = |list: &[Arc<Server>], r: &ServerRef| {
-                    list.iter()
-                        .position(|s| match r {
-                            ServerRef::Id(id) => s.id == *id,
-                            ServerRef::Addr(a) => s.addr == *a,
-                        })
-                        .ok_or_else(|| TableError::UnknownServer {
+                    list.iter().position(|s| r.matches(s)).ok_or_else(|| {
+                        TableError::UnknownServer {
                             upstream: name.to_string(),
                             server: r.to_string(),
-                        })
+                        }
+                    })
                 };
                 match cmd {
                     Command::Add { server, .. } => {
