@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
@@ -11,11 +12,22 @@ use super::addr;
 use super::fields::{Sink, Table, as_table};
 use super::upstream::read_upstream;
 use super::{
-    AccessRule, AdminConfig, CertificatePair, ClientLimits, Config, ConfigErrors, ListenerConfig,
-    ListenerTls, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
+    AccessRule, AdminConfig, CertificatePair, ClientLimits, ClusterConfig, Config, ConfigErrors,
+    ListenerConfig, ListenerTls, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
 };
 
-const TOP_KEYS: &[&str] = &["admin", "runtime", "listener", "upstream"];
+const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "listener", "upstream"];
+const CLUSTER_KEYS: &[&str] = &[
+    "store",
+    "endpoints",
+    "prefix",
+    "timeout",
+    "username",
+    "password",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+];
 const ADMIN_KEYS: &[&str] = &[
     "listen",
     "allow",
@@ -82,6 +94,9 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
     let admin = root
         .table(sink, "admin", "admin")
         .map(|t| read_admin(&t, sink));
+    let cluster = root
+        .table(sink, "cluster", "cluster")
+        .and_then(|t| read_cluster(&t, sink));
     let runtime = root
         .table(sink, "runtime", "runtime")
         .map(|t| read_runtime(&t, sink))
@@ -147,6 +162,7 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
 
     Config {
         admin,
+        cluster,
         runtime,
         listeners,
         upstreams,
@@ -180,6 +196,90 @@ fn read_admin(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> AdminConfig {
         token,
         state_file,
     }
+}
+
+fn read_cluster(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> Option<ClusterConfig> {
+    t.check_keys(sink, CLUSTER_KEYS);
+    match t.str(sink, "store") {
+        Some(("etcd", _)) => {}
+        Some((other, span)) => {
+            t.err(
+                sink,
+                &span,
+                format!("unknown store {other:?} (expected \"etcd\")"),
+            );
+            return None;
+        }
+        None if t.get("store").is_none() => {
+            t.missing(sink, "store");
+            return None;
+        }
+        None => return None,
+    }
+    let mut endpoints = Vec::new();
+    match t.array(sink, "endpoints") {
+        Some((list, span)) => {
+            for v in list.iter() {
+                match v.get_ref().as_str() {
+                    Some(s) if !s.trim().is_empty() => endpoints.push(s.trim().to_string()),
+                    _ => t.wrong_type(sink, "endpoints", v, "a string (host:port or URL)"),
+                }
+            }
+            if list.is_empty() {
+                t.err(
+                    sink,
+                    &span,
+                    "endpoints is empty: name at least one etcd endpoint",
+                );
+            }
+        }
+        None if t.get("endpoints").is_none() => t.missing(sink, "endpoints"),
+        None => {}
+    }
+    let prefix = match t.str(sink, "prefix") {
+        Some((p, span)) => {
+            let p = p.trim_end_matches('/');
+            if !p.starts_with('/') {
+                t.err(sink, &span, format!("prefix {p:?} must start with '/'"));
+            }
+            p.to_string()
+        }
+        None => "/switchyard".to_string(),
+    };
+    let text = |key: &str, sink: &mut Sink<'_>| t.str(sink, key).map(|(s, _)| s.to_string());
+    let path = |key: &str, sink: &mut Sink<'_>| t.str(sink, key).map(|(s, _)| PathBuf::from(s));
+    let username = text("username", sink);
+    let password = text("password", sink);
+    if username.is_some() != password.is_some() {
+        t.err(
+            sink,
+            &t.span,
+            "username and password go together: set both or neither",
+        );
+    }
+    let tls_ca = path("tls_ca", sink);
+    let tls_cert = path("tls_cert", sink);
+    let tls_key = path("tls_key", sink);
+    if tls_cert.is_some() != tls_key.is_some() {
+        t.err(
+            sink,
+            &t.span,
+            "tls_cert and tls_key go together: set both or neither",
+        );
+    }
+    let timeout = t
+        .duration(sink, "timeout")
+        .unwrap_or(Duration::from_secs(2));
+    Some(ClusterConfig {
+        endpoints,
+        prefix,
+        timeout,
+        username,
+        password,
+        tls_ca,
+        tls_cert,
+        tls_key,
+    })
 }
 
 /// `"all"`, an IP or a CIDR.
