@@ -246,27 +246,24 @@ fn read_cluster(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> Option<ClusterConfig>
         }
         None => "/switchyard".to_string(),
     };
-    let text = |key: &str, sink: &mut Sink<'_>| t.str(sink, key).map(|(s, _)| s.to_string());
-    let path = |key: &str, sink: &mut Sink<'_>| t.str(sink, key).map(|(s, _)| PathBuf::from(s));
-    let username = text("username", sink);
-    let password = text("password", sink);
-    if username.is_some() != password.is_some() {
-        t.err(
-            sink,
-            &t.span,
-            "username and password go together: set both or neither",
-        );
-    }
-    let tls_ca = path("tls_ca", sink);
-    let tls_cert = path("tls_cert", sink);
-    let tls_key = path("tls_key", sink);
-    if tls_cert.is_some() != tls_key.is_some() {
-        t.err(
-            sink,
-            &t.span,
-            "tls_cert and tls_key go together: set both or neither",
-        );
-    }
+    // Settings that only work in pairs are reported at the one that is there.
+    let pair = |a: &str, b: &str, sink: &mut Sink<'_>| {
+        let x = t.str(sink, a);
+        let y = t.str(sink, b);
+        match (&x, &y) {
+            (Some((_, span)), None) | (None, Some((_, span))) => t.err(
+                sink,
+                span,
+                format!("{a} and {b} go together: set both or neither"),
+            ),
+            _ => {}
+        }
+        (x.map(|(s, _)| s.to_string()), y.map(|(s, _)| s.to_string()))
+    };
+    let (username, password) = pair("username", "password", sink);
+    let (tls_cert, tls_key) = pair("tls_cert", "tls_key", sink);
+    let tls_ca = t.str(sink, "tls_ca").map(|(s, _)| PathBuf::from(s));
+    let (tls_cert, tls_key) = (tls_cert.map(PathBuf::from), tls_key.map(PathBuf::from));
     let timeout = t
         .duration(sink, "timeout")
         .unwrap_or(Duration::from_secs(2));
