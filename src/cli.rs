@@ -151,6 +151,14 @@ fn check(path: &Path) -> ExitCode {
 /// Where the saved state of a config would come from, and how it differs: the
 /// state file wins at start-up, so an operator editing the file should know.
 fn state_warnings(cfg: &Config) -> Vec<String> {
+    if let Some(c) = &cfg.cluster {
+        // The store wins at start-up; the file is only its cache.
+        return vec![format!(
+            "[cluster]: the upstream table is shared through etcd {} under {}; at start the store's table wins over this file's upstreams (an empty store is seeded from them)",
+            c.endpoints.join(","),
+            c.prefix
+        )];
+    }
     let Some(path) = cfg.admin.as_ref().and_then(|a| a.state_file.as_ref()) else {
         return Vec::new();
     };
