@@ -344,6 +344,11 @@ async fn serve(
         Some(cluster) => {
             // The state file becomes the local cache of the shared table.
             let cache = state_file.as_ref().map(FileStore::new);
+            if cache.is_none() {
+                warn!(
+                    "[cluster] without a state file: a restart while etcd is unreachable comes back with the configuration, not the shared table (set [admin] state_file)"
+                );
+            }
             let instance = format!(
                 "pid {} admin {}",
                 std::process::id(),
