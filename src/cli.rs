@@ -332,11 +332,31 @@ async fn serve(
     let state_file = state
         .state_file
         .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));
-    let table = Arc::new(open_table(
-        &cfg,
-        state_file.clone(),
-        state.discard_bad_state,
-    )?);
+    let table = match &cfg.cluster {
+        Some(cluster) => {
+            // The state file becomes the local cache of the shared table.
+            let cache = state_file.as_ref().map(FileStore::new);
+            let instance = format!(
+                "pid {} admin {}",
+                std::process::id(),
+                admin_cfg
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), |a| a.listen.to_string())
+            );
+            let store = crate::cluster::ClusterStore::new(cluster, cache, instance)?;
+            let table = Arc::new(Table::open(
+                &cfg,
+                Some(Arc::clone(&store) as Arc<dyn StateStore>),
+            )?);
+            store.start(&table);
+            table
+        }
+        None => Arc::new(open_table(
+            &cfg,
+            state_file.clone(),
+            state.discard_bad_state,
+        )?),
+    };
     let proxy = Proxy::bind(&cfg, Arc::clone(&table)).await?;
     let checker = crate::health::active::spawn(Arc::clone(&table));
     for (addr, tls) in proxy.local_addrs().into_iter().zip(proxy.tls_flags()) {

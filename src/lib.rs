@@ -4,10 +4,11 @@
 //! - [`config`]: the file format, validation and defaults (pure).
 //! - [`upstream`]: the live table — servers, admin state, snapshots, balancing.
 //! - [`proxy`]: listeners, routing, forwarding, retries, connection pools.
-//! - [`health`]: passive failure accounting (active checks come later); writes
+//! - [`health`]: active checks and passive failure accounting; writes
 //!   health, never admin state.
 //! - [`admin`]: the HTTP API that changes the table, and who may use it.
 //! - [`state`]: durable state behind one trait.
+//! - [`cluster`]: the etcd store a fleet of instances shares the table through.
 //! - [`tls`]: certificates and rustls configurations for listeners and upstreams.
 //! - [`reload`]: hot reload of the configuration file (`SIGHUP`, the API).
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod demo;

@@ -65,6 +65,10 @@ impl From<TableError> for ApiError {
             TableError::Store(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "StateNotSaved", message)
             }
+            TableError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "Conflict", message),
+            TableError::StoreUnavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", message)
+            }
         }
     }
 }

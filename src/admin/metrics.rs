@@ -24,6 +24,10 @@
 //! | `switchyard_upstream_eligible_servers` | gauge | `upstream` |
 //! | `switchyard_admin_changes_total` | counter | (table changes published) |
 //! | `switchyard_uptime_seconds` | gauge | |
+//! | `switchyard_cluster_store_up` | gauge | (fleet mode only: 1 while etcd answers) |
+//! | `switchyard_cluster_applied_revision` | gauge | (fleet mode: revision applied here) |
+//! | `switchyard_cluster_store_revision` | gauge | (fleet mode: newest revision seen) |
+//! | `switchyard_cluster_lag_seconds` | gauge | (fleet mode: 0 while in step) |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -300,6 +304,38 @@ impl Collector for TableCollector {
                 MetricType::Counter,
             )?;
             m.encode_counter::<NoExemplar, _, f64>(&self.table.admin_changes(), None)?;
+        }
+        if let Some(c) = self.table.store().and_then(|s| s.cluster_status()) {
+            let gauges: [(&str, &str, Option<&Unit>, f64); 4] = [
+                (
+                    "cluster_store_up",
+                    "Whether the cluster store (etcd) answers: 1 or 0.",
+                    None,
+                    f64::from(u8::from(c.connected)),
+                ),
+                (
+                    "cluster_applied_revision",
+                    "The cluster store revision this instance's table reflects.",
+                    None,
+                    c.applied_revision as f64,
+                ),
+                (
+                    "cluster_store_revision",
+                    "The newest revision under the cluster prefix, as last seen.",
+                    None,
+                    c.store_revision as f64,
+                ),
+                (
+                    "cluster_lag",
+                    "How long this instance has not been known to be in step with the cluster store (0 while it is).",
+                    Some(&Unit::Seconds),
+                    c.lag_seconds,
+                ),
+            ];
+            for (name, help, unit, value) in gauges {
+                let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+                m.encode_gauge(&value)?;
+            }
         }
         {
             let mut m = e.encode_descriptor(

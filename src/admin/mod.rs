@@ -256,6 +256,7 @@ pub fn router_with_reload(
         .route("/api/v1/batch", post(native::batch))
         .route("/api/v1/events", get(native::events))
         .route("/api/v1/tls/reload", post(tls_reload))
+        .route("/api/v1/cluster", get(native::cluster))
         .route("/api/v1/reload", post(reload_config))
         .route("/healthcheck", get(status::handle))
         .route(

@@ -529,6 +529,19 @@ fn find_server(
         })
 }
 
+/// `GET /api/v1/cluster`: the fleet's shared store as this instance sees it;
+/// 404 when the instance is not part of a fleet.
+pub(super) async fn cluster(State(app): State<AppState>) -> Response {
+    match app.table.store().and_then(|s| s.cluster_status()) {
+        Some(c) => Json(c).into_response(),
+        None => ApiError::not_found(
+            "NoCluster",
+            "this instance has no [cluster] section: its table is its own",
+        )
+        .into_response(),
+    }
+}
+
 pub(super) async fn list_upstreams(State(app): State<AppState>) -> Json<Vec<UpstreamView>> {
     let t = app.table.load();
     let now = now();

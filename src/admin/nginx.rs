@@ -82,6 +82,10 @@ impl From<TableError> for NgxError {
             TableError::BackupWithHash(_) => (StatusCode::BAD_REQUEST, "UpstreamConfFormatError"),
             TableError::Resolve { .. } => (StatusCode::BAD_REQUEST, "UpstreamBadAddress"),
             TableError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StateNotSaved"),
+            TableError::Conflict(_) => (StatusCode::CONFLICT, "UpstreamConflict"),
+            TableError::StoreUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable")
+            }
         };
         NgxError::new(status, code, text)
     }

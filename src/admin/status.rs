@@ -19,6 +19,10 @@
 //!   listed too: our `DOWN` also reflects operator and passive states.
 //! - `?format=json`: everything above per server, as JSON.
 //!
+//! In fleet mode (`[cluster]`) every form also shows the shared store: whether
+//! it answers, the revision applied here and the lag (text: a `Cluster store`
+//! block after the upstreams; JSON: `cluster`; Prometheus: two gauges).
+//!
 //! `DOWN` means "takes no new requests": admin `down` or `drain`, `unhealthy`,
 //! `checking`, or passive `unavail`.
 
@@ -30,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiQuery;
 use super::views::{ChecksView, health};
 use super::{ApiError, AppState};
+use crate::cluster::ClusterStatus;
 use crate::upstream::{Server, Upstream};
 
 /// One server as the status page shows it.
@@ -203,6 +208,41 @@ pub fn render_prometheus(ups: &[UpstreamStatus]) -> String {
     out
 }
 
+/// The fleet's store, after the upstream blocks (only in fleet mode).
+pub fn render_cluster_text(c: &ClusterStatus) -> String {
+    let state = if c.connected {
+        "connected"
+    } else {
+        "UNREACHABLE"
+    };
+    let mut out = format!(
+        "\nCluster store {} {} {}\n    applied revision {} of {}, lag {:.1}s\n",
+        c.store,
+        c.endpoints.join(","),
+        state,
+        c.applied_revision,
+        c.store_revision,
+        c.lag_seconds
+    );
+    if let Some(e) = &c.last_error {
+        out.push_str(&format!("    last error: {e}\n"));
+    }
+    out
+}
+
+fn render_cluster_prometheus(c: &ClusterStatus) -> String {
+    format!(
+        "# HELP switchyard_cluster_store_up Whether the cluster store answers (1) or not (0)\n\
+         # TYPE switchyard_cluster_store_up gauge\n\
+         switchyard_cluster_store_up {}\n\
+         # HELP switchyard_cluster_lag_seconds How long this instance has not been known to be in step with the store\n\
+         # TYPE switchyard_cluster_lag_seconds gauge\n\
+         switchyard_cluster_lag_seconds {}\n",
+        u8::from(c.connected),
+        c.lag_seconds
+    )
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct StatusQuery {
     format: Option<String>,
@@ -217,21 +257,34 @@ fn truthy(v: Option<&str>) -> bool {
 pub async fn handle(State(app): State<AppState>, ApiQuery(q): ApiQuery<StatusQuery>) -> Response {
     let ups = collect(&app);
     let verbose = truthy(q.verbose.as_deref());
+    let cluster = app.table.store().and_then(|s| s.cluster_status());
     match q.format.as_deref().map(str::trim).unwrap_or("text") {
-        "text" | "" => (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            render_text(&ups, verbose),
-        )
-            .into_response(),
-        "prometheus" => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            render_prometheus(&ups),
-        )
-            .into_response(),
-        "json" => axum::Json(serde_json::json!({ "upstreams": ups })).into_response(),
+        "text" | "" => {
+            let mut text = render_text(&ups, verbose);
+            if let Some(c) = &cluster {
+                text.push_str(&render_cluster_text(c));
+            }
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+        }
+        "prometheus" => {
+            let mut text = render_prometheus(&ups);
+            if let Some(c) = &cluster {
+                text.push_str(&render_cluster_prometheus(c));
+            }
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
+        "json" => match &cluster {
+            Some(c) => axum::Json(serde_json::json!({ "upstreams": ups, "cluster": c })),
+            None => axum::Json(serde_json::json!({ "upstreams": ups })),
+        }
+        .into_response(),
         other => ApiError::new(
             StatusCode::BAD_REQUEST,
             "BadFormat",

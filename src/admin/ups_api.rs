@@ -10,7 +10,8 @@
 //! [`denied`] in this API's shape.
 //!
 //! Codes: `D002` success; `E001` no server given (400); `E002` the change could
-//! not be applied or saved (500); `E003` unknown upstream (404); `E004` unknown
+//! not be applied or saved (500; 503 while a fleet's store is unreachable, 409
+//! when other instances' concurrent changes kept winning); `E003` unknown upstream (404); `E004` unknown
 //! server, named (404); `E005` unknown `act` (400); `E006` refused by the access
 //! policy (403/401/405); `E007` a change sent with another method than POST
 //! (405); `E008` a body that is not a form (415/400). Without `ups` or `act`
@@ -339,8 +340,13 @@ async fn run(
             .with_data(serde_json::json!([server])));
         }
         Err(e) => {
+            let status = match e {
+                TableError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                TableError::Conflict(_) => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
             return Err(UpsError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                status,
                 "E002",
                 format!("failed to set peer {}: {e}", state.as_str()),
             ));

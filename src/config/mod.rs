@@ -37,10 +37,30 @@ pub fn check_server_addr(s: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub admin: Option<AdminConfig>,
+    /// `[cluster]`: share the table with other instances through a store.
+    pub cluster: Option<ClusterConfig>,
     pub runtime: RuntimeConfig,
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams by name. Every route's `upstream` names a key of this map.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// `[cluster]`: a fleet of instances sharing one upstream table through etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// `host:port` or `http(s)://host:port`, tried in turn by the client.
+    pub endpoints: Vec<String>,
+    /// Every key of the shared table lives under it (no trailing `/`).
+    pub prefix: String,
+    /// Per request to the store; a write that cannot finish in it answers 503.
+    pub timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// TLS to etcd: the CA that signed its certificate; with `tls_cert` and
+    /// `tls_key`, a client certificate too.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[admin]`: where the admin API listens and who may use it.
@@ -652,6 +672,7 @@ impl Config {
         );
         Config {
             admin: None,
+            cluster: None,
             runtime: RuntimeConfig::default(),
             listeners: vec![ListenerConfig {
                 listen,

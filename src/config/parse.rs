@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
@@ -11,11 +12,22 @@ use super::addr;
 use super::fields::{Sink, Table, as_table};
 use super::upstream::read_upstream;
 use super::{
-    AccessRule, AdminConfig, CertificatePair, ClientLimits, Config, ConfigErrors, ListenerConfig,
-    ListenerTls, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
+    AccessRule, AdminConfig, CertificatePair, ClientLimits, ClusterConfig, Config, ConfigErrors,
+    ListenerConfig, ListenerTls, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
 };
 
-const TOP_KEYS: &[&str] = &["admin", "runtime", "listener", "upstream"];
+const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "listener", "upstream"];
+const CLUSTER_KEYS: &[&str] = &[
+    "store",
+    "endpoints",
+    "prefix",
+    "timeout",
+    "username",
+    "password",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+];
 const ADMIN_KEYS: &[&str] = &[
     "listen",
     "allow",
@@ -82,6 +94,9 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
     let admin = root
         .table(sink, "admin", "admin")
         .map(|t| read_admin(&t, sink));
+    let cluster = root
+        .table(sink, "cluster", "cluster")
+        .and_then(|t| read_cluster(&t, sink));
     let runtime = root
         .table(sink, "runtime", "runtime")
         .map(|t| read_runtime(&t, sink))
@@ -147,6 +162,7 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
 
     Config {
         admin,
+        cluster,
         runtime,
         listeners,
         upstreams,
@@ -180,6 +196,87 @@ fn read_admin(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> AdminConfig {
         token,
         state_file,
     }
+}
+
+fn read_cluster(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> Option<ClusterConfig> {
+    t.check_keys(sink, CLUSTER_KEYS);
+    match t.str(sink, "store") {
+        Some(("etcd", _)) => {}
+        Some((other, span)) => {
+            t.err(
+                sink,
+                &span,
+                format!("unknown store {other:?} (expected \"etcd\")"),
+            );
+            return None;
+        }
+        None if t.get("store").is_none() => {
+            t.missing(sink, "store");
+            return None;
+        }
+        None => return None,
+    }
+    let mut endpoints = Vec::new();
+    match t.array(sink, "endpoints") {
+        Some((list, span)) => {
+            for v in list.iter() {
+                match v.get_ref().as_str() {
+                    Some(s) if !s.trim().is_empty() => endpoints.push(s.trim().to_string()),
+                    _ => t.wrong_type(sink, "endpoints", v, "a string (host:port or URL)"),
+                }
+            }
+            if list.is_empty() {
+                t.err(
+                    sink,
+                    &span,
+                    "endpoints is empty: name at least one etcd endpoint",
+                );
+            }
+        }
+        None if t.get("endpoints").is_none() => t.missing(sink, "endpoints"),
+        None => {}
+    }
+    let prefix = match t.str(sink, "prefix") {
+        Some((p, span)) => {
+            let p = p.trim_end_matches('/');
+            if !p.starts_with('/') {
+                t.err(sink, &span, format!("prefix {p:?} must start with '/'"));
+            }
+            p.to_string()
+        }
+        None => "/switchyard".to_string(),
+    };
+    // Settings that only work in pairs are reported at the one that is there.
+    let pair = |a: &str, b: &str, sink: &mut Sink<'_>| {
+        let x = t.str(sink, a);
+        let y = t.str(sink, b);
+        match (&x, &y) {
+            (Some((_, span)), None) | (None, Some((_, span))) => t.err(
+                sink,
+                span,
+                format!("{a} and {b} go together: set both or neither"),
+            ),
+            _ => {}
+        }
+        (x.map(|(s, _)| s.to_string()), y.map(|(s, _)| s.to_string()))
+    };
+    let (username, password) = pair("username", "password", sink);
+    let (tls_cert, tls_key) = pair("tls_cert", "tls_key", sink);
+    let tls_ca = t.str(sink, "tls_ca").map(|(s, _)| PathBuf::from(s));
+    let (tls_cert, tls_key) = (tls_cert.map(PathBuf::from), tls_key.map(PathBuf::from));
+    let timeout = t
+        .duration(sink, "timeout")
+        .unwrap_or(Duration::from_secs(2));
+    Some(ClusterConfig {
+        endpoints,
+        prefix,
+        timeout,
+        username,
+        password,
+        tls_ca,
+        tls_cert,
+        tls_key,
+    })
 }
 
 /// `"all"`, an IP or a CIDR.

@@ -632,3 +632,51 @@ servers = [{ addr = "127.0.0.1:9000" }]
     let c = parse(src, "t.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.listeners.len(), 2);
 }
+
+#[test]
+fn cluster_section_reads_with_defaults() {
+    let c = parse(
+        r#"
+[cluster]
+store = "etcd"
+endpoints = ["127.0.0.1:2379", "https://10.0.0.2:2379"]
+prefix = "/lb/prod/"
+username = "sy"
+password = "secret"
+
+[[listener]]
+listen = "127.0.0.1:8080"
+routes = [{ upstream = "app" }]
+
+[upstream.app]
+servers = [{ addr = "10.0.0.1:80" }]
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let cl = c.cluster.unwrap();
+    assert_eq!(cl.endpoints, ["127.0.0.1:2379", "https://10.0.0.2:2379"]);
+    assert_eq!(cl.prefix, "/lb/prod", "no trailing slash");
+    assert_eq!(cl.timeout, Duration::from_secs(2));
+    assert_eq!(cl.username.as_deref(), Some("sy"));
+    assert_eq!(cl.tls_ca, None);
+}
+
+#[test]
+fn cluster_store_must_be_etcd() {
+    assert_errors(
+        r#"
+[cluster]
+store = "consul"
+endpoints = ["127.0.0.1:2379"]
+
+[[listener]]
+listen = "127.0.0.1:8080"
+routes = [{ upstream = "app" }]
+
+[upstream.app]
+servers = [{ addr = "10.0.0.1:80" }]
+"#,
+        &[(3, 9, "unknown store \"consul\"")],
+    );
+}

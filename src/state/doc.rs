@@ -21,6 +21,10 @@ pub struct StateDoc {
     /// through the API: its saved settings win over the config's.
     #[serde(default)]
     pub deleted: BTreeSet<String>,
+    /// With a cluster store: the store revision this copy reflects (the file is
+    /// then the local cache of the shared table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 impl StateDoc {
@@ -29,6 +33,7 @@ impl StateDoc {
             version: FORMAT_VERSION,
             upstreams: BTreeMap::new(),
             deleted: BTreeSet::new(),
+            revision: None,
         }
     }
 }

@@ -27,6 +27,13 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
+    /// A shared store refused the change because another writer changed the
+    /// table first; `revision` is the store's revision to catch up with.
+    #[error("another instance changed the table first (store revision {revision})")]
+    Conflict { revision: u64 },
+    /// A shared store could not be reached or did not answer in time.
+    #[error("the cluster store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where the table's state is kept.
@@ -37,4 +44,16 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn save(&self, doc: &StateDoc) -> Result<(), StateError>;
     /// Where the state lives, for messages.
     fn describe(&self) -> String;
+    /// After a [`StateError::Conflict`]: waits until the table has applied the
+    /// store's `revision`, at most `within`; whether it did. A store that has no
+    /// other writers never conflicts.
+    fn catch_up(&self, revision: u64, within: std::time::Duration) -> bool {
+        let _ = (revision, within);
+        true
+    }
+    /// The shared store's state, for the status page and metrics; `None` for a
+    /// store of this instance alone.
+    fn cluster_status(&self) -> Option<crate::cluster::ClusterStatus> {
+        None
+    }
 }

@@ -138,6 +138,14 @@ pub enum Command {
         upstream: String,
         check: Option<HealthCheckConfig>,
     },
+    /// A server exactly as the shared store has it: its id, its admin state.
+    /// Only the cluster follower issues it (ids are otherwise the table's to give).
+    Restore {
+        upstream: String,
+        id: u32,
+        server: ServerSpec,
+        state: AdminState,
+    },
     /// Replaces an upstream's settings (balance, timeouts, retry, health check,
     /// TLS...) and keeps its servers and their runtimes. `settings.tls_client` is
     /// used as given: build it first ([`UpstreamSettings::prepare_tls`]) when
@@ -153,6 +161,7 @@ impl Command {
     pub fn upstream(&self) -> &str {
         match self {
             Command::Add { upstream, .. }
+            | Command::Restore { upstream, .. }
             | Command::Remove { upstream, .. }
             | Command::SetState { upstream, .. }
             | Command::SetWeight { upstream, .. }
@@ -216,4 +225,12 @@ pub enum TableError {
     Resolve { addr: String, reason: String },
     #[error("the change was not saved, so it was not applied: {0}")]
     Store(String),
+    /// The shared store kept refusing the change because other instances kept
+    /// changing the table first.
+    #[error("the change conflicted with concurrent changes from other instances: {0}")]
+    Conflict(String),
+    /// The shared store cannot be reached: the table serves as it was, and
+    /// changes wait until the store is back.
+    #[error("the change was not applied: {0}")]
+    StoreUnavailable(String),
 }

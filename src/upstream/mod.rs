@@ -16,6 +16,7 @@
 pub mod balance;
 mod command;
 mod events;
+mod follow;
 pub mod histogram;
 mod persist;
 pub use persist::check_view;

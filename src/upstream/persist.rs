@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::server::AdminState;
+use super::server::{AdminState, Server};
 use super::table::{Upstream, UpstreamSettings};
 use crate::config::{
     Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy, Scheme,
@@ -155,6 +155,20 @@ pub(crate) fn server_from_state(s: &ServerState) -> (ServerConfig, AdminState) {
     (config, s.state)
 }
 
+pub(crate) fn server_to_state(s: &Server) -> ServerState {
+    ServerState {
+        id: s.id,
+        addr: s.addr.clone(),
+        weight: s.weight,
+        max_conns: s.max_conns,
+        max_fails: s.max_fails,
+        fail_timeout_ms: ms(s.fail_timeout),
+        slow_start_ms: ms(s.slow_start),
+        backup: s.backup,
+        state: s.state,
+    }
+}
+
 pub(crate) fn to_doc(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     next_id: &BTreeMap<String, u32>,
@@ -167,17 +181,7 @@ pub(crate) fn to_doc(
             .snapshot()
             .servers
             .iter()
-            .map(|s| ServerState {
-                id: s.id,
-                addr: s.addr.clone(),
-                weight: s.weight,
-                max_conns: s.max_conns,
-                max_fails: s.max_fails,
-                fail_timeout_ms: ms(s.fail_timeout),
-                slow_start_ms: ms(s.slow_start),
-                backup: s.backup,
-                state: s.state,
-            })
+            .map(|s| server_to_state(s))
             .collect();
         doc.upstreams.insert(
             name.clone(),

@@ -23,7 +23,7 @@ use crate::config::{
     Scheme, Timeouts, UpstreamProtocol, UpstreamTls,
 };
 use crate::proxy::pool::Pool;
-use crate::state::{StateError, StateStore};
+use crate::state::{StateDoc, StateError, StateStore};
 
 /// How an upstream is reached, apart from its servers.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +162,18 @@ impl std::fmt::Debug for Table {
             .field("store", &self.store)
             .finish()
     }
+}
+
+/// How often a batch is run again after the shared store refused it because
+/// another instance wrote first, and how long each time it waits to catch up.
+const CONFLICT_ATTEMPTS: usize = 8;
+const CONFLICT_WAIT: Duration = Duration::from_secs(5);
+
+/// Why `apply_locked` did not publish.
+enum Refused {
+    Batch(BatchError),
+    /// The shared store holds a newer table (its revision).
+    Conflict(u64),
 }
 
 /// A refused batch: the error, and the index of the command that caused it
@@ -459,9 +471,84 @@ impl Table {
         commands: &[Command],
         origin: &str,
     ) -> Result<Vec<Arc<Server>>, BatchError> {
-        // A poisoned lock means a writer panicked before publishing; what is
-        // published is still consistent, so go on.
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // With a shared store, another instance may have changed the table since
+        // this one last heard of it: the store then refuses the save. Wait until
+        // that change is applied here and run the batch again on top of it, so an
+        // accepted change is never lost and a stale one never overwrites a newer.
+        let save = |doc: &StateDoc| match &self.store {
+            Some(store) => store.save(doc),
+            None => Ok(()),
+        };
+        let mut conflicts = 0;
+        loop {
+            match self.apply_locked(self.lock_writer(), commands, origin, &save, None) {
+                Err(Refused::Conflict(revision)) => {
+                    conflicts += 1;
+                    let caught_up = self
+                        .store
+                        .as_ref()
+                        .is_some_and(|s| s.catch_up(revision, CONFLICT_WAIT));
+                    if conflicts >= CONFLICT_ATTEMPTS || !caught_up {
+                        return Err(BatchError {
+                            index: None,
+                            error: TableError::Conflict(format!(
+                                "refused {conflicts} time(s); the store is at revision {revision}"
+                            )),
+                        });
+                    }
+                }
+                Err(Refused::Batch(e)) => return Err(e),
+                Ok(touched) => return Ok(touched),
+            }
+        }
+    }
+
+    /// A poisoned lock means a writer panicked before publishing; what is
+    /// published is still consistent, so go on.
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the table what `doc` (the shared store's view) says: the difference
+    /// as commands, applied like any batch (servers that stay keep their
+    /// runtimes, counters and health), then the store's id counters and deleted
+    /// names. `adopt` stands in for the store's `save`: it gets the table's new
+    /// saved form under the writer lock and may refuse with
+    /// [`StateError::Conflict`] when the table already holds something newer,
+    /// and then nothing changes. Returns how many changes were applied; what
+    /// cannot be applied (an address that does not resolve, settings this
+    /// instance cannot load) is logged and skipped.
+    pub fn follow(
+        &self,
+        doc: &StateDoc,
+        origin: &str,
+        adopt: &dyn Fn(&StateDoc) -> Result<(), StateError>,
+    ) -> Result<usize, TableError> {
+        loop {
+            let base = self.current.load_full();
+            let commands = super::follow::commands_toward(&base, doc);
+            let writer = self.lock_writer();
+            if self.current.load().generation != base.generation {
+                continue; // changed while the difference was worked out
+            }
+            return match self.apply_locked(writer, &commands, origin, adopt, Some(doc)) {
+                Ok(_) => Ok(commands.len()),
+                Err(Refused::Conflict(_)) => Ok(0),
+                Err(Refused::Batch(e)) => Err(e.error),
+            };
+        }
+    }
+
+    /// One batch under the writer lock. `target`: the store's view being
+    /// followed, whose id counters and deleted names replace the table's.
+    fn apply_locked(
+        &self,
+        mut writer: std::sync::MutexGuard<'_, Writer>,
+        commands: &[Command],
+        origin: &str,
+        save: &dyn Fn(&StateDoc) -> Result<(), StateError>,
+        target: Option<&StateDoc>,
+    ) -> Result<Vec<Arc<Server>>, Refused> {
         let current = self.current.load_full();
         let mut next_id = writer.next_id.clone();
         let mut deleted = writer.deleted.clone();
@@ -546,6 +633,31 @@ impl Table {
                         let id = next_id.entry(name.to_string()).or_insert(0);
                         let new = Arc::new(added_server(*id, server, &draft.settings));
                         *id += 1;
+                        events.push(event(
+                            name,
+                            Some(&new),
+                            "server_added",
+                            None,
+                            Some(new.state.as_str().into()),
+                        ));
+                        draft.servers.push(Arc::clone(&new));
+                        touched.push(new);
+                    }
+                    Command::Restore {
+                        id, server, state, ..
+                    } => {
+                        validate_new(name, &draft.settings, &draft.servers, server)?;
+                        if draft.servers.iter().any(|s| s.id == *id) {
+                            return Err(TableError::DuplicateServer {
+                                upstream: name.to_string(),
+                                addr: format!("id {id}"),
+                            });
+                        }
+                        let mut new = added_server(*id, server, &draft.settings);
+                        new.state = *state;
+                        let next = next_id.entry(name.to_string()).or_insert(0);
+                        *next = (*next).max(id.saturating_add(1));
+                        let new = Arc::new(new);
                         events.push(event(
                             name,
                             Some(&new),
@@ -646,15 +758,25 @@ impl Table {
                 }
                 Ok(())
             };
-            step().map_err(|error| BatchError {
-                index: Some(index),
-                error,
+            step().map_err(|error| {
+                Refused::Batch(BatchError {
+                    index: Some(index),
+                    error,
+                })
             })?;
         }
+        if let Some(doc) = target {
+            for (name, up) in &doc.upstreams {
+                let n = next_id.entry(name.clone()).or_insert(0);
+                *n = (*n).max(up.next_id);
+            }
+            deleted.clone_from(&doc.deleted);
+        }
 
-        if drafts.is_empty() {
+        if drafts.is_empty() && target.is_none() {
             return Ok(touched);
         }
+        let drafts_empty = drafts.is_empty();
         let generation = current.generation + 1;
         let mut upstreams = current.upstreams.clone();
         for (name, draft) in drafts {
@@ -676,19 +798,26 @@ impl Table {
         }
 
         // Durable before visible: if the store refuses, nothing changes.
-        if let Some(store) = &self.store {
-            let doc = super::persist::to_doc(&upstreams, &next_id, &deleted);
-            store.save(&doc).map_err(|e| BatchError {
+        let doc = super::persist::to_doc(&upstreams, &next_id, &deleted);
+        save(&doc).map_err(|e| match e {
+            StateError::Conflict { revision } => Refused::Conflict(revision),
+            StateError::Unavailable(_) => Refused::Batch(BatchError {
                 index: None,
-                error: TableError::Store(e.to_string()),
-            })?;
+                error: TableError::StoreUnavailable(e.to_string()),
+            }),
+            other => Refused::Batch(BatchError {
+                index: None,
+                error: TableError::Store(other.to_string()),
+            }),
+        })?;
+        if !drafts_empty {
+            let by_slot = slot_vec(&writer.slots, &upstreams);
+            self.current.store(Arc::new(TableSnapshot {
+                generation,
+                upstreams,
+                by_slot,
+            }));
         }
-        let by_slot = slot_vec(&writer.slots, &upstreams);
-        self.current.store(Arc::new(TableSnapshot {
-            generation,
-            upstreams,
-            by_slot,
-        }));
         writer.next_id = next_id;
         writer.deleted = deleted;
         drop(writer);
@@ -714,6 +843,13 @@ impl Table {
             let _ = self.events.send(e);
         }
         Ok(touched)
+    }
+
+    /// The table as it would be saved now (for seeding a shared store).
+    pub fn saved_form(&self) -> StateDoc {
+        let writer = self.lock_writer();
+        let current = self.current.load();
+        super::persist::to_doc(&current.upstreams, &writer.next_id, &writer.deleted)
     }
 
     /// Table changes published so far (admin API, batch, config): one per event.

@@ -514,3 +514,189 @@ fn a_config_upstream_deleted_and_created_again_through_the_api_reopens_with_the_
     assert_eq!(up.settings, settings, "not the config's round robin");
     assert_eq!(up.snapshot().servers[0].addr, "127.0.0.1:2");
 }
+
+/// The table's saved form with `edit` applied: what a shared store would hold
+/// after another instance's change.
+fn edited(t: &Table, edit: impl FnOnce(&mut crate::state::StateDoc)) -> crate::state::StateDoc {
+    let mut doc = t.saved_form();
+    edit(&mut doc);
+    doc
+}
+
+#[test]
+fn follow_applies_the_difference_by_id_and_keeps_runtimes() {
+    let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let kept = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
+    kept.runtime.stats.requests.store(7, Ordering::Relaxed);
+    let doc = edited(&t, |d| {
+        let up = d.upstreams.get_mut("default").unwrap();
+        up.servers[0].state = AdminState::Drain;
+        up.servers[0].weight = 5;
+        up.servers.remove(1);
+        let mut s = up.servers[0].clone();
+        s.id = 9;
+        s.addr = "127.0.0.1:9".into();
+        s.state = AdminState::Down;
+        up.servers.push(s);
+        up.next_id = 10;
+    });
+    let adopted = Mutex::new(None);
+    let adopt = |d: &crate::state::StateDoc| {
+        *adopted.lock().unwrap() = Some(d.clone());
+        Ok(())
+    };
+    let n = t.follow(&doc, "cluster", &adopt).unwrap();
+    assert_eq!(n, 3, "patch, remove, restore");
+    let snap = t.upstream("default").unwrap();
+    let servers = &snap.snapshot().servers;
+    let got: Vec<(u32, &str, AdminState, u32)> = servers
+        .iter()
+        .map(|s| (s.id, s.addr.as_str(), s.state, s.weight))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "127.0.0.1:1", AdminState::Drain, 5),
+            (9, "127.0.0.1:9", AdminState::Down, 5)
+        ]
+    );
+    assert!(
+        Arc::ptr_eq(&servers[0].runtime, &kept.runtime),
+        "a server that stays keeps its counters"
+    );
+    assert_eq!(t.saved_form(), doc, "the table is now what the store says");
+    assert_eq!(adopted.lock().unwrap().as_ref(), Some(&doc));
+    // The next id given out locally follows the store's.
+    let added = t
+        .apply(&[Command::Add {
+            upstream: "default".into(),
+            server: spec("127.0.0.1:3"),
+        }])
+        .unwrap();
+    assert_eq!(added[0].id, 10);
+}
+
+#[test]
+fn follow_creates_and_deletes_upstreams() {
+    let t = table(&["127.0.0.1:1"]);
+    let doc = edited(&t, |d| {
+        let mut up = d.upstreams.remove("default").unwrap();
+        up.servers[0].id = 4;
+        up.next_id = 5;
+        d.upstreams.insert("other".into(), up);
+        d.deleted.insert("default".into());
+    });
+    t.follow(&doc, "cluster", &|_| Ok(())).unwrap();
+    assert!(t.upstream("default").is_none());
+    let other = t.upstream("other").unwrap();
+    assert_eq!(other.snapshot().servers[0].id, 4);
+    assert_eq!(t.saved_form(), doc);
+}
+
+#[test]
+fn follow_refused_by_the_store_changes_nothing() {
+    let t = table(&["127.0.0.1:1"]);
+    let doc = edited(&t, |d| {
+        d.upstreams.get_mut("default").unwrap().servers[0].state = AdminState::Down;
+    });
+    let n = t
+        .follow(&doc, "cluster", &|_| {
+            Err(StateError::Conflict { revision: 99 })
+        })
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        t.upstream("default").unwrap().snapshot().servers[0].state,
+        AdminState::Up,
+        "a stale view does not overwrite a newer local change"
+    );
+}
+
+/// A store that refuses the first `conflicts` saves as if another instance
+/// had written first, and counts how often it was asked to catch up.
+#[derive(Debug, Default)]
+struct ContendedStore {
+    conflicts: AtomicU64,
+    catch_ups: AtomicU64,
+    saves: AtomicU64,
+}
+
+impl StateStore for ContendedStore {
+    fn load(&self) -> Result<Option<crate::state::StateDoc>, StateError> {
+        Ok(None)
+    }
+    fn save(&self, _: &crate::state::StateDoc) -> Result<(), StateError> {
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        if self.conflicts.load(Ordering::SeqCst) > 0 {
+            self.conflicts.fetch_sub(1, Ordering::SeqCst);
+            return Err(StateError::Conflict { revision: 7 });
+        }
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "contended".into()
+    }
+    fn catch_up(&self, revision: u64, _: std::time::Duration) -> bool {
+        assert_eq!(revision, 7);
+        self.catch_ups.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+#[test]
+fn a_conflicting_write_is_run_again_after_catching_up_then_refused_with_409() {
+    let store = Arc::new(ContendedStore::default());
+    let cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ServerConfig::new("127.0.0.1:1")],
+    );
+    let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
+    store.conflicts.store(2, Ordering::SeqCst);
+    t.apply(&[set(ServerRef::Id(0), AdminState::Down)]).unwrap();
+    assert_eq!(store.saves.load(Ordering::SeqCst), 3);
+    assert_eq!(store.catch_ups.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        t.upstream("default").unwrap().snapshot().servers[0].state,
+        AdminState::Down
+    );
+
+    store.conflicts.store(1000, Ordering::SeqCst);
+    let err = t
+        .apply(&[set(ServerRef::Id(0), AdminState::Up)])
+        .unwrap_err();
+    assert!(matches!(err, TableError::Conflict(_)), "{err}");
+    assert_eq!(
+        t.upstream("default").unwrap().snapshot().servers[0].state,
+        AdminState::Down,
+        "a refused change is not applied"
+    );
+}
+
+#[test]
+fn an_unreachable_store_refuses_with_store_unavailable() {
+    #[derive(Debug)]
+    struct Down;
+    impl StateStore for Down {
+        fn load(&self) -> Result<Option<crate::state::StateDoc>, StateError> {
+            Ok(None)
+        }
+        fn save(&self, _: &crate::state::StateDoc) -> Result<(), StateError> {
+            Err(StateError::Unavailable("connection refused".into()))
+        }
+        fn describe(&self) -> String {
+            "down".into()
+        }
+    }
+    let cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ServerConfig::new("127.0.0.1:1")],
+    );
+    let t = Table::open(&cfg, Some(Arc::new(Down) as Arc<dyn StateStore>)).unwrap();
+    let err = t
+        .apply(&[set(ServerRef::Id(0), AdminState::Down)])
+        .unwrap_err();
+    assert!(
+        matches!(err, TableError::StoreUnavailable(ref m) if m.contains("connection refused")),
+        "{err}"
+    );
+}
