@@ -23,13 +23,25 @@ pub struct Etcd {
     dir: tempfile::TempDir,
 }
 
-/// A loopback port nothing listens on now (bound, then released).
+/// A loopback port nothing listens on now, below the kernel's ephemeral range
+/// (so that no outgoing connection, ours or the instances', takes it between a
+/// stop and a restart), picked at random so parallel tests rarely meet.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(11000);
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        let port = 10000 + (h.finish() % u64::from(low - 10000)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {low}")
 }
 
 /// The path of `etcd`/`etcdctl`, or a panic saying how to get it.
@@ -56,12 +68,25 @@ impl Etcd {
             .unwrap();
         let mut me = Etcd {
             child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port: 0,
+            peer_port: 0,
             dir,
         };
-        me.spawn();
-        me
+        // Another test may take a port between the check and etcd's bind: then
+        // try other ports.
+        for attempt in 0.. {
+            me.client_port = free_port();
+            me.peer_port = free_port();
+            if me.peer_port == me.client_port {
+                continue;
+            }
+            match me.try_spawn() {
+                Ok(()) => return me,
+                Err(e) if attempt < 5 && e.contains("address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
     }
 
     /// `127.0.0.1:PORT` of the client URL (what `[cluster] endpoints` lists).
@@ -97,6 +122,12 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "etcd is already running");
         let etcd = tool("etcd");
         let log = std::fs::OpenOptions::new()
@@ -129,22 +160,25 @@ impl Etcd {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
     /// Polls `GET /health` until it answers `"health":"true"` (at most 30 s).
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
         let addr: SocketAddr = self.endpoint().parse().unwrap();
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "etcd exited while starting ({status}); log tail:\n{}",
+                self.child = None;
+                return Err(format!(
+                    "etcd on {} (peer port {}) exited while starting ({status}); log tail:\n{}",
+                    self.endpoint(),
+                    self.peer_port,
                     self.log_tail(40)
-                );
+                ));
             }
             let last = match http_get(addr, "/health") {
-                Ok(body) if body.replace(' ', "").contains("\"health\":\"true\"") => return,
+                Ok(body) if body.replace(' ', "").contains("\"health\":\"true\"") => return Ok(()),
                 Ok(body) => body,
                 Err(e) => e.to_string(),
             };
