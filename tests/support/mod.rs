@@ -4,6 +4,8 @@
 //! Every socket is on 127.0.0.1 with a port the kernel picks.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -574,7 +576,7 @@ enum Ready {
 pub struct Switchyard {
     child: Child,
     pub addrs: Vec<SocketAddr>,
-    dir: tempfile::TempDir,
+    dir: WorkDir,
     /// Stdout lines other than the readiness lines (drained so the child never
     /// blocks), with a signal for each new one.
     stdout_rest: Arc<(Mutex<Vec<String>>, Condvar)>,
@@ -583,7 +585,38 @@ pub struct Switchyard {
     admin_addr: std::sync::OnceLock<SocketAddr>,
 }
 
+/// Where a child's config and stderr log live: its own temporary directory, or
+/// one the test keeps (to start again with the same files).
+enum WorkDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl WorkDir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            WorkDir::Temp(d) => d.path(),
+            WorkDir::Kept(p) => p,
+        }
+    }
+}
+
 impl Switchyard {
+    /// `switchyard run -c DIR/switchyard.toml` with `text` written there, in a
+    /// directory the caller keeps: the config, `stderr.log` (appended to) and
+    /// any relative files stay for a later start in the same `dir` (e.g. one
+    /// with the same state file after a `kill_9`). Waits for the admin line.
+    pub fn run_config_in(dir: &std::path::Path, text: &str, listeners: usize) -> Switchyard {
+        let path = dir.join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = vec![
+            "run".to_string(),
+            "-c".into(),
+            path.to_string_lossy().into_owned(),
+        ];
+        Switchyard::start_dir(WorkDir::Kept(dir.to_path_buf()), &args, listeners, true)
+    }
+
     /// `switchyard proxy --listen 127.0.0.1:0 --to A --to B ...`
     pub fn proxy(to: &[SocketAddr]) -> Switchyard {
         let mut args = vec!["proxy".to_string(), "--listen".into(), "127.0.0.1:0".into()];
@@ -701,7 +734,15 @@ impl Switchyard {
         listeners: usize,
         want_admin: bool,
     ) -> Switchyard {
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        Switchyard::start_dir(WorkDir::Temp(dir), args, listeners, want_admin)
+    }
+
+    fn start_dir(dir: WorkDir, args: &[String], listeners: usize, want_admin: bool) -> Switchyard {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("stderr.log"))
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(args)
             .env("RUST_LOG", child_log_filter())
