@@ -349,13 +349,10 @@ async fn serve(
                     "[cluster] without a state file: a restart while etcd is unreachable comes back with the configuration, not the shared table (set [admin] state_file)"
                 );
             }
-            let instance = format!(
-                "pid {} admin {}",
-                std::process::id(),
-                admin_cfg
-                    .as_ref()
-                    .map_or_else(|| "none".to_string(), |a| a.listen.to_string())
-            );
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+            let instance = format!("{host} pid {}", std::process::id());
             let store = crate::cluster::ClusterStore::new(cluster, cache, instance)?;
             let table = Arc::new(Table::open(
                 &cfg,
