@@ -882,3 +882,72 @@ async fn bootstrap_seeds_empty_prefix_and_followers_follow_store() {
         "{after:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// etcd authentication
+// ---------------------------------------------------------------------------
+
+/// An instance with etcd credentials (`[cluster] username/password`).
+fn node_with_credentials(
+    name: &'static str,
+    etcd: &Etcd,
+    prefix: &str,
+    servers: &[SocketAddr],
+    password: &str,
+) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(format!("{name}.state.json"));
+    let text = fleet_config(etcd, prefix, &state, servers).replace(
+        "timeout = \"2s\"\n",
+        &format!("timeout = \"2s\"\nusername = \"root\"\npassword = \"{password}\"\n"),
+    );
+    let mut node = Node {
+        name,
+        dir,
+        text,
+        sy: None,
+    };
+    node.restart();
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_and_wrong_ones_refuse_writes_with_the_reason() {
+    let (a, b) = (named("a").await, named("b").await);
+    let servers_ = [a.addr, b.addr];
+    let etcd = Etcd::start();
+    etcd.etcdctl(&["user", "add", "root:s3cret-pw"]);
+    etcd.etcdctl(&["role", "add", "root"]);
+    etcd.etcdctl(&["user", "grant-role", "root", "root"]);
+    etcd.etcdctl(&["auth", "enable"]);
+    let prefix = unique_prefix("auth");
+
+    let good = node_with_credentials("good", &etcd, &prefix, &servers_, "s3cret-pw");
+    wait_cluster(&good, CONVERGE, "connected and in sync", in_sync).await;
+    let r = patch(good.admin(), 0, json!({"state": "down"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{r}");
+    let stored = etcd.etcdctl(&[
+        "--user",
+        "root:s3cret-pw",
+        "get",
+        "--print-value-only",
+        &server_key(&prefix, "web", 0),
+    ]);
+    assert!(stored.contains("\"state\":\"down\""), "{stored}");
+
+    let bad = node_with_credentials("bad", &etcd, &prefix, &servers_, "wrong-password");
+    let v = wait_cluster(&bad, CONVERGE, "reporting the refusal", |v| {
+        v["connected"] == false && v["last_error"].is_string()
+    })
+    .await;
+    let reason = v["last_error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        reason.contains("auth"),
+        "the reason names authentication: {v}"
+    );
+    let r = patch(bad.admin(), 1, json!({"state": "down"})).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    assert_eq!(r.json["error"]["code"], "StoreUnavailable", "{r}");
+    // It still serves (its configuration: it never read the store).
+    assert_eq!(traffic(bad.addr(), 2).await.len(), 2);
+}
