@@ -524,18 +524,30 @@ impl Table {
         origin: &str,
         adopt: &dyn Fn(&StateDoc) -> Result<(), StateError>,
     ) -> Result<usize, TableError> {
-        loop {
+        'recompute: loop {
             let base = self.current.load_full();
-            let commands = super::follow::commands_toward(&base, doc);
-            let writer = self.lock_writer();
-            if self.current.load().generation != base.generation {
-                continue; // changed while the difference was worked out
+            let mut commands = super::follow::commands_toward(&base, doc);
+            loop {
+                let writer = self.lock_writer();
+                if self.current.load().generation != base.generation {
+                    continue 'recompute; // changed while the difference was worked out
+                }
+                match self.apply_locked(writer, &commands, origin, adopt, Some(doc)) {
+                    Ok(_) => return Ok(commands.len()),
+                    Err(Refused::Conflict(_)) => return Ok(0),
+                    // One entry this table refuses (say, a backup server written
+                    // into a hash upstream by hand) must not hold the rest back,
+                    // or the instance would stop following the store.
+                    Err(Refused::Batch(BatchError {
+                        index: Some(i),
+                        error,
+                    })) if i < commands.len() => {
+                        tracing::warn!(%error, "cluster store: a change cannot be applied here; left out");
+                        commands.remove(i);
+                    }
+                    Err(Refused::Batch(e)) => return Err(e.error),
+                }
             }
-            return match self.apply_locked(writer, &commands, origin, adopt, Some(doc)) {
-                Ok(_) => Ok(commands.len()),
-                Err(Refused::Conflict(_)) => Ok(0),
-                Err(Refused::Batch(e)) => Err(e.error),
-            };
         }
     }
 

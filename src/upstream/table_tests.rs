@@ -700,3 +700,43 @@ fn an_unreachable_store_refuses_with_store_unavailable() {
         "{err}"
     );
 }
+
+#[test]
+fn follow_leaves_out_what_this_table_refuses_and_applies_the_rest() {
+    let t = table(&["127.0.0.1:1"]);
+    let doc = edited(&t, |d| {
+        let up = d.upstreams.get_mut("default").unwrap();
+        let mut dup = up.servers[0].clone();
+        dup.id = 5; // the same address under a second id: refused here
+        let mut fresh = up.servers[0].clone();
+        fresh.id = 6;
+        fresh.addr = "127.0.0.1:6".into();
+        up.servers[0].weight = 9;
+        up.servers.push(dup);
+        up.servers.push(fresh);
+        up.next_id = 7;
+    });
+    let adopted = AtomicBool::new(false);
+    let n = t
+        .follow(&doc, "cluster", &|_| {
+            adopted.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        n, 2,
+        "the weight and the new server; the duplicate left out"
+    );
+    let up = t.upstream("default").unwrap();
+    let got: Vec<(u32, u32)> = up
+        .snapshot()
+        .servers
+        .iter()
+        .map(|s| (s.id, s.weight))
+        .collect();
+    assert_eq!(got, [(0, 9), (6, 1)]);
+    assert!(
+        adopted.load(Ordering::SeqCst),
+        "the revision still counts as applied"
+    );
+}
