@@ -951,3 +951,102 @@ async fn credentials_are_used_and_wrong_ones_refuse_writes_with_the_reason() {
     // It still serves (its configuration: it never read the store).
     assert_eq!(traffic(bad.addr(), 2).await.len(), 2);
 }
+
+// ---------------------------------------------------------------------------
+// TLS to etcd
+// ---------------------------------------------------------------------------
+
+/// A CA and what it signed, as PEM files in `dir`: etcd's server certificate
+/// (for 127.0.0.1) and a client certificate.
+fn etcd_certificates(dir: &std::path::Path) -> support::etcd::EtcdTls {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleet test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let issue = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let (cert, key) = issue("etcd", vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_cert, client_key) = issue("client", vec!["switchyard".into()]);
+    support::etcd::EtcdTls {
+        ca: ca_path,
+        cert,
+        key,
+        client_cert,
+        client_key,
+    }
+}
+
+fn node_with_tls(
+    name: &'static str,
+    etcd: &Etcd,
+    prefix: &str,
+    servers: &[SocketAddr],
+    tls_lines: &str,
+) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(format!("{name}.state.json"));
+    let text = fleet_config(etcd, prefix, &state, servers).replace(
+        "timeout = \"2s\"\n",
+        &format!("timeout = \"2s\"\n{tls_lines}"),
+    );
+    let mut node = Node {
+        name,
+        dir,
+        text,
+        sy: None,
+    };
+    node.restart();
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_etcd_with_a_client_certificate() {
+    let (a, b) = (named("a").await, named("b").await);
+    let servers_ = [a.addr, b.addr];
+    let certs = tempfile::tempdir().unwrap();
+    let tls = etcd_certificates(certs.path());
+    let etcd = Etcd::start_tls(tls.clone());
+    let prefix = unique_prefix("tls");
+
+    let with_cert = format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let good = node_with_tls("good", &etcd, &prefix, &servers_, &with_cert);
+    wait_cluster(&good, CONVERGE, "connected and in sync", in_sync).await;
+    let r = patch(good.admin(), 1, json!({"weight": 7})).await;
+    assert_eq!(r.status, StatusCode::OK, "{r}");
+    let stored = etcd.get(&server_key(&prefix, "web", 1)).unwrap_or_default();
+    assert!(stored.contains("\"weight\":7"), "{stored}");
+
+    // Trusting the CA but showing no client certificate: etcd refuses it.
+    let ca_only = format!("tls_ca = \"{}\"\n", tls.ca.display());
+    let refused = node_with_tls("refused", &etcd, &prefix, &servers_, &ca_only);
+    wait_cluster(&refused, CONVERGE, "reporting the refusal", |v| {
+        v["connected"] == false && v["last_error"].is_string()
+    })
+    .await;
+    let r = patch(refused.admin(), 0, json!({"state": "down"})).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    let stored = etcd.get(&server_key(&prefix, "web", 0)).unwrap_or_default();
+    assert!(stored.contains("\"state\":\"up\""), "{stored}");
+}

@@ -21,6 +21,18 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    tls: Option<EtcdTls>,
+}
+
+/// Files for an etcd that speaks TLS to clients and requires a client
+/// certificate signed by `ca` (etcdctl uses `client_cert`/`client_key`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 /// A loopback port nothing listens on now, below the kernel's ephemeral range
@@ -62,6 +74,16 @@ fn tool(name: &str) -> PathBuf {
 impl Etcd {
     /// Starts etcd on two free loopback ports and waits until it is healthy.
     pub fn start() -> Etcd {
+        Etcd::start_with(None)
+    }
+
+    /// [`Etcd::start`] with TLS on the client port and client certificates
+    /// required (the server certificate must name `127.0.0.1`).
+    pub fn start_tls(tls: EtcdTls) -> Etcd {
+        Etcd::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<EtcdTls>) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("switchyard-etcd")
             .tempdir()
@@ -71,6 +93,7 @@ impl Etcd {
             client_port: 0,
             peer_port: 0,
             dir,
+            tls,
         };
         // Another test may take a port between the check and etcd's bind: then
         // try other ports.
@@ -94,9 +117,21 @@ impl Etcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.endpoint())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.endpoint())
+    }
+
+    /// etcdctl's flags for this etcd: the endpoint, and the TLS files if any.
+    fn ctl_flags(&self) -> Vec<String> {
+        let mut flags = vec![format!("--endpoints={}", self.url())];
+        if let Some(t) = &self.tls {
+            flags.push(format!("--cacert={}", t.ca.display()));
+            flags.push(format!("--cert={}", t.client_cert.display()));
+            flags.push(format!("--key={}", t.client_key.display()));
+        }
+        flags
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -135,9 +170,19 @@ impl Etcd {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(etcd)
+        let mut cmd = Command::new(etcd);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg("t")
             .arg("--data-dir")
@@ -177,10 +222,21 @@ impl Etcd {
                     self.log_tail(40)
                 ));
             }
-            let last = match http_get(addr, "/health") {
-                Ok(body) if body.replace(' ', "").contains("\"health\":\"true\"") => return Ok(()),
-                Ok(body) => body,
-                Err(e) => e.to_string(),
+            let last = if self.tls.is_some() {
+                // /health is behind TLS and client certificates: ask etcdctl.
+                // (it exits 0 only when healthy; etcdctl 3.4 says so on stderr)
+                match self.ctl(&["endpoint", "health"]) {
+                    Ok(_) => return Ok(()),
+                    Err(out) => out,
+                }
+            } else {
+                match http_get(addr, "/health") {
+                    Ok(body) if body.replace(' ', "").contains("\"health\":\"true\"") => {
+                        return Ok(());
+                    }
+                    Ok(body) => body,
+                    Err(e) => e.to_string(),
+                }
             };
             if Instant::now() >= deadline {
                 panic!(
@@ -238,8 +294,14 @@ impl Etcd {
     /// `etcdctl --endpoints=http://127.0.0.1:PORT ARGS...` (API v3); its stdout,
     /// or a panic with its stderr.
     pub fn etcdctl(&self, args: &[&str]) -> String {
+        self.ctl(args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?} failed: {e}"))
+    }
+
+    /// etcdctl's stdout, or its status and stderr.
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(tool("etcdctl"))
-            .arg(format!("--endpoints={}", self.url()))
+            .args(self.ctl_flags())
             .arg("--command-timeout=10s")
             .args(args)
             .env("ETCDCTL_API", "3")
@@ -247,13 +309,13 @@ impl Etcd {
             .output()
             .unwrap_or_else(|e| panic!("cannot run etcdctl: {e}"));
         if !out.status.success() {
-            panic!(
-                "etcdctl {args:?} failed ({}): {}",
+            return Err(format!(
+                "{}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
-            );
+            ));
         }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Writes `value` at `key`.
@@ -300,7 +362,7 @@ impl Etcd {
     /// Whether a read at revision `rev` is refused as compacted.
     pub fn is_compacted(&self, rev: i64) -> bool {
         let out = Command::new(tool("etcdctl"))
-            .arg(format!("--endpoints={}", self.url()))
+            .args(self.ctl_flags())
             .args(["get", "--prefix", "/", "--rev", &rev.to_string()])
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::null())
