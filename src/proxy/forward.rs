@@ -84,6 +84,23 @@ impl std::fmt::Display for AttemptError {
     }
 }
 
+/// The client of one connection, as every request on it is forwarded.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    /// The address as a header value (`X-Real-IP`, `X-Forwarded-For`), made once
+    /// per connection rather than formatted for every request.
+    ip: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        let ip = HeaderValue::from_maybe_shared(bytes::Bytes::from(addr.ip().to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Client { addr, ip }
+    }
+}
+
 /// What is kept of a body-less request so that it can be sent again.
 struct Replay {
     method: Method,
@@ -145,11 +162,37 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
+///
+/// Runs twice per request (request and response), so it avoids the map's hashing
+/// when none of them is present (the usual request) and allocates nothing.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next().cloned(), connection.next()) {
+        (None, _) => {}
+        // One `Connection` header (the usual case): its tokens are read from a
+        // clone of the value (a reference count), so the map is free to change.
+        (Some(only), None) => {
+            if let Ok(tokens) = only.to_str() {
+                for name in tokens.split(',').map(str::trim) {
+                    // By `&str`: looked up without building a `HeaderName`; an
+                    // invalid name matches nothing.
+                    headers.remove(name);
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = connection_tokens(headers)
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect();
+            for name in &named {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -333,7 +376,7 @@ impl Forwarder {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: Client,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
             return Ok(text_response(
@@ -388,11 +431,11 @@ async fn forward(
     slot: usize,
     upstream: &Upstream,
     mut req: Request<Incoming>,
-    client: SocketAddr,
+    client: Client,
     body_limit: Option<u64>,
 ) -> Response<ProxyBody> {
     let table = &forwarder.table;
-    let key = request_key(upstream, &req, client.ip());
+    let key = request_key(upstream, &req, client.addr.ip());
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -428,21 +471,18 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto);
     }
-    let ip = client.ip().to_string();
     let xff = match parts
         .headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok(),
+        None => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        parts.headers.insert(X_REAL_IP.clone(), v);
-    }
+    parts.headers.insert(X_REAL_IP.clone(), client.ip.clone());
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), forwarder.proto.clone());
@@ -462,13 +502,18 @@ async fn forward(
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Allocated only when a limit applies (most routes have none).
+    let mut exceeded = None;
     let body = match body_limit {
-        Some(left) if !body.is_end_stream() => UpstreamBody::Limited {
-            body,
-            left,
-            exceeded: Arc::clone(&exceeded),
-        },
+        Some(left) if !body.is_end_stream() => {
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            exceeded = Some(Arc::clone(&flag));
+            UpstreamBody::Limited {
+                body,
+                left,
+                exceeded: flag,
+            }
+        }
         _ => UpstreamBody::Client(body),
     };
     let mut pending = Some(Request::from_parts(parts, body));
@@ -528,7 +573,10 @@ async fn forward(
             Err((error, unsent)) => {
                 // The client's body broke the route's limit: not the server's
                 // fault, and no other server would fare better.
-                if exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+                if exceeded
+                    .as_ref()
+                    .is_some_and(|e| e.load(std::sync::atomic::Ordering::Relaxed))
+                {
                     return too_large(body_limit.unwrap_or(0));
                 }
                 let server = lease.server();
@@ -590,7 +638,10 @@ async fn attempt(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => match connect_pooled(server, settings, upgrade).await {
+            // Boxed: the connect path (TCP, TLS, handshake) is a large future that
+            // would otherwise sit inside every request's future, which hyper
+            // moves several times per request; a new connection is the rare case.
+            None => match Box::pin(connect_pooled(server, settings, upgrade)).await {
                 Ok(s) => s,
                 Err(e) => return Err((e, Some(req))),
             },

@@ -417,8 +417,9 @@ async fn serve_listener(
                     // Boxed: hyper keeps room for the service's future in every
                     // connection, idle or not, so the (large) forwarding future is
                     // allocated per request instead (BENCHMARKS.md, idle RSS).
+                    let peer = forward::Client::new(client);
                     let service = service_fn(move |req| {
-                        Box::pin(Arc::clone(&forwarder).handle(req, client))
+                        Box::pin(Arc::clone(&forwarder).handle(req, peer.clone()))
                     });
                     match &tls {
                         None => {
