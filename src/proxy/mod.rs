@@ -302,9 +302,8 @@ impl ProxyHandle {
         let (stop, stop_rx) = watch::channel(false);
         let local = b.socket.local_addr().ok();
         let grace = self.shared.grace;
-        // Past `max_connections`, further clients wait in the kernel's accept
-        // queue (the number of the listener's start: a reload keeps it). One
-        // count for all the workers' sockets.
+        // `max_connections` (the number of the listener's start: a reload keeps
+        // it): one count for all the workers' sockets.
         let slots = Arc::new(Semaphore::new(b.live.load().limits.max_connections));
         let mut tasks = vec![tokio::spawn(serve_listener(
             b.socket,
@@ -479,16 +478,21 @@ async fn serve_listener(
     let mut limits = live.load().limits;
     let mut builder = connection_builder(&limits);
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
+                    // Past `max_connections` this client waits here, unserved, and
+                    // further ones wait in the kernel's accept queue. The count is
+                    // taken after the accept, not before: with several workers, an
+                    // accept loop waiting for a client must not hold a slot that
+                    // another worker's client needs.
+                    let permit = tokio::select! {
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                        _ = stop.changed() => break,
+                    };
                     let _ = stream.set_nodelay(true);
                     // What the listener serves with now (a reload may swap it).
                     let current = live.load_full();
