@@ -34,7 +34,7 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones that clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -166,7 +166,18 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Runs twice per request (request and response), so it avoids the map's hashing
 /// when none of them is present (the usual request) and allocates nothing.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Which of the eight are present, in one pass over the names (comparing
+    // standard names is an integer compare): removing an absent one would
+    // still hash it.
+    let mut present = [false; 8];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = hop_by_hop_index(k.as_str()) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
     let mut connection = headers.get_all(header::CONNECTION).iter();
@@ -177,6 +188,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         (Some(only), None) => {
             if let Ok(tokens) = only.to_str() {
                 for name in tokens.split(',').map(str::trim) {
+                    // `keep-alive` and the like go with the eight below.
+                    if HOP_BY_HOP
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                    {
+                        continue;
+                    }
                     // By `&str`: looked up without building a `HeaderName`; an
                     // invalid name matches nothing.
                     headers.remove(name);
@@ -192,8 +210,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
+    }
+}
+
+/// The position of a (lower-case) name in [`HOP_BY_HOP`]: a match on the
+/// string, cheaper than comparing `HeaderName`s one by one.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "te" => Some(4),
+        "trailer" => Some(5),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
+        _ => None,
     }
 }
 
@@ -518,15 +552,13 @@ async fn forward(
     };
     let mut pending = Some(Request::from_parts(parts, body));
 
-    let started = Instant::now();
+    // Read only when retries have a time limit.
+    let started = (!settings.retry.timeout.is_zero()).then(Instant::now);
     let mut tried = Tried::default();
     let mut last_error: Option<AttemptError> = None;
     let tries = settings.retry.tries.max(1);
     while tried.len() < tries as usize {
-        if !tried.is_empty()
-            && !settings.retry.timeout.is_zero()
-            && started.elapsed() >= settings.retry.timeout
-        {
+        if !tried.is_empty() && started.is_some_and(|t| t.elapsed() >= settings.retry.timeout) {
             break;
         }
         let Some(req) = pending
@@ -662,7 +694,7 @@ async fn attempt(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent_at = Instant::now();
         let timeouts = &settings.timeouts;
-        match timeout(timeouts.read, sender.try_send_request(req)).await {
+        match timeout(timeouts.read, sender.send(req)).await {
             Ok(Ok(resp)) => {
                 server.runtime.stats.header_time.observe(sent_at.elapsed());
                 return Ok((resp, sender, sent_at));
@@ -728,4 +760,47 @@ fn respond(
             sent_at,
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i));
+        }
+        assert_eq!(hop_by_hop_index("content-length"), None);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+
+        // Two Connection headers: the tokens of both count.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.insert("x-c", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-c"]);
+    }
 }
