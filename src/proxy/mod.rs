@@ -115,13 +115,18 @@ async fn bind_one(
 }
 
 /// The listening socket, and `extra` more on the same address for the extra
-/// workers. With none, a plain bind (a port in use by anyone is an error).
+/// workers. A port in use by anyone is an error, as with a plain bind: with
+/// `SO_REUSEPORT` alone, a second switchyard (same user) on the same port would
+/// silently share it, so a plain bind is tried first and closed at once.
 async fn bind_sockets(
     addr: SocketAddr,
     extra: usize,
 ) -> std::io::Result<(TcpListener, Vec<std::net::TcpListener>)> {
     if extra == 0 || !cfg!(unix) {
         return Ok((TcpListener::bind(addr).await?, Vec::new()));
+    }
+    if addr.port() != 0 {
+        drop(TcpListener::bind(addr).await?);
     }
     let first = reuseport_listener(addr)?;
     // Port 0: the others join the port the first one got.
