@@ -100,7 +100,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cfg = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let workers = workers.or(cfg.runtime.workers);
-            runtime(workers)?.block_on(serve(cfg, Some(config), None, state, || ()))
+            let (rt, workers) = runtimes(workers)?;
+            rt.block_on(serve(cfg, Some(config), None, state, &workers, || ()))
         }
         Command::Proxy {
             listen,
@@ -111,7 +112,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let servers = to.into_iter().map(ServerConfig::new).collect();
             let cfg = Config::single_upstream(listen, servers);
-            runtime(workers)?.block_on(serve(cfg, None, admin, state, || ()))
+            let (rt, workers) = runtimes(workers)?;
+            rt.block_on(serve(cfg, None, admin, state, &workers, || ()))
         }
         Command::Demo {
             listen,
@@ -119,7 +121,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             backend_ports,
             workers,
             state,
-        } => runtime(workers)?.block_on(demo(listen, admin, backend_ports, state)),
+        } => {
+            let (rt, workers) = runtimes(workers)?;
+            rt.block_on(demo(listen, admin, backend_ports, state, &workers))
+        }
         Command::Ctl(args) => crate::ctl::run(args),
     }
 }
@@ -215,23 +220,88 @@ fn state_warnings(cfg: &Config) -> Vec<String> {
     out
 }
 
-/// The data plane's runtime. One worker is a current-thread runtime on the main
-/// thread: the same single serving thread as a one-worker multi-thread runtime,
-/// without its cross-thread wake-ups and work-stealing bookkeeping, which cost
-/// about a tenth of the small-GET throughput here (BENCHMARKS.md).
-fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+/// The data plane's runtimes: one current-thread runtime per worker, each on a
+/// thread of its own, as nginx has one process per worker. The main thread is
+/// worker 0 and also runs the admin API, health checks and reloads; each extra
+/// worker accepts on its own socket of every listener (`SO_REUSEPORT`) and
+/// serves its connections start to end, with its own idle upstream connections,
+/// so a request never crosses threads. A multi-thread runtime's cross-thread
+/// wake-ups and work-stealing bookkeeping cost about a tenth of the small-GET
+/// throughput here (BENCHMARKS.md).
+fn runtimes(workers: Option<usize>) -> Result<(tokio::runtime::Runtime, Workers)> {
     if let Some(n) = workers {
         anyhow::ensure!(n >= 1, "--workers must be at least 1");
     }
     let n = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut b = if n == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(n);
-        b
-    };
-    b.enable_all().build().context("cannot start the runtime")
+    // Before any table (and so any pool) exists.
+    crate::proxy::pool::set_workers(n);
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let mut extra = Workers::default();
+    for i in 1..n {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("switchyard-worker-{i}"))
+            .spawn(move || {
+                crate::proxy::pool::set_worker(i);
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+            .context("cannot start a worker thread")?;
+        let handle = rx
+            .recv()
+            .context("a worker thread ended at start")?
+            .context("cannot start a worker's runtime")?;
+        extra.0.push(Worker {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        });
+    }
+    Ok((main, extra))
+}
+
+/// The extra workers' threads; dropping this stops them (after the proxy has
+/// finished with its connections).
+#[derive(Default)]
+struct Workers(Vec<Worker>);
+
+struct Worker {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.0.iter().map(|w| w.handle.clone()).collect()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// `SIGHUP` reloads the TLS listeners' certificates (elsewhere than Unix: never).
@@ -320,6 +390,7 @@ async fn serve(
     file: Option<PathBuf>,
     admin: Option<SocketAddr>,
     state: StateArgs,
+    workers: &Workers,
     ready: impl FnOnce(),
 ) -> Result<ExitCode> {
     let admin_cfg = match (admin, &cfg.admin) {
@@ -367,7 +438,7 @@ async fn serve(
             state.discard_bad_state,
         )?),
     };
-    let proxy = Proxy::bind(&cfg, Arc::clone(&table)).await?;
+    let proxy = Proxy::bind_with_workers(&cfg, Arc::clone(&table), workers.handles()).await?;
     let checker = crate::health::active::spawn(Arc::clone(&table));
     for (addr, tls) in proxy.local_addrs().into_iter().zip(proxy.tls_flags()) {
         let scheme = if tls { "https" } else { "http" };
@@ -415,6 +486,7 @@ async fn demo(
     admin: SocketAddr,
     ports: Vec<u16>,
     mut state: StateArgs,
+    workers: &Workers,
 ) -> Result<ExitCode> {
     anyhow::ensure!(
         ports.len() == 3,
@@ -445,7 +517,7 @@ async fn demo(
         backends[0], backends[1], backends[2]
     );
     println!("--- configuration in use ---\n{}---", text.trim_start());
-    serve(cfg, None, Some(admin), state, move || {
+    serve(cfg, None, Some(admin), state, workers, move || {
         let ctl = format!("switchyard ctl --admin http://{admin}");
         println!("Try:");
         println!("  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo");

@@ -34,7 +34,7 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones that clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -81,6 +81,23 @@ impl std::fmt::Display for AttemptError {
                 write!(f, "no response headers within {d:?} (read_timeout)")
             }
         }
+    }
+}
+
+/// The client of one connection, as every request on it is forwarded.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    /// The address as a header value (`X-Real-IP`, `X-Forwarded-For`), made once
+    /// per connection rather than formatted for every request.
+    ip: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        let ip = HeaderValue::from_maybe_shared(bytes::Bytes::from(addr.ip().to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Client { addr, ip }
     }
 }
 
@@ -145,12 +162,72 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
+///
+/// Runs twice per request (request and response), so it avoids the map's hashing
+/// when none of them is present (the usual request) and allocates nothing.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Which of the eight are present, in one pass over the names (comparing
+    // standard names is an integer compare): removing an absent one would
+    // still hash it.
+    let mut present = [false; 8];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = hop_by_hop_index(k.as_str()) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next().cloned(), connection.next()) {
+        (None, _) => {}
+        // One `Connection` header (the usual case): its tokens are read from a
+        // clone of the value (a reference count), so the map is free to change.
+        (Some(only), None) => {
+            if let Ok(tokens) = only.to_str() {
+                for name in tokens.split(',').map(str::trim) {
+                    // `keep-alive` and the like go with the eight below.
+                    if HOP_BY_HOP
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                    {
+                        continue;
+                    }
+                    // By `&str`: looked up without building a `HeaderName`; an
+                    // invalid name matches nothing.
+                    headers.remove(name);
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = connection_tokens(headers)
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect();
+            for name in &named {
+                headers.remove(name);
+            }
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
+    }
+}
+
+/// The position of a (lower-case) name in [`HOP_BY_HOP`]: a match on the
+/// string, cheaper than comparing `HeaderName`s one by one.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "te" => Some(4),
+        "trailer" => Some(5),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
+        _ => None,
     }
 }
 
@@ -333,7 +410,7 @@ impl Forwarder {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: Client,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
             return Ok(text_response(
@@ -388,11 +465,11 @@ async fn forward(
     slot: usize,
     upstream: &Upstream,
     mut req: Request<Incoming>,
-    client: SocketAddr,
+    client: Client,
     body_limit: Option<u64>,
 ) -> Response<ProxyBody> {
     let table = &forwarder.table;
-    let key = request_key(upstream, &req, client.ip());
+    let key = request_key(upstream, &req, client.addr.ip());
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -428,21 +505,18 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto);
     }
-    let ip = client.ip().to_string();
     let xff = match parts
         .headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok(),
+        None => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        parts.headers.insert(X_REAL_IP.clone(), v);
-    }
+    parts.headers.insert(X_REAL_IP.clone(), client.ip.clone());
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), forwarder.proto.clone());
@@ -462,26 +536,29 @@ async fn forward(
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Allocated only when a limit applies (most routes have none).
+    let mut exceeded = None;
     let body = match body_limit {
-        Some(left) if !body.is_end_stream() => UpstreamBody::Limited {
-            body,
-            left,
-            exceeded: Arc::clone(&exceeded),
-        },
+        Some(left) if !body.is_end_stream() => {
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            exceeded = Some(Arc::clone(&flag));
+            UpstreamBody::Limited {
+                body,
+                left,
+                exceeded: flag,
+            }
+        }
         _ => UpstreamBody::Client(body),
     };
     let mut pending = Some(Request::from_parts(parts, body));
 
-    let started = Instant::now();
+    // Read only when retries have a time limit.
+    let started = (!settings.retry.timeout.is_zero()).then(Instant::now);
     let mut tried = Tried::default();
     let mut last_error: Option<AttemptError> = None;
     let tries = settings.retry.tries.max(1);
     while tried.len() < tries as usize {
-        if !tried.is_empty()
-            && !settings.retry.timeout.is_zero()
-            && started.elapsed() >= settings.retry.timeout
-        {
+        if !tried.is_empty() && started.is_some_and(|t| t.elapsed() >= settings.retry.timeout) {
             break;
         }
         let Some(req) = pending
@@ -528,7 +605,10 @@ async fn forward(
             Err((error, unsent)) => {
                 // The client's body broke the route's limit: not the server's
                 // fault, and no other server would fare better.
-                if exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+                if exceeded
+                    .as_ref()
+                    .is_some_and(|e| e.load(std::sync::atomic::Ordering::Relaxed))
+                {
                     return too_large(body_limit.unwrap_or(0));
                 }
                 let server = lease.server();
@@ -590,7 +670,10 @@ async fn attempt(
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => match connect_pooled(server, settings, upgrade).await {
+            // Boxed: the connect path (TCP, TLS, handshake) is a large future that
+            // would otherwise sit inside every request's future, which hyper
+            // moves several times per request; a new connection is the rare case.
+            None => match Box::pin(connect_pooled(server, settings, upgrade)).await {
                 Ok(s) => s,
                 Err(e) => return Err((e, Some(req))),
             },
@@ -611,7 +694,7 @@ async fn attempt(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent_at = Instant::now();
         let timeouts = &settings.timeouts;
-        match timeout(timeouts.read, sender.try_send_request(req)).await {
+        match timeout(timeouts.read, sender.send(req)).await {
             Ok(Ok(resp)) => {
                 server.runtime.stats.header_time.observe(sent_at.elapsed());
                 return Ok((resp, sender, sent_at));
@@ -677,4 +760,47 @@ fn respond(
             sent_at,
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i));
+        }
+        assert_eq!(hop_by_hop_index("content-length"), None);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+
+        // Two Connection headers: the tokens of both count.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.insert("x-c", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-c"]);
+    }
 }

@@ -83,25 +83,78 @@ impl Listening {
 struct Bound {
     /// The configured address (its identity across reloads).
     listen: SocketAddr,
+    /// Accepted on by the runtime that runs the proxy.
     socket: TcpListener,
+    /// One more socket on the same address per extra worker (`SO_REUSEPORT`: the
+    /// kernel spreads new connections over them), each registered with its
+    /// worker's runtime when it starts serving.
+    extra: Vec<std::net::TcpListener>,
     live: Arc<ArcSwap<Listening>>,
 }
 
-async fn bind_one(l: &ListenerConfig, table: &Arc<Table>) -> Result<Bound, ProxyError> {
+async fn bind_one(
+    l: &ListenerConfig,
+    table: &Arc<Table>,
+    workers: usize,
+) -> Result<Bound, ProxyError> {
     // Certificates first: a listener is not bound with files that fail.
     let listening = Listening::new(l, table)?;
-    let socket = TcpListener::bind(l.listen)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            addr: l.listen,
-            source,
-        })?;
+    let (socket, extra) =
+        bind_sockets(l.listen, workers)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: l.listen,
+                source,
+            })?;
     Ok(Bound {
         listen: l.listen,
         socket,
+        extra,
         live: Arc::new(ArcSwap::from_pointee(listening)),
     })
 }
+
+/// The listening socket, and `extra` more on the same address for the extra
+/// workers. A port in use by anyone is an error, as with a plain bind: with
+/// `SO_REUSEPORT` alone, a second switchyard (same user) on the same port would
+/// silently share it, so a plain bind is tried first and closed at once.
+async fn bind_sockets(
+    addr: SocketAddr,
+    extra: usize,
+) -> std::io::Result<(TcpListener, Vec<std::net::TcpListener>)> {
+    if extra == 0 || !cfg!(unix) {
+        return Ok((TcpListener::bind(addr).await?, Vec::new()));
+    }
+    if addr.port() != 0 {
+        drop(TcpListener::bind(addr).await?);
+    }
+    let first = reuseport_listener(addr)?;
+    // Port 0: the others join the port the first one got.
+    let addr = first.local_addr()?;
+    let mut more = Vec::with_capacity(extra);
+    for _ in 0..extra {
+        more.push(reuseport_listener(addr)?.into_std()?);
+    }
+    Ok((first, more))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does on Unix.
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The accept queue of each `SO_REUSEPORT` socket (the kernel caps it at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Listeners bound and ready to serve.
 pub struct Proxy {
@@ -124,7 +177,8 @@ struct Live {
     local: Option<SocketAddr>,
     live: Arc<ArcSwap<Listening>>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<usize>,
+    /// Its accept loops: the proxy's runtime's, then one per extra worker.
+    tasks: Vec<JoinHandle<usize>>,
 }
 
 #[derive(Default)]
@@ -137,6 +191,9 @@ struct Running {
 
 struct Shared {
     table: Arc<Table>,
+    /// The extra workers' runtimes (see `cli`): each accepts on its own socket
+    /// of every listener and serves those connections itself.
+    workers: Vec<tokio::runtime::Handle>,
     reloader: TlsReloader,
     grace: Duration,
     running: tokio::sync::Mutex<Running>,
@@ -198,7 +255,9 @@ impl ProxyHandle {
                     p.kept.push((i, listening));
                 }
                 None => {
-                    let b = bind_one(l, table).await.map_err(|e| e.to_string())?;
+                    let b = bind_one(l, table, self.shared.workers.len())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     p.tls.extend(b.live.load().tls.clone());
                     p.added.push(b);
                 }
@@ -231,7 +290,7 @@ impl ProxyHandle {
                 let _ = l.stop.send(true);
                 info!(listen = %shown(l.local, l.listen), "listener removed; in-flight requests finish");
                 out.removed.push(shown(l.local, l.listen));
-                running.retired.push(l.task);
+                running.retired.extend(l.tasks);
             }
         }
         for b in p.added {
@@ -247,18 +306,37 @@ impl ProxyHandle {
     fn spawn(&self, b: Bound) -> Live {
         let (stop, stop_rx) = watch::channel(false);
         let local = b.socket.local_addr().ok();
-        let task = tokio::spawn(serve_listener(
+        let grace = self.shared.grace;
+        // `max_connections` (the number of the listener's start: a reload keeps
+        // it): one count for all the workers' sockets.
+        let slots = Arc::new(Semaphore::new(b.live.load().limits.max_connections));
+        let mut tasks = vec![tokio::spawn(serve_listener(
             b.socket,
             Arc::clone(&b.live),
-            stop_rx,
-            self.shared.grace,
-        ));
+            stop_rx.clone(),
+            grace,
+            Arc::clone(&slots),
+        ))];
+        for (socket, worker) in b.extra.into_iter().zip(&self.shared.workers) {
+            let (live, stop_rx, slots) = (Arc::clone(&b.live), stop_rx.clone(), Arc::clone(&slots));
+            tasks.push(worker.spawn(async move {
+                // Registered with this worker's runtime, so its connections are
+                // served here.
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => serve_listener(socket, live, stop_rx, grace, slots).await,
+                    Err(e) => {
+                        warn!(error = %e, "a worker cannot accept on its listener socket");
+                        0
+                    }
+                }
+            }));
+        }
         Live {
             listen: b.listen,
             local,
             live: b.live,
             stop,
-            task,
+            tasks,
         }
     }
 }
@@ -266,10 +344,21 @@ impl ProxyHandle {
 impl Proxy {
     /// Binds every listener of `config` (port 0 picks a free port).
     pub async fn bind(config: &Config, table: Arc<Table>) -> Result<Proxy, ProxyError> {
+        Proxy::bind_with_workers(config, table, Vec::new()).await
+    }
+
+    /// As [`Proxy::bind`], and every listener is also served by each of
+    /// `workers` (runtimes of their own threads), on a socket of its own bound
+    /// to the same address with `SO_REUSEPORT`.
+    pub async fn bind_with_workers(
+        config: &Config,
+        table: Arc<Table>,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Proxy, ProxyError> {
         let mut listeners = Vec::new();
         let mut tls_listeners = Vec::new();
         for l in &config.listeners {
-            let b = bind_one(l, &table).await?;
+            let b = bind_one(l, &table, workers.len()).await?;
             tls_listeners.extend(b.live.load().tls.clone());
             listeners.push(b);
         }
@@ -278,6 +367,7 @@ impl Proxy {
             handle: ProxyHandle {
                 shared: Arc::new(Shared {
                     table,
+                    workers,
                     reloader: TlsReloader::new(tls_listeners),
                     grace: config.runtime.shutdown_grace,
                     running: tokio::sync::Mutex::new(Running::default()),
@@ -344,7 +434,7 @@ impl Proxy {
             let mut tasks = std::mem::take(&mut running.retired);
             for l in listeners {
                 let _ = l.stop.send(true);
-                tasks.push(l.task);
+                tasks.extend(l.tasks);
             }
             tasks
         };
@@ -387,24 +477,27 @@ async fn serve_listener(
     live: Arc<ArcSwap<Listening>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    slots: Arc<Semaphore>,
 ) -> usize {
     let graceful = GracefulShutdown::new();
     let mut limits = live.load().limits;
     let mut builder = connection_builder(&limits);
-    // Past `max_connections`, further clients wait in the kernel's accept queue
-    // (the number of the listener's start: a reload keeps it).
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
+                    // Past `max_connections` this client waits here, unserved, and
+                    // further ones wait in the kernel's accept queue. The count is
+                    // taken after the accept, not before: with several workers, an
+                    // accept loop waiting for a client must not hold a slot that
+                    // another worker's client needs.
+                    let permit = tokio::select! {
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                        _ = stop.changed() => break,
+                    };
                     let _ = stream.set_nodelay(true);
                     // What the listener serves with now (a reload may swap it).
                     let current = live.load_full();
@@ -417,8 +510,9 @@ async fn serve_listener(
                     // Boxed: hyper keeps room for the service's future in every
                     // connection, idle or not, so the (large) forwarding future is
                     // allocated per request instead (BENCHMARKS.md, idle RSS).
+                    let peer = forward::Client::new(client);
                     let service = service_fn(move |req| {
-                        Box::pin(Arc::clone(&forwarder).handle(req, client))
+                        Box::pin(Arc::clone(&forwarder).handle(req, peer.clone()))
                     });
                     match &tls {
                         None => {

@@ -10,13 +10,20 @@
 //! in when its response body has been read to the end, never earlier, so a new
 //! request never waits behind another one's body.
 //!
+//! With several workers (one runtime per thread, see `cli`), the idle stack is
+//! split per worker: a connection is driven by a task on the worker that opened
+//! it, so a request reusing it from another worker would wake that thread twice
+//! (request in, response back). Each worker checks connections in and out of its
+//! own shard only, as every nginx worker keeps its own `keepalive` cache.
+//!
 //! An HTTP/2 connection carries many requests at once, so it is not checked out
 //! and in: the pool keeps one shared connection per server (behind an `ArcSwap`,
 //! read without a lock) that every request clones. Only opening a new one takes a
 //! lock ([`Pool::h2_connect_gate`]), so that a burst of first requests opens one
 //! connection, not one each.
 
-use std::future::Future;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,13 +34,6 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper::{Request, Response};
 
 use super::body::UpstreamBody;
-
-/// A request on its way: the response, or the request back if it was never sent.
-pub type SendFuture = std::pin::Pin<
-    Box<
-        dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>> + Send,
-    >,
->;
 
 /// The sending half of a connection to a server.
 #[derive(Debug)]
@@ -61,12 +61,37 @@ impl Sender {
         matches!(self, Sender::H2(_))
     }
 
-    pub fn try_send_request(&mut self, req: Request<UpstreamBody>) -> SendFuture {
+    /// Sends `req` and waits for the response head; on failure, the request
+    /// comes back if it was never sent. (Not boxed: one allocation less per
+    /// request.)
+    pub async fn send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
         match self {
-            Sender::H1(s) => Box::pin(s.try_send_request(req)),
-            Sender::H2(s) => Box::pin(s.try_send_request(req)),
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
         }
     }
+}
+
+/// How many workers the pools of servers created from now on are split for.
+static SHARDS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The worker this thread is (0: the main thread, and any other thread).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Sets the number of workers (before the table is opened: pools made earlier
+/// keep one shard, which stays correct, only shared).
+pub fn set_workers(n: usize) {
+    SHARDS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Marks the calling thread as worker `i` (its idle connections are its own).
+pub fn set_worker(i: usize) {
+    SHARD.with(|s| s.set(i));
 }
 
 struct Idle {
@@ -76,9 +101,10 @@ struct Idle {
 
 /// Idle connections to one server.
 pub struct Pool {
-    /// Created on the first check-in, so a server that never takes traffic (a
-    /// backup, a big table) costs no queue; never created when `keepalive = 0`.
-    idle: OnceLock<ArrayQueue<Idle>>,
+    /// One per worker; each created on the worker's first check-in, so a server
+    /// that never takes traffic (a backup, a big table) costs no queue; never
+    /// created when `keepalive = 0`.
+    idle: Box<[OnceLock<ArrayQueue<Idle>>]>,
     max_idle: usize,
     idle_timeout: Duration,
     /// The shared HTTP/2 connection, when the server speaks HTTP/2.
@@ -98,7 +124,9 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: OnceLock::new(),
+            idle: (0..SHARDS.load(Ordering::Relaxed).max(1))
+                .map(|_| OnceLock::new())
+                .collect(),
             max_idle,
             idle_timeout,
             h2: ArcSwapOption::empty(),
@@ -114,13 +142,19 @@ impl Pool {
         {
             return Some(Sender::H2((**h2).clone()));
         }
-        let idle = self.idle.get()?;
+        let idle = self.shard().get()?;
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
                 return Some(conn.sender);
             }
         }
         None
+    }
+
+    /// The calling worker's idle stack.
+    fn shard(&self) -> &OnceLock<ArrayQueue<Idle>> {
+        let i = SHARD.with(Cell::get);
+        &self.idle[i % self.idle.len()]
     }
 
     /// Held while opening an HTTP/2 connection: whoever waited on it checks the
@@ -148,7 +182,7 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
-        let idle = self.idle.get_or_init(|| ArrayQueue::new(self.max_idle));
+        let idle = self.shard().get_or_init(|| ArrayQueue::new(self.max_idle));
         let _ = idle.push(Idle {
             sender,
             since: Instant::now(),
@@ -158,7 +192,7 @@ impl Pool {
     /// Closes every idle connection (server removed, drained or set down).
     pub fn clear(&self) {
         self.h2.store(None);
-        if let Some(idle) = self.idle.get() {
+        for idle in self.idle.iter().filter_map(OnceLock::get) {
             while idle.pop().is_some() {}
         }
     }
@@ -168,18 +202,23 @@ impl Pool {
         if self.h2.load().as_ref().is_some_and(|s| s.is_closed()) {
             self.h2.store(None);
         }
-        let Some(idle) = self.idle.get() else { return };
-        for _ in 0..idle.len() {
-            let Some(conn) = idle.pop() else { break };
-            if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
-                // Full only if requests checked connections in meanwhile: then
-                // this one is surplus and may close.
-                let _ = idle.push(conn);
+        for idle in self.idle.iter().filter_map(OnceLock::get) {
+            for _ in 0..idle.len() {
+                let Some(conn) = idle.pop() else { break };
+                if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
+                    // Full only if requests checked connections in meanwhile: then
+                    // this one is surplus and may close.
+                    let _ = idle.push(conn);
+                }
             }
         }
     }
 
     pub fn idle_len(&self) -> usize {
-        self.idle.get().map_or(0, ArrayQueue::len)
+        self.idle
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(ArrayQueue::len)
+            .sum()
     }
 }

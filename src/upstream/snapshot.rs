@@ -50,22 +50,34 @@ pub struct Snapshot {
     backup: Tier,
 }
 
-/// Servers already tried for one request (not picked again for it).
+/// Servers already tried for one request (not picked again for it). The first
+/// few are kept inline, so a request that needs no more tries than that
+/// allocates nothing (`retry.tries` defaults to 3).
 #[derive(Debug, Default)]
-pub struct Tried(Vec<u32>);
+pub struct Tried {
+    inline: [u32; TRIED_INLINE],
+    len: usize,
+    more: Vec<u32>,
+}
+
+const TRIED_INLINE: usize = 4;
 
 impl Tried {
     pub fn contains(&self, id: u32) -> bool {
-        self.0.contains(&id)
+        self.inline[..self.len.min(TRIED_INLINE)].contains(&id) || self.more.contains(&id)
     }
     pub fn push(&mut self, id: u32) {
-        self.0.push(id);
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = id,
+            None => self.more.push(id),
+        }
+        self.len += 1;
     }
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 }
 

@@ -144,7 +144,7 @@ impl Select for HashRing {
         }
     }
 
-    fn select(&self, peers: &dyn Peers, key: Option<u64>) -> Option<usize> {
+    fn select<P: Peers>(&self, peers: &P, key: Option<u64>) -> Option<usize> {
         let len = self.points.len();
         if len == 0 {
             return None;

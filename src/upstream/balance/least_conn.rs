@@ -29,7 +29,7 @@ impl Select for LeastConn {
         }
     }
 
-    fn select(&self, peers: &dyn Peers, _key: Option<u64>) -> Option<usize> {
+    fn select<P: Peers>(&self, peers: &P, _key: Option<u64>) -> Option<usize> {
         let n = self.weights.len();
         if n == 0 {
             return None;

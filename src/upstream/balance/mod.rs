@@ -33,7 +33,8 @@ pub struct Member<'a> {
 }
 
 /// What a method may ask about members at pick time. Indexes are positions in the
-/// slice the method was built from.
+/// slice the method was built from. Methods are generic over it (not `&dyn`), so
+/// the checks are inlined into the method's loop: no indirect call per member.
 pub trait Peers {
     /// Whether member `i` may take this request.
     fn eligible(&self, i: usize) -> bool;
@@ -50,7 +51,7 @@ pub trait Select: Send + Sync + Sized {
     ///
     /// `key` is the request's hash key (`hash`, `ip_hash`), `None` when the request
     /// has none or the method takes none. Must not allocate.
-    fn select(&self, peers: &dyn Peers, key: Option<u64>) -> Option<usize>;
+    fn select<P: Peers>(&self, peers: &P, key: Option<u64>) -> Option<usize>;
 }
 
 /// A built method of any kind (enum dispatch keeps the pick path free of vtables).
@@ -74,7 +75,7 @@ impl Balancer {
     }
 
     #[inline]
-    pub fn select(&self, peers: &dyn Peers, key: Option<u64>) -> Option<usize> {
+    pub fn select<P: Peers>(&self, peers: &P, key: Option<u64>) -> Option<usize> {
         match self {
             Balancer::RoundRobin(m) => m.select(peers, key),
             Balancer::LeastConn(m) => m.select(peers, key),
@@ -94,9 +95,11 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
 
 /// Linear scan for the first eligible member, starting at `start` and wrapping.
 /// The O(n) fallback every method ends with, so `select` returns `None` only when
-/// no member at all is eligible.
-#[inline]
-fn scan_from(peers: &dyn Peers, n: usize, start: usize) -> Option<usize> {
+/// no member at all is eligible. Kept out of line: it is the rare path, and
+/// inlined it made each method's common path larger (and slower).
+#[cold]
+#[inline(never)]
+fn scan_from<P: Peers>(peers: &P, n: usize, start: usize) -> Option<usize> {
     if n == 0 {
         return None;
     }

@@ -82,7 +82,7 @@ impl Select for RandomTwo {
         }
     }
 
-    fn select(&self, peers: &dyn Peers, _key: Option<u64>) -> Option<usize> {
+    fn select<P: Peers>(&self, peers: &P, _key: Option<u64>) -> Option<usize> {
         let n = self.weights.len();
         if n <= 1 {
             return (n == 1 && peers.eligible(0)).then_some(0);

@@ -153,7 +153,7 @@ impl Select for RoundRobin {
         }
     }
 
-    fn select(&self, peers: &dyn Peers, _key: Option<u64>) -> Option<usize> {
+    fn select<P: Peers>(&self, peers: &P, _key: Option<u64>) -> Option<usize> {
         if self.n == 0 {
             return None;
         }
