@@ -809,19 +809,23 @@ impl Table {
             writer.slots.entry(name.clone()).or_insert(n);
         }
 
-        // Durable before visible: if the store refuses, nothing changes.
-        let doc = super::persist::to_doc(&upstreams, &next_id, &deleted);
-        save(&doc).map_err(|e| match e {
-            StateError::Conflict { revision } => Refused::Conflict(revision),
-            StateError::Unavailable(_) => Refused::Batch(BatchError {
-                index: None,
-                error: TableError::StoreUnavailable(e.to_string()),
-            }),
-            other => Refused::Batch(BatchError {
-                index: None,
-                error: TableError::Store(other.to_string()),
-            }),
-        })?;
+        // Durable before visible: if the store refuses, nothing changes. (Without
+        // a store and not following one there is nothing to save: the saved form
+        // of a big table is not free.)
+        if self.store.is_some() || target.is_some() {
+            let doc = super::persist::to_doc(&upstreams, &next_id, &deleted);
+            save(&doc).map_err(|e| match e {
+                StateError::Conflict { revision } => Refused::Conflict(revision),
+                StateError::Unavailable(_) => Refused::Batch(BatchError {
+                    index: None,
+                    error: TableError::StoreUnavailable(e.to_string()),
+                }),
+                other => Refused::Batch(BatchError {
+                    index: None,
+                    error: TableError::Store(other.to_string()),
+                }),
+            })?;
+        }
         if !drafts_empty {
             let by_slot = slot_vec(&writer.slots, &upstreams);
             self.current.store(Arc::new(TableSnapshot {
