@@ -1,7 +1,8 @@
 //! `hash` and `ip_hash` balancing: a consistent-hash ring (ketama-style).
 //!
 //! Every member puts `160 × weight` points on a 64-bit ring (as nginx's
-//! `hash … consistent` does). Point `j` of a member is `xxh3_64_with_seed(addr, j)`:
+//! `hash … consistent` does). Point `j` of a member is `xxh3_64_with_seed(addr, j)`
+//! (its high bits; the low bits of a stored point name its owner):
 //! it depends only on that member's own identity, so adding or removing *other*
 //! members never moves it, and a request key keeps its server unless its server is
 //! the one that came or went. A request key (already hashed by
@@ -38,10 +39,13 @@ const WALK: usize = 64;
 #[derive(Debug)]
 pub struct HashRing {
     n: usize,
-    /// Sorted ring positions.
+    /// Sorted ring points, each its position in the high bits and its owner (the
+    /// member's index) in the low `owner_bits`: the point a key lands on carries
+    /// its owner in the same cache line, one miss less per pick at 10,000
+    /// servers. Positions keep `64 - owner_bits` bits (50 at 10,000 members),
+    /// far more than the ring's million points need.
     points: Box<[u64]>,
-    /// `owners[j]` is the member owning `points[j]`.
-    owners: Box<[u32]>,
+    owner_bits: u32,
     /// `index[b]` is the first ring position whose point's top `bits` bits are
     /// `>= b` (one entry per bucket, plus the end): a key's search starts within
     /// its bucket of about 8 points instead of over the whole ring, which at
@@ -86,9 +90,17 @@ fn points_for(w: u32, shift: u32) -> u64 {
 }
 
 impl HashRing {
-    /// Index into the ring where `key` lands (first point ≥ key, wrapping).
+    /// The member owning ring point `j`.
+    #[inline]
+    fn owner(&self, j: usize) -> usize {
+        (self.points[j] & ((1u64 << self.owner_bits) - 1)) as usize
+    }
+
+    /// Index into the ring where `key` lands (first point at or after the key's
+    /// position, wrapping).
     #[inline]
     fn slot(&self, key: u64) -> usize {
+        let key = key & !((1u64 << self.owner_bits) - 1);
         let p = if self.bits == 0 {
             self.points.partition_point(|&x| x < key)
         } else {
@@ -119,25 +131,28 @@ impl Select for HashRing {
             total = count(shift);
         }
 
+        // Enough low bits for any member index (at least one).
+        let owner_bits = (usize::BITS - n.saturating_sub(1).leading_zeros()).max(1);
+        let low = (1u64 << owner_bits) - 1;
         let mut ring: Vec<(u64, u32)> = Vec::with_capacity(total as usize);
         for (i, m) in members.iter().enumerate() {
             for j in 0..points_for(weight_of(m), shift) {
-                ring.push((xxh3_64_with_seed(m.key.as_bytes(), j), i as u32));
+                ring.push((xxh3_64_with_seed(m.key.as_bytes(), j) & !low, i as u32));
             }
         }
-        // Ties (64-bit collisions, or duplicate addrs) break by addr, then by index,
-        // so the order never depends on where a member sits in the slice.
+        // Ties (position collisions, or duplicate addrs) break by addr, then by
+        // index, so the order never depends on where a member sits in the slice.
         ring.sort_unstable_by(|a, b| {
             a.0.cmp(&b.0)
                 .then_with(|| members[a.1 as usize].key.cmp(members[b.1 as usize].key))
                 .then_with(|| a.1.cmp(&b.1))
         });
-        let (points, owners) = ring.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
+        let points: Vec<u64> = ring.iter().map(|&(p, i)| p | u64::from(i)).collect();
         let (index, bits) = bucket_index(&points);
         HashRing {
             n,
             points: points.into_boxed_slice(),
-            owners: owners.into_boxed_slice(),
+            owner_bits,
             index,
             bits,
             cursor: AtomicUsize::new(0),
@@ -158,13 +173,13 @@ impl Select for HashRing {
             if j >= len {
                 j -= len;
             }
-            let i = self.owners[j] as usize;
+            let i = self.owner(j);
             if peers.eligible(i) {
                 return Some(i);
             }
         }
         // Deterministic per key: scan on from the key's own server.
-        scan_from(peers, self.n, self.owners[start] as usize + 1)
+        scan_from(peers, self.n, self.owner(start) + 1)
     }
 }
 
@@ -183,7 +198,9 @@ mod tests {
         for n in [1, 2, 7, 100, 3_000] {
             let a = addrs(n);
             let ring = HashRing::build(&members(&a, &random_weights(n, 1, 20, 7)));
-            let whole = |k: u64| match ring.points.partition_point(|&x| x < k) {
+            // A key lands by its position (its high bits, as the points' are).
+            let position = |k: u64| k & !((1u64 << ring.owner_bits) - 1);
+            let whole = |k: u64| match ring.points.partition_point(|&x| x < position(k)) {
                 p if p == ring.points.len() => 0,
                 p => p,
             };
