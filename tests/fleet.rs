@@ -887,20 +887,19 @@ async fn bootstrap_seeds_empty_prefix_and_followers_follow_store() {
 // etcd authentication
 // ---------------------------------------------------------------------------
 
-/// An instance with etcd credentials (`[cluster] username/password`).
-fn node_with_credentials(
+/// An instance whose `[cluster]` section has `extra` lines after `timeout`
+/// (credentials, TLS files).
+fn node_with(
     name: &'static str,
     etcd: &Etcd,
     prefix: &str,
     servers: &[SocketAddr],
-    password: &str,
+    extra: &str,
 ) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join(format!("{name}.state.json"));
-    let text = fleet_config(etcd, prefix, &state, servers).replace(
-        "timeout = \"2s\"\n",
-        &format!("timeout = \"2s\"\nusername = \"root\"\npassword = \"{password}\"\n"),
-    );
+    let text = fleet_config(etcd, prefix, &state, servers)
+        .replace("timeout = \"2s\"\n", &format!("timeout = \"2s\"\n{extra}"));
     let mut node = Node {
         name,
         dir,
@@ -909,6 +908,18 @@ fn node_with_credentials(
     };
     node.restart();
     node
+}
+
+/// An instance with etcd credentials (`[cluster] username/password`).
+fn node_with_credentials(
+    name: &'static str,
+    etcd: &Etcd,
+    prefix: &str,
+    servers: &[SocketAddr],
+    password: &str,
+) -> Node {
+    let lines = format!("username = \"root\"\npassword = \"{password}\"\n");
+    node_with(name, etcd, prefix, servers, &lines)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -993,29 +1004,6 @@ fn etcd_certificates(dir: &std::path::Path) -> support::etcd::EtcdTls {
     }
 }
 
-fn node_with_tls(
-    name: &'static str,
-    etcd: &Etcd,
-    prefix: &str,
-    servers: &[SocketAddr],
-    tls_lines: &str,
-) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join(format!("{name}.state.json"));
-    let text = fleet_config(etcd, prefix, &state, servers).replace(
-        "timeout = \"2s\"\n",
-        &format!("timeout = \"2s\"\n{tls_lines}"),
-    );
-    let mut node = Node {
-        name,
-        dir,
-        text,
-        sy: None,
-    };
-    node.restart();
-    node
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_etcd_with_a_client_certificate() {
     let (a, b) = (named("a").await, named("b").await);
@@ -1031,7 +1019,7 @@ async fn tls_to_etcd_with_a_client_certificate() {
         tls.client_cert.display(),
         tls.client_key.display()
     );
-    let good = node_with_tls("good", &etcd, &prefix, &servers_, &with_cert);
+    let good = node_with("good", &etcd, &prefix, &servers_, &with_cert);
     wait_cluster(&good, CONVERGE, "connected and in sync", in_sync).await;
     let r = patch(good.admin(), 1, json!({"weight": 7})).await;
     assert_eq!(r.status, StatusCode::OK, "{r}");
@@ -1040,7 +1028,7 @@ async fn tls_to_etcd_with_a_client_certificate() {
 
     // Trusting the CA but showing no client certificate: etcd refuses it.
     let ca_only = format!("tls_ca = \"{}\"\n", tls.ca.display());
-    let refused = node_with_tls("refused", &etcd, &prefix, &servers_, &ca_only);
+    let refused = node_with("refused", &etcd, &prefix, &servers_, &ca_only);
     wait_cluster(&refused, CONVERGE, "reporting the refusal", |v| {
         v["connected"] == false && v["last_error"].is_string()
     })
