@@ -640,35 +640,28 @@ impl Table {
                     })
                 };
                 match cmd {
-                    Command::Add { server, .. } => {
+                    Command::Add { server, .. } | Command::Restore { server, .. } => {
                         validate_new(name, &draft.settings, &draft.servers, server)?;
-                        let id = next_id.entry(name.to_string()).or_insert(0);
-                        let new = Arc::new(added_server(*id, server, &draft.settings));
-                        *id += 1;
-                        events.push(event(
-                            name,
-                            Some(&new),
-                            "server_added",
-                            None,
-                            Some(new.state.as_str().into()),
-                        ));
-                        draft.servers.push(Arc::clone(&new));
-                        touched.push(new);
-                    }
-                    Command::Restore {
-                        id, server, state, ..
-                    } => {
-                        validate_new(name, &draft.settings, &draft.servers, server)?;
-                        if draft.servers.iter().any(|s| s.id == *id) {
-                            return Err(TableError::DuplicateServer {
-                                upstream: name.to_string(),
-                                addr: format!("id {id}"),
-                            });
-                        }
-                        let mut new = added_server(*id, server, &draft.settings);
-                        new.state = *state;
                         let next = next_id.entry(name.to_string()).or_insert(0);
+                        // A new server takes the next id; one the shared store
+                        // already has keeps its id and admin state.
+                        let (id, state) = match cmd {
+                            Command::Restore { id, state, .. } => {
+                                if draft.servers.iter().any(|s| s.id == *id) {
+                                    return Err(TableError::DuplicateServer {
+                                        upstream: name.to_string(),
+                                        addr: format!("id {id}"),
+                                    });
+                                }
+                                (*id, Some(*state))
+                            }
+                            _ => (*next, None),
+                        };
                         *next = (*next).max(id.saturating_add(1));
+                        let mut new = added_server(id, server, &draft.settings);
+                        if let Some(state) = state {
+                            new.state = state;
+                        }
                         let new = Arc::new(new);
                         events.push(event(
                             name,
