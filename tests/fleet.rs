@@ -945,6 +945,23 @@ async fn credentials_are_used_and_wrong_ones_refuse_writes_with_the_reason() {
         &server_key(&prefix, "web", 0),
     ]);
     assert!(stored.contains("\"state\":\"down\""), "{stored}");
+    // etcd keeps its tokens in memory: after a restart the instance's token is
+    // unknown, and it must authenticate again by itself.
+    let mut etcd = etcd;
+    etcd.restart();
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let r = patch(good.admin(), 0, json!({"state": "up"})).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes still refused after etcd's restart: {r}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    wait_cluster(&good, CONVERGE, "in sync after etcd's restart", in_sync).await;
 
     let bad = node_with_credentials("bad", &etcd, &prefix, &servers_, "wrong-password");
     let v = wait_cluster(&bad, CONVERGE, "reporting the refusal", |v| {

@@ -39,7 +39,11 @@ impl Connection {
             .with_connect_timeout(cfg.timeout)
             .with_keep_alive(Duration::from_secs(5), cfg.timeout);
         if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
-            options = options.with_user(user.clone(), password.clone());
+            // etcd's tokens expire (`--auth-token-ttl`, 5 minutes by default); the
+            // client only fetches a new one when told to.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         let tls = cfg.tls_ca.is_some()
             || cfg.tls_cert.is_some()
