@@ -12,7 +12,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde_json::json;
 
-use support::{Backend, Call, Switchyard, get, named, run_to_exit};
+use support::{Backend, Call, ServerRow, Switchyard, get, named, run_to_exit, server_row};
 
 const SERVERS: &str = "/api/v1/upstreams/app/servers";
 
@@ -47,22 +47,10 @@ fn args(cfg: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// `app`'s servers as (id, addr, state, weight).
-async fn table(admin: SocketAddr) -> Vec<(u64, String, String, u64)> {
+async fn table(admin: SocketAddr) -> Vec<ServerRow> {
     let r = Call::get(SERVERS).send(admin).await;
     assert_eq!(r.status, StatusCode::OK, "{r}");
-    r.json
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_u64().unwrap(),
-                s["addr"].as_str().unwrap().to_string(),
-                s["state"].as_str().unwrap().to_string(),
-                s["weight"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    r.json.as_array().unwrap().iter().map(server_row).collect()
 }
 
 async fn add(admin: SocketAddr, addr: &str) -> u64 {

@@ -14,7 +14,7 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use support::etcd::Etcd;
-use support::{ApiReply, Backend, Call, Switchyard, get, named};
+use support::{ApiReply, Backend, Call, ServerRow, Switchyard, get, named, server_row};
 
 const SERVERS: &str = "/api/v1/upstreams/web/servers";
 const CLUSTER: &str = "/api/v1/cluster";
@@ -133,19 +133,10 @@ async fn servers(admin: SocketAddr) -> Vec<Value> {
 }
 
 /// (id, addr, state, weight) of every server, in the listed order.
-type Row = (u64, String, String, u64);
+type Row = ServerRow;
 
 fn rows(list: &[Value]) -> Vec<Row> {
-    list.iter()
-        .map(|s| {
-            (
-                s["id"].as_u64().unwrap(),
-                s["addr"].as_str().unwrap().to_string(),
-                s["state"].as_str().unwrap().to_string(),
-                s["weight"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    list.iter().map(server_row).collect()
 }
 
 async fn table(admin: SocketAddr) -> Vec<Row> {

@@ -1416,3 +1416,16 @@ pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A server as the native API lists it, reduced to (id, addr, state, weight):
+/// what tests compare tables by.
+pub type ServerRow = (u64, String, String, u64);
+
+pub fn server_row(s: &serde_json::Value) -> ServerRow {
+    (
+        s["id"].as_u64().unwrap(),
+        s["addr"].as_str().unwrap().to_string(),
+        s["state"].as_str().unwrap().to_string(),
+        s["weight"].as_u64().unwrap(),
+    )
+}
