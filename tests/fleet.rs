@@ -77,17 +77,7 @@ struct Node {
 
 impl Node {
     fn start(name: &'static str, etcd: &Etcd, prefix: &str, servers: &[SocketAddr]) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join(format!("{name}.state.json"));
-        let text = fleet_config(etcd, prefix, &state, servers);
-        let mut node = Node {
-            name,
-            dir,
-            text,
-            sy: None,
-        };
-        node.restart();
-        node
+        node_with(name, etcd, prefix, servers, "")
     }
 
     /// Starts the binary (again) with the same config and state file.
