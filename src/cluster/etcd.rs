@@ -120,6 +120,16 @@ fn brief(e: &etcd_client::Error) -> String {
     }
 }
 
+/// The most recently changed key under a prefix (its `mod_revision` is the
+/// newest revision there), without its value.
+fn newest_key() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(SortTarget::Mod, SortOrder::Descend)
+        .with_limit(1)
+}
+
 fn range(prefix: &str) -> String {
     format!("{prefix}/")
 }
@@ -155,11 +165,7 @@ pub(crate) async fn write(conn: Connection, w: Write) -> Result<u64, WriteError>
         .collect();
     ops.extend(w.deletes.into_iter().map(|k| TxnOp::delete(k, None)));
     ops.push(TxnOp::put(keys::meta_key(&w.prefix), w.meta, None));
-    let newest = GetOptions::new()
-        .with_prefix()
-        .with_keys_only()
-        .with_sort(SortTarget::Mod, SortOrder::Descend)
-        .with_limit(1);
+    let newest = newest_key();
     let base = i64::try_from(w.base).unwrap_or(i64::MAX - 1);
     let txn = Txn::new()
         .when([Compare::mod_revision(all.clone(), CompareOp::Less, base + 1).with_prefix()])
@@ -354,8 +360,8 @@ pub(crate) async fn watch_forever(
                         newest = newest.max(kv.mod_revision().max(0) as u64);
                     }
                     *revision = newest;
-                    store.set_up(None);
                     follow(&store, &table, kvs, newest).await;
+                    // After following: connected, and in step if nothing newer came.
                     store.set_up(None);
                 }
                 Ok(None) => {
@@ -380,11 +386,7 @@ pub(crate) async fn watch_forever(
 /// Every second: the newest revision under the prefix, so that the status can
 /// tell how far behind the table is, and whether etcd answers at all.
 pub(crate) async fn ping_forever(store: Arc<ClusterStore>) {
-    let newest = GetOptions::new()
-        .with_prefix()
-        .with_keys_only()
-        .with_sort(SortTarget::Mod, SortOrder::Descend)
-        .with_limit(1);
+    let newest = newest_key();
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
