@@ -48,16 +48,16 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// The request handler of one listener.
 #[derive(Debug)]
 pub struct Forwarder {
-    router: Router,
-    table: Arc<Table>,
-    limits: ClientLimits,
+    pub(super) router: Router,
+    pub(super) table: Arc<Table>,
+    pub(super) limits: ClientLimits,
     /// `X-Forwarded-Proto`: `https` on TLS listeners.
-    proto: HeaderValue,
+    pub(super) proto: HeaderValue,
 }
 
 /// Why one attempt on one server failed.
 #[derive(Debug)]
-enum AttemptError {
+pub(super) enum AttemptError {
     Connect(std::io::Error),
     ConnectTimeout(Duration),
     Handshake(hyper::Error),
@@ -65,6 +65,10 @@ enum AttemptError {
     Tls(String),
     ClosedBeforeReady,
     Send(hyper::Error),
+    /// Sending or reading on the plain HTTP/1.1 path failed.
+    Io(std::io::Error),
+    /// The server's response head was not valid HTTP/1.1.
+    Response(String),
     ResponseTimeout(Duration),
 }
 
@@ -77,6 +81,8 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Tls(e) => f.write_str(e),
             AttemptError::ClosedBeforeReady => f.write_str("connection closed before it was ready"),
             AttemptError::Send(e) => write!(f, "request failed: {e}"),
+            AttemptError::Io(e) => write!(f, "request failed: {e}"),
+            AttemptError::Response(e) => f.write_str(e),
             AttemptError::ResponseTimeout(d) => {
                 write!(f, "no response headers within {d:?} (read_timeout)")
             }
@@ -90,7 +96,7 @@ pub struct Client {
     pub addr: SocketAddr,
     /// The address as a header value (`X-Real-IP`, `X-Forwarded-For`), made once
     /// per connection rather than formatted for every request.
-    ip: HeaderValue,
+    pub(super) ip: HeaderValue,
 }
 
 impl Client {
@@ -142,13 +148,16 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-    let host = if let Some(rest) = raw.strip_prefix('[') {
+    host_without_port(raw)
+}
+
+/// `example.com:8080` → `example.com`, `[::1]:8080` → `::1`.
+pub(super) fn host_without_port(raw: &str) -> Option<&str> {
+    if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: `[::1]:8080`.
         return rest.split(']').next();
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    Some(host)
+    }
+    Some(raw.rsplit_once(':').map_or(raw, |(h, _)| h))
 }
 
 /// The comma-separated tokens of every `Connection` header, trimmed.
@@ -237,7 +246,53 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-fn request_key<B>(upstream: &Upstream, req: &Request<B>, client: IpAddr) -> Option<u64> {
+/// What a balancing key is read from: a hyper request, or a head on the plain
+/// HTTP/1.1 path.
+pub(super) trait KeySource {
+    /// The request target (path and query).
+    fn target(&self) -> Option<&str>;
+    /// The first value of a header.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// A cookie's value, from every `Cookie` header.
+    fn cookie(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl<B> KeySource for Request<B> {
+    fn target(&self) -> Option<&str> {
+        self.uri().path_and_query().map(|pq| pq.as_str())
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().get(name).map(HeaderValue::as_bytes)
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        cookie_in(
+            self.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            name,
+        )
+    }
+}
+
+/// A cookie's value among `Cookie` header values.
+pub(super) fn cookie_in<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+) -> Option<&'a [u8]> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_bytes())
+}
+
+pub(super) fn request_key(
+    upstream: &Upstream,
+    req: &impl KeySource,
+    client: IpAddr,
+) -> Option<u64> {
     match upstream.settings.balance {
         Balance::IpHash => Some(match client {
             // nginx's ip_hash keys IPv4 clients by their /24.
@@ -245,27 +300,13 @@ fn request_key<B>(upstream: &Upstream, req: &Request<B>, client: IpAddr) -> Opti
             IpAddr::V6(v6) => hash_key(&v6.octets()),
         }),
         Balance::Hash => match upstream.settings.hash_key.as_ref()? {
-            HashKey::Uri => req
-                .uri()
-                .path_and_query()
-                .map(|pq| hash_key(pq.as_str().as_bytes())),
+            HashKey::Uri => req.target().map(|t| hash_key(t.as_bytes())),
             HashKey::RemoteAddr => Some(match client {
                 IpAddr::V4(v4) => hash_key(&v4.octets()),
                 IpAddr::V6(v6) => hash_key(&v6.octets()),
             }),
-            HashKey::Header(name) => req
-                .headers()
-                .get(name.as_str())
-                .map(|v| hash_key(v.as_bytes())),
-            HashKey::Cookie(name) => req
-                .headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| hash_key(v.as_bytes())),
+            HashKey::Header(name) => req.header(name.as_str()).map(hash_key),
+            HashKey::Cookie(name) => req.cookie(name).map(hash_key),
         },
         _ => None,
     }
@@ -329,15 +370,7 @@ fn h2_form(mut req: Request<UpstreamBody>, scheme: Scheme) -> Request<UpstreamBo
 async fn connect(server: &Server, settings: &UpstreamSettings) -> Result<Sender, AttemptError> {
     let timeouts = &settings.timeouts;
     let deadline = Instant::now() + timeouts.connect;
-    let stream =
-        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(server.sockaddr))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(AttemptError::Connect(e)),
-            Err(_) => return Err(AttemptError::ConnectTimeout(timeouts.connect)),
-        };
-    let _ = stream.set_nodelay(true);
+    let stream = open_tcp(server, deadline, timeouts.connect).await?;
     let io = UpstreamIo::new(stream, timeouts.send, Arc::clone(&server.runtime));
     let addr = server.sockaddr;
     if settings.scheme == Scheme::Http {
@@ -362,6 +395,23 @@ async fn connect(server: &Server, settings: &UpstreamSettings) -> Result<Sender,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     handshake(tls, h2, addr).await
+}
+
+/// The TCP connection to `server`, by `deadline` (`connect_timeout` after the
+/// try began).
+pub(super) async fn open_tcp(
+    server: &Server,
+    deadline: Instant,
+    connect_timeout: Duration,
+) -> Result<tokio::net::TcpStream, AttemptError> {
+    match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(server.sockaddr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(AttemptError::Connect(e)),
+        Err(_) => Err(AttemptError::ConnectTimeout(connect_timeout)),
+    }
 }
 
 async fn handshake<I>(io: I, h2: bool, addr: SocketAddr) -> Result<Sender, AttemptError>
@@ -567,37 +617,13 @@ async fn forward(
         else {
             break;
         };
-        // A retry picks from the table as it is now, so it too honours a change
-        // made while this request was under way.
-        let lease = if tried.is_empty() {
-            upstream
-                .snapshot()
-                .pick(key, &tried, crate::clock::now_ms())
-        } else {
-            table
-                .load()
-                .by_slot(slot)
-                .and_then(|u| u.snapshot().pick(key, &tried, crate::clock::now_ms()))
-        };
-        let Some(lease) = lease else {
+        let Some(lease) = pick_next(table, upstream, slot, key, &mut tried) else {
             if tried.is_empty() {
-                return text_response(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "502 Bad Gateway: no server available in upstream \"{}\"\n",
-                        upstream.name
-                    ),
-                );
+                let (status, text) = no_server(upstream);
+                return text_response(status, text);
             }
             break;
         };
-        tried.push(lease.server().id);
-        lease
-            .server()
-            .runtime
-            .stats
-            .selected_unix_ms
-            .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
         match attempt(lease.server(), settings, req, upgrade, replay.as_ref()).await {
             Ok((resp, sender, sent_at)) => {
                 return respond(upstream, lease, resp, sender, sent_at, client_upgrade);
@@ -611,9 +637,7 @@ async fn forward(
                 {
                     return too_large(body_limit.unwrap_or(0));
                 }
-                let server = lease.server();
-                let outcome = passive::record_failure(server, crate::clock::now_ms());
-                warn!(upstream = %upstream.name, server = %server.addr, error = %error, ?outcome, "upstream attempt failed");
+                attempt_failed(upstream, lease.server(), &error);
                 pending = unsent;
                 let timed_out = matches!(error, AttemptError::ResponseTimeout(_));
                 last_error = Some(error);
@@ -623,29 +647,77 @@ async fn forward(
             }
         }
     }
+    let (status, text) = failure(upstream, tried.len(), last_error.as_ref());
+    text_response(status, text)
+}
+
+/// The server for the next try (the first, or a retry), counted as selected.
+/// A retry picks from the table as it is now, so it too honours a change made
+/// while the request was under way.
+pub(super) fn pick_next(
+    table: &Table,
+    upstream: &Upstream,
+    slot: usize,
+    key: Option<u64>,
+    tried: &mut Tried,
+) -> Option<Lease> {
+    let now = crate::clock::now_ms();
+    let lease = if tried.is_empty() {
+        upstream.snapshot().pick(key, tried, now)
+    } else {
+        table
+            .load()
+            .by_slot(slot)
+            .and_then(|u| u.snapshot().pick(key, tried, now))
+    }?;
+    tried.push(lease.server().id);
+    lease
+        .server()
+        .runtime
+        .stats
+        .selected_unix_ms
+        .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
+    Some(lease)
+}
+
+/// Counts a failed try against its server (passive health) and logs it.
+pub(super) fn attempt_failed(upstream: &Upstream, server: &Server, error: &AttemptError) {
+    let outcome = passive::record_failure(server, crate::clock::now_ms());
+    warn!(upstream = %upstream.name, server = %server.addr, error = %error, ?outcome, "upstream attempt failed");
+}
+
+pub(super) fn no_server(upstream: &Upstream) -> (StatusCode, String) {
+    (
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "502 Bad Gateway: no server available in upstream \"{}\"\n",
+            upstream.name
+        ),
+    )
+}
+
+/// The answer when every try failed (or none could be made).
+pub(super) fn failure(
+    upstream: &Upstream,
+    tries: usize,
+    last_error: Option<&AttemptError>,
+) -> (StatusCode, String) {
     match last_error {
-        Some(AttemptError::ResponseTimeout(d)) => text_response(
+        Some(AttemptError::ResponseTimeout(d)) => (
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "504 Gateway Timeout: upstream \"{}\" sent no response within {d:?}\n",
                 upstream.name
             ),
         ),
-        Some(e) => text_response(
+        Some(e) => (
             StatusCode::BAD_GATEWAY,
             format!(
-                "502 Bad Gateway: upstream \"{}\" failed after {} tries: {e}\n",
-                upstream.name,
-                tried.len()
-            ),
-        ),
-        None => text_response(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "502 Bad Gateway: no server available in upstream \"{}\"\n",
+                "502 Bad Gateway: upstream \"{}\" failed after {tries} tries: {e}\n",
                 upstream.name
             ),
         ),
+        None => no_server(upstream),
     }
 }
 

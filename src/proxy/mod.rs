@@ -1,7 +1,9 @@
 //! The data plane: listeners, routing, forwarding, retries and connection pools.
 //!
 //! Clients speak HTTP/1.1 or HTTP/2, in cleartext (HTTP/2 by prior knowledge) or
-//! over TLS on listeners with `tls` (HTTP/2 by ALPN). Servers are reached over
+//! over TLS on listeners with `tls` (HTTP/2 by ALPN). On cleartext listeners,
+//! plain keep-alive GETs to plain HTTP/1.1 servers take a path of their own
+//! (`h1`); hyper serves everything else (`forward`). Servers are reached over
 //! HTTP/1.1 or HTTP/2 (h2 through ALPN, or h2c), in cleartext or TLS, on a pool
 //! per server. The proxy reads the
 //! upstream table's snapshots and counts into its atomics; it never changes the
@@ -9,8 +11,10 @@
 
 pub mod body;
 mod forward;
+mod h1;
 mod io;
 pub mod pool;
+mod rewind;
 mod router;
 mod upgrade;
 
@@ -23,7 +27,7 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +59,8 @@ struct Listening {
     forwarder: Arc<Forwarder>,
     tls: Option<Arc<ListenerTls>>,
     limits: ClientLimits,
+    /// How hyper serves a connection (made for `limits`).
+    builder: auto::Builder<TokioExecutor>,
 }
 
 impl Listening {
@@ -75,6 +81,7 @@ impl Listening {
             forwarder: Arc::new(forwarder),
             tls,
             limits: l.limits,
+            builder: connection_builder(&l.limits),
         })
     }
 }
@@ -479,9 +486,9 @@ async fn serve_listener(
     grace: Duration,
     slots: Arc<Semaphore>,
 ) -> usize {
-    let graceful = GracefulShutdown::new();
-    let mut limits = live.load().limits;
-    let mut builder = connection_builder(&limits);
+    // Each connection holds a receiver: `true` asks it to finish its exchange in
+    // flight and close; the count of receivers is the count of open connections.
+    let (connections, _) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -500,62 +507,45 @@ async fn serve_listener(
                     };
                     let _ = stream.set_nodelay(true);
                     // What the listener serves with now (a reload may swap it).
-                    let current = live.load_full();
-                    if current.limits != limits {
-                        limits = current.limits;
-                        builder = connection_builder(&limits);
-                    }
-                    let forwarder = Arc::clone(&current.forwarder);
-                    let tls = current.tls.clone();
-                    // Boxed: hyper keeps room for the service's future in every
-                    // connection, idle or not, so the (large) forwarding future is
-                    // allocated per request instead (BENCHMARKS.md, idle RSS).
-                    let peer = forward::Client::new(client);
-                    let service = service_fn(move |req| {
-                        Box::pin(Arc::clone(&forwarder).handle(req, peer.clone()))
+                    let listening = live.load_full();
+                    let client = forward::Client::new(client);
+                    let shutdown = connections.subscribe();
+                    let Some(tls) = listening.tls.as_ref().map(|t| t.current()) else {
+                        tokio::spawn(async move {
+                            h1::serve(h1::Conn {
+                                stream,
+                                client,
+                                listening,
+                                shutdown,
+                            })
+                            .await;
+                            drop(permit);
+                        });
+                        continue;
+                    };
+                    // The configuration of the moment: a reload changes what later
+                    // handshakes get, never this connection.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    tokio::spawn(async move {
+                        let stream = match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!(client = %client.addr, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(client = %client.addr, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        serve_hyper(stream, &listening, client, shutdown).await;
+                        drop(permit);
                     });
-                    match &tls {
-                        None => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .into_owned();
-                            let conn = graceful.watch(conn);
-                            tokio::spawn(async move {
-                                let _ = conn.await;
-                                drop(permit);
-                            });
-                        }
-                        Some(tls) => {
-                            // The configuration of the moment: a reload changes
-                            // what later handshakes get, never this connection.
-                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                            let watcher = graceful.watcher();
-                            let builder = builder.clone();
-                            tokio::spawn(async move {
-                                let stream = match tokio::time::timeout(
-                                    TLS_HANDSHAKE_TIMEOUT,
-                                    acceptor.accept(stream),
-                                )
-                                .await
-                                {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        debug!(%client, error = %e, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        debug!(%client, "TLS handshake timed out");
-                                        return;
-                                    }
-                                };
-                                let conn = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                    .into_owned();
-                                let _ = watcher.watch(conn).await;
-                                drop(permit);
-                            });
-                        }
-                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of
@@ -568,12 +558,43 @@ async fn serve_listener(
         }
     }
     drop(listener);
-    let open = graceful.count();
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    let open = connections.receiver_count();
+    connections.send_replace(true);
+    match tokio::time::timeout(grace, connections.closed()).await {
         Ok(()) => 0,
         Err(_) => {
             warn!(open, "grace period over, closing remaining connections");
             open.max(1)
         }
     }
+}
+
+/// Serves a client connection with hyper (HTTP/1.1 or HTTP/2) until it closes;
+/// when `shutdown` turns, hyper finishes the requests in flight and closes.
+async fn serve_hyper<I>(
+    io: I,
+    listening: &Listening,
+    client: forward::Client,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let forwarder = Arc::clone(&listening.forwarder);
+    // Boxed: hyper keeps room for the service's future in every connection,
+    // idle or not, so the (large) forwarding future is allocated per request
+    // instead (BENCHMARKS.md, idle RSS).
+    let service =
+        service_fn(move |req| Box::pin(Arc::clone(&forwarder).handle(req, client.clone())));
+    let conn = listening
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    if !*shutdown.borrow() {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.changed() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }

@@ -16,6 +16,11 @@
 //! (request in, response back). Each worker checks connections in and out of its
 //! own shard only, as every nginx worker keeps its own `keepalive` cache.
 //!
+//! The plain HTTP/1.1 path (`h1`) drives its server connections itself, without
+//! hyper's client: those idle in queues of their own (`checkout_raw`), by the
+//! same rules (per worker, `keepalive` each, `idle_timeout`, cleared with the
+//! others).
+//!
 //! An HTTP/2 connection carries many requests at once, so it is not checked out
 //! and in: the pool keeps one shared connection per server (behind an `ArcSwap`,
 //! read without a lock) that every request clones. Only opening a new one takes a
@@ -94,17 +99,22 @@ pub fn set_worker(i: usize) {
     SHARD.with(|s| s.set(i));
 }
 
-struct Idle {
-    sender: Sender,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
+
+/// One worker's idle connections of one kind, made on first use.
+type Shards<C> = Box<[OnceLock<ArrayQueue<Idle<C>>>]>;
 
 /// Idle connections to one server.
 pub struct Pool {
     /// One per worker; each created on the worker's first check-in, so a server
     /// that never takes traffic (a backup, a big table) costs no queue; never
     /// created when `keepalive = 0`.
-    idle: Box<[OnceLock<ArrayQueue<Idle>>]>,
+    idle: Shards<Sender>,
+    /// Connections of the plain HTTP/1.1 path, driven without hyper.
+    raw: Shards<tokio::net::TcpStream>,
     max_idle: usize,
     idle_timeout: Duration,
     /// The shared HTTP/2 connection, when the server speaks HTTP/2.
@@ -124,9 +134,8 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: (0..SHARDS.load(Ordering::Relaxed).max(1))
-                .map(|_| OnceLock::new())
-                .collect(),
+            idle: shards(),
+            raw: shards(),
             max_idle,
             idle_timeout,
             h2: ArcSwapOption::empty(),
@@ -142,19 +151,43 @@ impl Pool {
         {
             return Some(Sender::H2((**h2).clone()));
         }
-        let idle = self.shard().get()?;
-        while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
-                return Some(conn.sender);
+        let idle = shard(&self.idle).get()?;
+        while let Some(idle) = idle.pop() {
+            if idle.since.elapsed() < self.idle_timeout && !idle.conn.is_closed() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// The calling worker's idle stack.
-    fn shard(&self) -> &OnceLock<ArrayQueue<Idle>> {
-        let i = SHARD.with(Cell::get);
-        &self.idle[i % self.idle.len()]
+    /// An idle connection of the plain HTTP/1.1 path that is younger than the
+    /// idle timeout and not known to be closed. Whether the server closed it is
+    /// read from the readiness the runtime already has (no system call): a
+    /// closed socket has turned readable; one that is still open has not.
+    pub fn checkout_raw(&self) -> Option<tokio::net::TcpStream> {
+        let idle = shard(&self.raw).get()?;
+        while let Some(idle) = idle.pop() {
+            let mut probe = [0u8; 1];
+            let open = matches!(idle.conn.try_read(&mut probe),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open && idle.since.elapsed() < self.idle_timeout {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection of the plain HTTP/1.1 path whose exchange ended
+    /// cleanly; dropped (closed) when the pool is full or keep-alive is off.
+    pub fn checkin_raw(&self, conn: tokio::net::TcpStream) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let idle = shard(&self.raw).get_or_init(|| ArrayQueue::new(self.max_idle));
+        let _ = idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
     }
 
     /// Held while opening an HTTP/2 connection: whoever waited on it checks the
@@ -182,9 +215,9 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
-        let idle = self.shard().get_or_init(|| ArrayQueue::new(self.max_idle));
+        let idle = shard(&self.idle).get_or_init(|| ArrayQueue::new(self.max_idle));
         let _ = idle.push(Idle {
-            sender,
+            conn: sender,
             since: Instant::now(),
         });
     }
@@ -195,6 +228,9 @@ impl Pool {
         for idle in self.idle.iter().filter_map(OnceLock::get) {
             while idle.pop().is_some() {}
         }
+        for idle in self.raw.iter().filter_map(OnceLock::get) {
+            while idle.pop().is_some() {}
+        }
     }
 
     /// Closes idle connections that timed out or that the server closed.
@@ -202,23 +238,45 @@ impl Pool {
         if self.h2.load().as_ref().is_some_and(|s| s.is_closed()) {
             self.h2.store(None);
         }
-        for idle in self.idle.iter().filter_map(OnceLock::get) {
-            for _ in 0..idle.len() {
-                let Some(conn) = idle.pop() else { break };
-                if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
-                    // Full only if requests checked connections in meanwhile: then
-                    // this one is surplus and may close.
-                    let _ = idle.push(conn);
-                }
-            }
-        }
+        sweep(&self.idle, self.idle_timeout, |s| !s.is_closed());
+        // A closed raw connection is found when it is checked out.
+        sweep(&self.raw, self.idle_timeout, |_| true);
     }
 
     pub fn idle_len(&self) -> usize {
-        self.idle
-            .iter()
-            .filter_map(OnceLock::get)
-            .map(ArrayQueue::len)
-            .sum()
+        idle_in(&self.idle) + idle_in(&self.raw)
+    }
+}
+
+fn shards<C>() -> Shards<C> {
+    (0..SHARDS.load(Ordering::Relaxed).max(1))
+        .map(|_| OnceLock::new())
+        .collect()
+}
+
+/// The calling worker's idle stack.
+fn shard<C>(shards: &Shards<C>) -> &OnceLock<ArrayQueue<Idle<C>>> {
+    let i = SHARD.with(Cell::get);
+    &shards[i % shards.len()]
+}
+
+fn idle_in<C>(shards: &Shards<C>) -> usize {
+    shards
+        .iter()
+        .filter_map(OnceLock::get)
+        .map(ArrayQueue::len)
+        .sum()
+}
+
+fn sweep<C>(shards: &Shards<C>, idle_timeout: Duration, open: impl Fn(&C) -> bool) {
+    for idle in shards.iter().filter_map(OnceLock::get) {
+        for _ in 0..idle.len() {
+            let Some(conn) = idle.pop() else { break };
+            if conn.since.elapsed() < idle_timeout && open(&conn.conn) {
+                // Full only if requests checked connections in meanwhile: then
+                // this one is surplus and may close.
+                let _ = idle.push(conn);
+            }
+        }
     }
 }

@@ -1,0 +1,555 @@
+//! Request and response heads on the plain HTTP/1.1 path: which requests the path
+//! takes, the request as the server sees it and the response as the client sees
+//! it. Pure functions over byte buffers; the connection code does the I/O.
+//!
+//! The rewriting matches the hyper path's (`forward`): hop-by-hop headers go,
+//! with those the `Connection` header names; `X-Forwarded-For` gains the client's
+//! address, `X-Real-IP` and `X-Forwarded-Proto` are set; the response is HTTP/1.1
+//! whatever the server spoke.
+
+use httparse::Header;
+
+/// As hyper's default, which is what the other path allows without a limit set.
+pub const MAX_HEADERS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+}
+
+impl Method {
+    fn as_bytes(self) -> &'static [u8] {
+        match self {
+            Method::Get => b"GET",
+            Method::Head => b"HEAD",
+        }
+    }
+}
+
+/// A request this path takes, borrowed from the connection's buffer.
+#[derive(Debug)]
+pub struct RequestHead<'h, 'b> {
+    /// Bytes of the head, the final empty line included.
+    pub len: usize,
+    pub method: Method,
+    /// The request target (origin form).
+    pub target: &'b str,
+    /// The `Host` header's value, port included.
+    pub host: &'b str,
+    /// The client asked to close the connection after this exchange.
+    pub close: bool,
+    pub headers: &'h [Header<'b>],
+    forwarded_for: Option<&'b [u8]>,
+}
+
+impl<'b> RequestHead<'_, 'b> {
+    /// The first value of a header, by name in any case.
+    pub fn header(&self, name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// Every value of a header, by name in any case.
+    pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+pub enum Parsed<'h, 'b> {
+    Request(RequestHead<'h, 'b>),
+    /// The head is not complete yet.
+    Partial,
+    /// Not one this path takes (a body, an upgrade, HTTP/1.0 or /2, anything
+    /// unusual or invalid): the connection goes to hyper, which answers it.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Passed on as it is.
+    Kept,
+    Host,
+    ContentLength,
+    Connection,
+    /// Hop-by-hop, or replaced by the proxy: not passed on.
+    Dropped,
+    ForwardedFor,
+    /// Means a body, an upgrade or a negotiation: left to hyper.
+    Refused,
+}
+
+/// Names this path treats specially, all lower case.
+const SPECIAL: [(&str, Kind); 13] = [
+    ("host", Kind::Host),
+    ("content-length", Kind::ContentLength),
+    ("connection", Kind::Connection),
+    ("keep-alive", Kind::Dropped),
+    ("proxy-connection", Kind::Dropped),
+    ("x-real-ip", Kind::Dropped),
+    ("x-forwarded-proto", Kind::Dropped),
+    ("x-forwarded-for", Kind::ForwardedFor),
+    ("transfer-encoding", Kind::Refused),
+    ("upgrade", Kind::Refused),
+    ("expect", Kind::Refused),
+    ("te", Kind::Refused),
+    ("trailer", Kind::Refused),
+];
+
+fn kind(name: &str) -> Kind {
+    SPECIAL
+        .iter()
+        .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+        .map_or(Kind::Kept, |(_, k)| *k)
+}
+
+/// Characters of a request target that every URI parser takes: anything else
+/// goes to hyper, which decides.
+fn plain_target(target: &str) -> bool {
+    target.starts_with('/')
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b))
+}
+
+/// Parses a request head at the start of `buf`.
+pub fn parse_request<'h, 'b>(buf: &'b [u8], storage: &'h mut [Header<'b>]) -> Parsed<'h, 'b> {
+    let mut req = httparse::Request::new(storage);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let method = match req.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => return Parsed::Other,
+    };
+    let (Some(1), Some(target)) = (req.version, req.path) else {
+        return Parsed::Other;
+    };
+    if !plain_target(target) {
+        return Parsed::Other;
+    }
+    let headers: &'h [Header<'b>] = req.headers;
+    let mut host = None;
+    let mut close = false;
+    let mut forwarded_for = None;
+    for h in headers {
+        match kind(h.name) {
+            Kind::Kept | Kind::Dropped => {}
+            Kind::Host => {
+                if host.is_some() {
+                    return Parsed::Other;
+                }
+                host = std::str::from_utf8(h.value).ok();
+            }
+            Kind::ContentLength => {
+                if h.value.trim_ascii() != b"0" {
+                    return Parsed::Other;
+                }
+            }
+            Kind::Connection => {
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                        // It names headers to remove: hyper's path does that.
+                        return Parsed::Other;
+                    }
+                }
+            }
+            Kind::ForwardedFor => {
+                forwarded_for.get_or_insert(h.value);
+            }
+            Kind::Refused => return Parsed::Other,
+        }
+    }
+    let Some(host) = host else {
+        return Parsed::Other;
+    };
+    Parsed::Request(RequestHead {
+        len,
+        method,
+        target,
+        host,
+        close,
+        headers,
+        forwarded_for,
+    })
+}
+
+/// Writes the request as the server gets it.
+pub fn write_upstream_request(
+    head: &RequestHead<'_, '_>,
+    client_ip: &[u8],
+    proto: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in head.headers {
+        if matches!(kind(h.name), Kind::Kept | Kind::Host | Kind::ContentLength) {
+            put_header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = head.forwarded_for {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip);
+    out.extend_from_slice(b"\r\n");
+    put_header(out, b"x-real-ip", client_ip);
+    put_header(out, b"x-forwarded-proto", proto);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the server closes the connection; the client's closes after it too.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Bytes of the server's head.
+    pub len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The server keeps the connection open for another request.
+    pub reusable: bool,
+}
+
+pub enum ParsedResponse {
+    Final(ResponseHead),
+    /// An interim response (100, 103): skipped, as hyper's client does; this
+    /// many bytes of it.
+    Interim(usize),
+    Partial,
+}
+
+/// What was wrong with a server's response head.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid response from the server: {0}")]
+pub struct BadResponse(pub String);
+
+/// Response headers never passed on (RFC 9110 §7.6.1, and the non-standard
+/// ones); `transfer-encoding` is written again when the body is chunked.
+const RESPONSE_HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The client's half of the response: whether its connection closes after it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    pub head_request: bool,
+    pub close: bool,
+    /// Added when the server sent no `Date` (as hyper does).
+    pub date: &'a [u8],
+}
+
+/// Parses a response head at the start of `buf` and, for a final response,
+/// writes the head the client gets into `out`.
+pub fn parse_response(
+    buf: &[u8],
+    client: ClientSide<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ParsedResponse, BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Partial),
+        Err(e) => return Err(BadResponse(e.to_string())),
+    };
+    let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return Err(BadResponse(format!("status {status}")));
+    }
+    if status == 101 {
+        return Err(BadResponse(
+            "101 Switching Protocols without an upgrade".into(),
+        ));
+    }
+    if status < 200 {
+        return Ok(ParsedResponse::Interim(len));
+    }
+    let headers: &[Header<'_>] = resp.headers;
+    let mut server_close = resp.version != Some(1);
+    let mut named: Vec<&str> = Vec::new();
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    let mut has_date = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            for token in std::str::from_utf8(h.value)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+            {
+                if token.eq_ignore_ascii_case("close") {
+                    server_close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+                    named.push(token);
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| BadResponse("invalid Content-Length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse("conflicting Content-Length headers".into()));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        }
+    }
+    let framing = if client.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let close = client.close || framing == Framing::UntilClose;
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    let reason = match resp.reason {
+        Some(r) if !r.is_empty() => r,
+        _ => hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+    };
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        let name = h.name;
+        let hop = RESPONSE_HOP_BY_HOP
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let replaced_length = name.eq_ignore_ascii_case("content-length")
+            && matches!(framing, Framing::Chunked | Framing::UntilClose);
+        if hop || replaced_length {
+            // The server's chunked coding, with any coding before it, is relayed
+            // as it is.
+            if framing == Framing::Chunked && name.eq_ignore_ascii_case("transfer-encoding") {
+                put_header(out, b"transfer-encoding", h.value);
+            }
+            continue;
+        }
+        put_header(out, name.as_bytes(), h.value);
+    }
+    if !has_date {
+        put_header(out, b"date", client.date);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ParsedResponse::Final(ResponseHead {
+        len,
+        status,
+        framing,
+        reusable: !server_close && framing != Framing::UntilClose,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> Option<(usize, String, bool)> {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_request(raw.as_bytes(), &mut storage) {
+            Parsed::Request(head) => {
+                let mut out = Vec::new();
+                write_upstream_request(&head, b"10.0.0.9", b"http", &mut out);
+                Some((head.len, String::from_utf8(out).unwrap(), head.close))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_get_is_rewritten_as_the_hyper_path_does() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\nConnection: keep-alive\r\n\
+                   Keep-Alive: timeout=5\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                   Accept: */*\r\n\r\nGET /next";
+        let (len, out, close) = request(raw).unwrap();
+        assert_eq!(len, raw.len() - "GET /next".len());
+        assert!(!close);
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-real-ip: 10.0.0.9\r\n\
+             x-forwarded-proto: http\r\n\r\n"
+        );
+        let (_, _, close) =
+            request("HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Close\r\n\r\n").unwrap();
+        assert!(close);
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert!(request(raw).is_none(), "{raw:?}");
+        }
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut storage),
+            Parsed::Partial
+        ));
+    }
+
+    fn response(raw: &str, head_request: bool, close: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let client = ClientSide {
+            head_request,
+            close,
+            date: b"Thu, 26 Nov 2026 06:00:00 GMT",
+        };
+        match parse_response(raw.as_bytes(), client, &mut out).unwrap() {
+            ParsedResponse::Final(head) => (head, String::from_utf8(out).unwrap()),
+            _ => panic!("not a final response"),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (h, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\nhello",
+            false,
+            false,
+        );
+        assert_eq!(
+            (h.framing, h.reusable, h.status),
+            (Framing::Length(5), true, 200)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\n"
+        );
+
+        let (h, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!((h.framing, h.reusable), (Framing::Chunked, true));
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+             date: Thu, 26 Nov 2026 06:00:00 GMT\r\n\r\n"
+        );
+
+        let (h, out) = response("HTTP/1.0 200 OK\r\nDate: x\r\n\r\n", false, false);
+        assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+
+        let (h, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false);
+        assert_eq!(h.framing, Framing::Empty);
+        let (h, _) = response("HTTP/1.1 304 Not Modified\r\n\r\n", false, false);
+        assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+        let (h, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\nDate: x\r\n\r\n",
+            false,
+            true,
+        );
+        assert!(!h.reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nDate: x\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn interim_and_invalid_responses() {
+        let mut out = Vec::new();
+        let client = ClientSide {
+            head_request: false,
+            close: false,
+            date: b"d",
+        };
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200",
+                client,
+                &mut out
+            ),
+            Ok(ParsedResponse::Interim(37))
+        ));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-", client, &mut out),
+            Ok(ParsedResponse::Partial)
+        ));
+        for bad in [
+            "garbage\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad.as_bytes(), client, &mut out).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,635 @@
+//! The plain HTTP/1.1 path: keep-alive `GET` and `HEAD` on cleartext listeners,
+//! relayed to HTTP/1.1 servers without hyper.
+//!
+//! Why it exists: under a small-GET load, most of switchyard's own CPU time went
+//! to hyper's HTTP/1 server and client state machines and the tasks and channels
+//! between them (BENCHMARKS.md). This path parses the head with `httparse`,
+//! writes the request to a pooled server socket from the same task, and copies
+//! the response back as it is framed; one task, no header map, no body types.
+//! Between requests a connection holds no buffer, only its socket, so idle
+//! keep-alive connections cost little memory.
+//!
+//! What it takes is narrow (see [`head::parse_request`]): a request without a
+//! body, no upgrade, no `Expect`, HTTP/1.1, a route to an upstream of plain HTTP/1.1
+//! servers. Anything else hands the connection, with the bytes read so far, to
+//! hyper for the rest of its life (`serve_hyper`), so every other feature and
+//! every error answer stays hyper's. Retries, timeouts, passive health,
+//! statistics and the leases that drain waits for follow the same rules as the
+//! hyper path (`forward`), whose helpers this path shares.
+//!
+//! It reads the upstream table's snapshots and never changes them.
+
+mod chunked;
+mod head;
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::debug;
+
+use self::chunked::ChunkedScan;
+use self::head::{ClientSide, Framing, Parsed, ParsedResponse, RequestHead, ResponseHead};
+use super::forward::{
+    self, AttemptError, Client, Forwarder, KeySource, attempt_failed, failure, no_server,
+    pick_next, request_key,
+};
+use super::{Listening, rewind::Rewind};
+use crate::config::{Scheme, UpstreamProtocol};
+use crate::health::passive;
+use crate::upstream::{Lease, Server, Tried, Upstream, UpstreamSettings};
+
+/// A client connection on a cleartext listener.
+pub(super) struct Conn {
+    pub stream: TcpStream,
+    pub client: Client,
+    /// What the listener served with when the connection was accepted.
+    pub listening: Arc<Listening>,
+    /// Becomes `true` when the listener shuts down: the connection closes once
+    /// its exchange in flight is over.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serves `conn` until the client closes it, it idles past `header_timeout`,
+/// the listener shuts down, or it is handed to hyper.
+pub(super) async fn serve(mut conn: Conn) {
+    let mut pending = Vec::new();
+    loop {
+        let deadline = Instant::now() + conn.listening.limits.header_timeout;
+        if pending.is_empty() {
+            // Waits without a buffer: an idle connection holds none.
+            let readable = timeout_at(deadline, conn.stream.readable());
+            tokio::select! {
+                biased;
+                _ = conn.shutdown.changed() => return,
+                r = readable => if !matches!(r, Ok(Ok(()))) {
+                    return;
+                },
+            }
+        }
+        // Boxed: the exchange's state exists only while one is under way.
+        match Box::pin(exchange(&mut conn, std::mem::take(&mut pending), deadline)).await {
+            Next::KeepAlive(rest) => pending = rest,
+            Next::Close => return,
+            Next::Hyper(read) => {
+                let Conn {
+                    stream,
+                    client,
+                    listening,
+                    shutdown,
+                } = conn;
+                let io = Rewind::new(read, stream);
+                Box::pin(super::serve_hyper(io, &listening, client, shutdown)).await;
+                return;
+            }
+        }
+        if *conn.shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+enum Next {
+    /// Ready for the next request; these bytes of it (pipelined) are read.
+    KeepAlive(Vec<u8>),
+    Close,
+    /// Not a request for this path: hyper gets the connection and these bytes.
+    Hyper(Vec<u8>),
+}
+
+/// A request this path forwards.
+struct Plan {
+    head_len: usize,
+    head_request: bool,
+    close: bool,
+    upstream: Arc<Upstream>,
+    slot: usize,
+    key: Option<u64>,
+    /// The request as the server gets it.
+    request: Vec<u8>,
+}
+
+enum Planned {
+    Forward(Plan),
+    Partial,
+    Hyper,
+}
+
+impl KeySource for RequestHead<'_, '_> {
+    fn target(&self) -> Option<&str> {
+        Some(self.target)
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        RequestHead::header(self, name)
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        forward::cookie_in(self.header_all("cookie"), name)
+    }
+}
+
+/// Reads one request and forwards it.
+async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next {
+    let forwarder = Arc::clone(&conn.listening.forwarder);
+    if buf.capacity() == 0 {
+        buf = buffers::take();
+    }
+    let plan = loop {
+        if !buf.is_empty() {
+            match plan(&forwarder, &conn.client, &buf) {
+                Planned::Forward(p) => break p,
+                Planned::Hyper => return Next::Hyper(buf),
+                Planned::Partial => {}
+            }
+        }
+        if buf.len() >= forwarder.limits.max_header_size {
+            // Hyper answers 431.
+            return Next::Hyper(buf);
+        }
+        buf.reserve(buffers::READ);
+        match timeout_at(deadline, conn.stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                buffers::give(buf);
+                return Next::Close;
+            }
+        }
+    };
+    buf.drain(..plan.head_len);
+    let keep = forward(conn, &forwarder, &plan).await && !plan.close;
+    buffers::give(plan.request);
+    match (keep, buf.is_empty()) {
+        (true, false) => Next::KeepAlive(buf),
+        (keep, _) => {
+            buffers::give(buf);
+            if keep {
+                Next::KeepAlive(Vec::new())
+            } else {
+                Next::Close
+            }
+        }
+    }
+}
+
+/// Whether this path takes the request at the start of `buf`, and if so where
+/// it goes and what the server gets.
+fn plan(f: &Forwarder, client: &Client, buf: &[u8]) -> Planned {
+    let mut storage = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+    let head = match head::parse_request(buf, &mut storage) {
+        Parsed::Request(h) => h,
+        Parsed::Partial => return Planned::Partial,
+        Parsed::Other => return Planned::Hyper,
+    };
+    // Over a limit, or no route, or an upstream this path does not speak to:
+    // hyper's path answers (431, 414, 404, 502) or forwards.
+    if head.headers.len() > f.limits.max_headers || head.target.len() > f.limits.max_uri_length {
+        return Planned::Hyper;
+    }
+    let path = head.target.split('?').next().unwrap_or("/");
+    let Some(target) = f.router.route(forward::host_without_port(head.host), path) else {
+        return Planned::Hyper;
+    };
+    let Some(upstream) = f.table.load().by_slot(target.slot).cloned() else {
+        return Planned::Hyper;
+    };
+    let settings = &upstream.settings;
+    if settings.scheme != Scheme::Http || settings.protocol != UpstreamProtocol::Http1 {
+        return Planned::Hyper;
+    }
+    let key = request_key(&upstream, &head, client.addr.ip());
+    let mut request = buffers::take();
+    head::write_upstream_request(
+        &head,
+        client.ip.as_bytes(),
+        f.proto.as_bytes(),
+        &mut request,
+    );
+    Planned::Forward(Plan {
+        head_len: head.len,
+        head_request: head.method == head::Method::Head,
+        close: head.close,
+        slot: target.slot,
+        upstream,
+        key,
+        request,
+    })
+}
+
+/// Tries servers as the upstream's retry policy allows and relays the first
+/// response. Returns whether the client connection stays open.
+async fn forward(conn: &mut Conn, f: &Forwarder, plan: &Plan) -> bool {
+    let upstream = &plan.upstream;
+    let settings = &upstream.settings;
+    let started = (!settings.retry.timeout.is_zero()).then(Instant::now);
+    let mut tried = Tried::default();
+    let mut last_error = None;
+    let tries = settings.retry.tries.max(1) as usize;
+    while tried.len() < tries {
+        if !tried.is_empty() && started.is_some_and(|t| t.elapsed() >= settings.retry.timeout) {
+            break;
+        }
+        let Some(lease) = pick_next(&f.table, upstream, plan.slot, plan.key, &mut tried) else {
+            if tried.is_empty() {
+                let (status, text) = no_server(upstream);
+                return answer(conn, plan, status, &text).await;
+            }
+            break;
+        };
+        let date = date::now();
+        let client = ClientSide {
+            head_request: plan.head_request,
+            close: plan.close || *conn.shutdown.borrow(),
+            date: &date,
+        };
+        match attempt(lease.server(), settings, plan, client).await {
+            Ok(response) => return relay(conn, lease, settings, response).await,
+            Err(e) => {
+                attempt_failed(upstream, lease.server(), &e);
+                last_error = Some(e);
+            }
+        }
+    }
+    let (status, text) = failure(upstream, tried.len(), last_error.as_ref());
+    answer(conn, plan, status, &text).await
+}
+
+/// A server's response, its head read.
+struct Response {
+    stream: TcpStream,
+    /// What was read from the server: the head, then perhaps some body.
+    read: Vec<u8>,
+    head: ResponseHead,
+    /// The head the client gets.
+    client_head: Vec<u8>,
+    sent_at: Instant,
+}
+
+/// Why one send on one connection failed.
+enum SendError {
+    /// Nothing came back and the connection broke: a reused connection the
+    /// server had closed is tried again on another.
+    Broken(io::Error),
+    Failed(AttemptError),
+}
+
+/// One server's turn: the request on a pooled connection (again on another one
+/// if that turns out stale) or on a new one, up to the response head.
+async fn attempt(
+    server: &Server,
+    settings: &UpstreamSettings,
+    plan: &Plan,
+    client: ClientSide<'_>,
+) -> Result<Response, AttemptError> {
+    loop {
+        let pooled = server.runtime.pool.checkout_raw();
+        let reused = pooled.is_some();
+        let mut stream = match pooled {
+            Some(s) => s,
+            None => {
+                let limit = settings.timeouts.connect;
+                Box::pin(forward::open_tcp(server, Instant::now() + limit, limit)).await?
+            }
+        };
+        server.runtime.stats.requests.fetch_add(1, Relaxed);
+        let sent_at = Instant::now();
+        match send(&mut stream, server, settings, plan, client, sent_at).await {
+            Ok((read, head, client_head)) => {
+                server.runtime.stats.header_time.observe(sent_at.elapsed());
+                return Ok(Response {
+                    stream,
+                    read,
+                    head,
+                    client_head,
+                    sent_at,
+                });
+            }
+            Err(SendError::Broken(e)) if reused => {
+                debug!(server = %server.addr, error = %e, "stale keep-alive connection, sending again");
+            }
+            Err(SendError::Broken(e)) => return Err(AttemptError::Io(e)),
+            Err(SendError::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// Most bytes of a server's response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+async fn send(
+    stream: &mut TcpStream,
+    server: &Server,
+    settings: &UpstreamSettings,
+    plan: &Plan,
+    client: ClientSide<'_>,
+    sent_at: Instant,
+) -> Result<(Vec<u8>, ResponseHead, Vec<u8>), SendError> {
+    let stats = &server.runtime.stats;
+    let send_timeout = settings.timeouts.send;
+    match timeout(send_timeout, stream.write_all(&plan.request)).await {
+        Ok(Ok(())) => {
+            stats
+                .bytes_sent
+                .fetch_add(plan.request.len() as u64, Relaxed);
+        }
+        Ok(Err(e)) => return Err(SendError::Broken(e)),
+        Err(_) => {
+            return Err(SendError::Failed(AttemptError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("server read nothing for {send_timeout:?} (send_timeout)"),
+            ))));
+        }
+    }
+    let deadline = sent_at + settings.timeouts.read;
+    let mut read = buffers::take();
+    let mut client_head = buffers::take();
+    loop {
+        read.reserve(buffers::READ);
+        match timeout_at(deadline, stream.read_buf(&mut read)).await {
+            Ok(Ok(0)) if read.is_empty() => {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before the response",
+                );
+                return failed(read, client_head, SendError::Broken(e));
+            }
+            Ok(Ok(0)) => {
+                let e = AttemptError::Response(
+                    "connection closed in the middle of the response head".into(),
+                );
+                return failed(read, client_head, SendError::Failed(e));
+            }
+            Ok(Ok(n)) => {
+                stats.bytes_received.fetch_add(n as u64, Relaxed);
+            }
+            Ok(Err(e)) if read.is_empty() => {
+                return failed(read, client_head, SendError::Broken(e));
+            }
+            Ok(Err(e)) => return failed(read, client_head, SendError::Failed(AttemptError::Io(e))),
+            Err(_) => {
+                let e = AttemptError::ResponseTimeout(settings.timeouts.read);
+                return failed(read, client_head, SendError::Failed(e));
+            }
+        }
+        loop {
+            match head::parse_response(&read, client, &mut client_head) {
+                Ok(ParsedResponse::Final(head)) => return Ok((read, head, client_head)),
+                Ok(ParsedResponse::Interim(len)) => {
+                    read.drain(..len);
+                }
+                Ok(ParsedResponse::Partial) if read.len() < MAX_RESPONSE_HEAD => break,
+                Ok(ParsedResponse::Partial) => {
+                    let e = AttemptError::Response(format!(
+                        "response head larger than {MAX_RESPONSE_HEAD} bytes"
+                    ));
+                    return failed(read, client_head, SendError::Failed(e));
+                }
+                Err(e) => {
+                    let e = AttemptError::Response(e.to_string());
+                    return failed(read, client_head, SendError::Failed(e));
+                }
+            }
+        }
+    }
+}
+
+fn failed<T>(read: Vec<u8>, client_head: Vec<u8>, e: SendError) -> Result<T, SendError> {
+    buffers::give(read);
+    buffers::give(client_head);
+    Err(e)
+}
+
+/// Sends the response to the client as its head framed it. Returns whether the
+/// client connection stays open.
+async fn relay(
+    conn: &mut Conn,
+    lease: Lease,
+    settings: &UpstreamSettings,
+    response: Response,
+) -> bool {
+    let Response {
+        stream: mut upstream,
+        mut read,
+        head,
+        client_head,
+        sent_at,
+    } = response;
+    let server = Arc::clone(lease.server());
+    server.runtime.stats.count_response(head.status);
+    passive::record_success(&server);
+
+    // Where the body ends within what was read with the head, if it does.
+    let body = head.len;
+    let mut scan = ChunkedScan::default();
+    let (end, mut left) = match head.framing {
+        Framing::Empty => (Some(body), 0),
+        Framing::Length(n) => {
+            let have = (read.len() - body) as u64;
+            if have >= n {
+                (Some(body + n as usize), 0)
+            } else {
+                (None, n - have)
+            }
+        }
+        Framing::Chunked => match scan.feed(&read[body..]) {
+            Ok(Some(n)) => (Some(body + n), 0),
+            Ok(None) => (None, 0),
+            Err(e) => {
+                debug!(server = %server.addr, error = %e, "bad response body");
+                passive::record_failure(&server, crate::clock::now_ms());
+                return give_up(read, client_head);
+            }
+        },
+        Framing::UntilClose => (None, 0),
+    };
+    let first = &read[body..end.unwrap_or(read.len())];
+    // Bytes past the response: the connection is out of step; not reused.
+    let mut clean = end.is_none_or(|e| e == read.len());
+    let written = write_two(&mut conn.stream, &client_head, first).await;
+    buffers::give(client_head);
+    if written.is_err() {
+        return give_up(read, Vec::new());
+    }
+    if end.is_none() {
+        let read_timeout = settings.timeouts.read;
+        loop {
+            read.clear();
+            read.reserve(buffers::BODY);
+            let n = match timeout(read_timeout, upstream.read_buf(&mut read)).await {
+                Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
+                Ok(Ok(n)) if n > 0 => n,
+                outcome => {
+                    let error = match outcome {
+                        Ok(Ok(_)) => "connection closed before the end of the body".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no body data for {read_timeout:?} (read_timeout)"),
+                    };
+                    debug!(server = %server.addr, %error, "response body broken");
+                    passive::record_failure(&server, crate::clock::now_ms());
+                    return give_up(read, Vec::new());
+                }
+            };
+            server
+                .runtime
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, Relaxed);
+            // How much of this read is body, and whether the body ends with it.
+            let (part, done) = match head.framing {
+                Framing::Length(_) => {
+                    let take = left.min(n as u64);
+                    left -= take;
+                    (take as usize, left == 0)
+                }
+                Framing::Chunked => match scan.feed(&read) {
+                    Ok(Some(e)) => (e, true),
+                    Ok(None) => (n, false),
+                    Err(e) => {
+                        debug!(server = %server.addr, error = %e, "bad response body");
+                        passive::record_failure(&server, crate::clock::now_ms());
+                        return give_up(read, Vec::new());
+                    }
+                },
+                Framing::Empty | Framing::UntilClose => (n, false),
+            };
+            clean = part == n;
+            if conn.stream.write_all(&read[..part]).await.is_err() {
+                return give_up(read, Vec::new());
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    buffers::give(read);
+    server
+        .runtime
+        .stats
+        .response_time
+        .observe(sent_at.elapsed());
+    if head.reusable && clean {
+        server.runtime.pool.checkin_raw(upstream);
+    }
+    drop(lease);
+    // A body delimited by the server's close: the client's head said
+    // `connection: close`, and the close is what ends the body for it too.
+    head.framing != Framing::UntilClose
+}
+
+/// The exchange broke after the client got the head (or the client went away):
+/// the client connection closes, as hyper's path does.
+fn give_up(read: Vec<u8>, other: Vec<u8>) -> bool {
+    buffers::give(read);
+    buffers::give(other);
+    false
+}
+
+/// Writes `a` then `b`, in one system call when the socket takes them.
+async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() || !b.is_empty() {
+        let n = stream
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
+}
+
+/// An answer of switchyard's own (502, 504), as the hyper path words it.
+async fn answer(conn: &mut Conn, plan: &Plan, status: hyper::StatusCode, text: &str) -> bool {
+    let close = plan.close || *conn.shutdown.borrow();
+    let mut out = buffers::take();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(text.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(&date::now());
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    let body = if plan.head_request { "" } else { text };
+    let ok = write_two(&mut conn.stream, &out, body.as_bytes())
+        .await
+        .is_ok();
+    buffers::give(out);
+    ok && !close
+}
+
+/// Buffers for the exchanges in flight on this worker, reused from one request
+/// to the next, so a request allocates none and an idle connection holds none.
+mod buffers {
+    use super::RefCell;
+
+    /// Room made before each read of a head.
+    pub const READ: usize = 4 * 1024;
+    /// Room made before each read of a body.
+    pub const BODY: usize = 64 * 1024;
+    /// Buffers kept per worker; more are freed.
+    const KEPT: usize = 64;
+    /// A buffer that grew past this (a large head) is freed, not kept.
+    const LARGEST_KEPT: usize = 128 * 1024;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Vec<u8> {
+        FREE.with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(READ))
+    }
+
+    pub fn give(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > LARGEST_KEPT {
+            return;
+        }
+        buf.clear();
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < KEPT {
+                f.push(buf);
+            }
+        });
+    }
+}
+
+/// The `Date` header's value, formatted once a second per worker.
+mod date {
+    use super::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub const LEN: usize = 29;
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [b' '; LEN])) };
+    }
+
+    pub fn now() -> [u8; LEN] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != second {
+                let text = httpdate::fmt_http_date(now);
+                let bytes = text.as_bytes();
+                if bytes.len() == LEN {
+                    c.1.copy_from_slice(bytes);
+                }
+                c.0 = second;
+            }
+            c.1
+        })
+    }
+}
