@@ -497,3 +497,29 @@ async fn no_server_left_is_a_502_and_head_gets_no_body() {
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(backend.got().is_empty());
 }
+
+#[tokio::test]
+async fn a_parked_idle_connection_wakes_for_its_next_request() {
+    let backend = Scripted::start(echo_path).await;
+    let proxy = proxy_to(&backend).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for path in ["before", "after-one-park", "after-two-parks"] {
+        client
+            .write_all(format!("GET /{path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut client, &mut buf, false).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, path.as_bytes());
+        // Idle well past the linger: the connection is parked with the accept
+        // loop, then woken by the next request.
+        tokio::time::sleep(switchyard_linger() * 3).await;
+    }
+    assert_eq!(backend.got().len(), 3);
+}
+
+/// The linger before an idle connection parks (`proxy::h1::LINGER`, 100 ms).
+fn switchyard_linger() -> Duration {
+    Duration::from_millis(100)
+}

@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -478,7 +480,9 @@ fn connection_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts on one listener until told to stop; returns how many connections were
-/// still open when the grace period ran out.
+/// still open when the grace period ran out. Also keeps this worker's parked
+/// idle connections of the listener (`h1::Parked`): wakes them into tasks when
+/// their clients send, closes them past `header_timeout` or at shutdown.
 async fn serve_listener(
     listener: TcpListener,
     live: Arc<ArcSwap<Listening>>,
@@ -486,67 +490,38 @@ async fn serve_listener(
     grace: Duration,
     slots: Arc<Semaphore>,
 ) -> usize {
-    // Each connection holds a receiver: `true` asks it to finish its exchange in
-    // flight and close; the count of receivers is the count of open connections.
+    // Each connection task holds a receiver: `true` asks it to finish its
+    // exchange in flight and close; the count of receivers is the count of
+    // connections being served.
     let (connections, _) = watch::channel(false);
+    let (park, mut to_park) = tokio::sync::mpsc::unbounded_channel::<h1::Parked>();
+    let mut parked = FuturesUnordered::new();
+    let mut sweep = tokio::time::interval(h1::sweep_every(live.load().limits.header_timeout));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // A client accepted while `max_connections` are open waits here, unserved,
+    // and further ones wait in the kernel's accept queue. The slot is taken
+    // after the accept, not before: with several workers, an accept loop waiting
+    // for a client must not hold a slot that another worker's client needs.
+    let mut waiting: Option<(tokio::net::TcpStream, SocketAddr)> = None;
+    let start = |stream, addr, permit| {
+        let shutdown = connections.subscribe();
+        start_connection(
+            stream,
+            addr,
+            permit,
+            live.load_full(),
+            shutdown,
+            park.clone(),
+        );
+    };
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
-                    // Past `max_connections` this client waits here, unserved, and
-                    // further ones wait in the kernel's accept queue. The count is
-                    // taken after the accept, not before: with several workers, an
-                    // accept loop waiting for a client must not hold a slot that
-                    // another worker's client needs.
-                    let permit = tokio::select! {
-                        p = Arc::clone(&slots).acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
-                        _ = stop.changed() => break,
-                    };
-                    let _ = stream.set_nodelay(true);
-                    // What the listener serves with now (a reload may swap it).
-                    let listening = live.load_full();
-                    let client = forward::Client::new(client);
-                    let shutdown = connections.subscribe();
-                    let Some(tls) = listening.tls.as_ref().map(|t| t.current()) else {
-                        tokio::spawn(async move {
-                            h1::serve(h1::Conn {
-                                stream,
-                                client,
-                                listening,
-                                shutdown,
-                            })
-                            .await;
-                            drop(permit);
-                        });
-                        continue;
-                    };
-                    // The configuration of the moment: a reload changes what later
-                    // handshakes get, never this connection.
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                    tokio::spawn(async move {
-                        let stream = match tokio::time::timeout(
-                            TLS_HANDSHAKE_TIMEOUT,
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                debug!(client = %client.addr, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(client = %client.addr, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        serve_hyper(stream, &listening, client, shutdown).await;
-                        drop(permit);
-                    });
-                }
+            accepted = listener.accept(), if waiting.is_none() => match accepted {
+                Ok((stream, addr)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => start(stream, addr, permit),
+                    Err(tokio::sync::TryAcquireError::NoPermits) => waiting = Some((stream, addr)),
+                    Err(tokio::sync::TryAcquireError::Closed) => break,
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of
                     // spinning; the connections being served will free some.
@@ -554,10 +529,30 @@ async fn serve_listener(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            permit = Arc::clone(&slots).acquire_owned(), if waiting.is_some() => match (permit, waiting.take()) {
+                (Ok(permit), Some((stream, addr))) => start(stream, addr, permit),
+                _ => break,
+            },
+            Some(p) = to_park.recv() => parked.push(p),
+            Some(woken) = parked.next(), if !parked.is_empty() => {
+                if let Some(idle) = woken {
+                    let conn = idle.wake(connections.subscribe(), park.clone());
+                    tokio::spawn(h1::serve(conn));
+                }
+            },
+            _ = sweep.tick() => {
+                let now = crate::clock::now_ms();
+                for p in parked.iter_mut() {
+                    p.sweep(now);
+                }
+            },
             _ = stop.changed() => break,
         }
     }
     drop(listener);
+    // Idle connections close at once, as hyper closes its idle ones.
+    drop(parked);
+    drop(to_park);
     let open = connections.receiver_count();
     connections.send_replace(true);
     match tokio::time::timeout(grace, connections.closed()).await {
@@ -567,6 +562,50 @@ async fn serve_listener(
             open.max(1)
         }
     }
+}
+
+/// Serves a new client connection in a task of its own: the plain HTTP/1.1
+/// path on cleartext listeners, hyper after a TLS handshake.
+fn start_connection(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    listening: Arc<Listening>,
+    shutdown: watch::Receiver<bool>,
+    park: tokio::sync::mpsc::UnboundedSender<h1::Parked>,
+) {
+    let _ = stream.set_nodelay(true);
+    let client = forward::Client::new(addr);
+    let Some(tls) = listening.tls.as_ref().map(|t| t.current()) else {
+        tokio::spawn(h1::serve(h1::Conn {
+            stream,
+            client,
+            listening,
+            shutdown,
+            permit,
+            park,
+        }));
+        return;
+    };
+    // The configuration of the moment: a reload changes what later handshakes
+    // get, never this connection.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        let stream =
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+        serve_hyper(stream, &listening, client, shutdown).await;
+        drop(permit);
+    });
 }
 
 /// Serves a client connection with hyper (HTTP/1.1 or HTTP/2) until it closes;

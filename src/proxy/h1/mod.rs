@@ -6,8 +6,10 @@
 //! between them (BENCHMARKS.md). This path parses the head with `httparse`,
 //! writes the request to a pooled server socket from the same task, and copies
 //! the response back as it is framed; one task, no header map, no body types.
-//! Between requests a connection holds no buffer, only its socket, so idle
-//! keep-alive connections cost little memory.
+//! Between requests a connection holds no buffer; after [`LINGER`] without a
+//! request it is not even a task: it is parked with its listener's accept loop
+//! ([`Parked`]) as its socket and a few words, and woken into a task again when
+//! the client sends. Idle keep-alive connections cost little memory.
 //!
 //! What it takes is narrow (see [`head::parse_request`]): a request without a
 //! body, no upgrade, no `Expect`, HTTP/1.1, a route to an upstream of plain HTTP/1.1
@@ -23,13 +25,18 @@ mod chunked;
 mod head;
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::debug;
 
@@ -53,22 +60,43 @@ pub(super) struct Conn {
     /// Becomes `true` when the listener shuts down: the connection closes once
     /// its exchange in flight is over.
     pub shutdown: watch::Receiver<bool>,
+    /// Its share of the listener's `max_connections`.
+    pub permit: OwnedSemaphorePermit,
+    /// Where it parks when idle: its listener's accept loop on this worker.
+    pub park: mpsc::UnboundedSender<Parked>,
 }
 
+/// How long an idle connection waits for its next request in its own task
+/// before it parks. Under load the next request comes sooner, so busy
+/// connections never pay for parking (a message and a new task).
+pub const LINGER: Duration = Duration::from_millis(100);
+
 /// Serves `conn` until the client closes it, it idles past `header_timeout`,
-/// the listener shuts down, or it is handed to hyper.
+/// the listener shuts down, or it is handed to hyper; an idle connection parks
+/// after [`LINGER`].
 pub(super) async fn serve(mut conn: Conn) {
     let mut pending = Vec::new();
     loop {
-        let deadline = Instant::now() + conn.listening.limits.header_timeout;
+        let header_timeout = conn.listening.limits.header_timeout;
+        let idle_from = Instant::now();
+        let deadline = idle_from + header_timeout;
         if pending.is_empty() {
             // Waits without a buffer: an idle connection holds none.
-            let readable = timeout_at(deadline, conn.stream.readable());
+            let linger = LINGER.min(header_timeout);
+            let readable = timeout_at(idle_from + linger, conn.stream.readable());
             tokio::select! {
                 biased;
                 _ = conn.shutdown.changed() => return,
-                r = readable => if !matches!(r, Ok(Ok(()))) {
-                    return;
+                r = readable => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) if linger < header_timeout => {
+                        let left = header_timeout - linger;
+                        let park = conn.park.clone();
+                        let _ = park.send(Parked::new(conn, left));
+                        return;
+                    }
+                    Err(_) => return,
                 },
             }
         }
@@ -82,9 +110,12 @@ pub(super) async fn serve(mut conn: Conn) {
                     client,
                     listening,
                     shutdown,
+                    permit,
+                    ..
                 } = conn;
                 let io = Rewind::new(read, stream);
                 Box::pin(super::serve_hyper(io, &listening, client, shutdown)).await;
+                drop(permit);
                 return;
             }
         }
@@ -92,6 +123,98 @@ pub(super) async fn serve(mut conn: Conn) {
             return;
         }
     }
+}
+
+/// An idle connection parked with its listener's accept loop: as little as it
+/// takes to wake it (the socket, the client's address, what it was accepted
+/// with and its connection slot). As a future it is ready when the client
+/// sends (`Some`), or `None` when it is to close: the socket failed, or the
+/// accept loop's sweep found it idle past `header_timeout`.
+pub(super) struct Parked {
+    idle: Option<Idle>,
+    /// `clock::now_ms` after which the connection closes.
+    deadline_ms: u64,
+    expired: bool,
+    waker: Option<Waker>,
+}
+
+pub(super) struct Idle {
+    stream: TcpStream,
+    addr: SocketAddr,
+    listening: Arc<Listening>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Parked {
+    fn new(conn: Conn, left: Duration) -> Parked {
+        let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        Parked {
+            idle: Some(Idle {
+                stream: conn.stream,
+                addr: conn.client.addr,
+                listening: conn.listening,
+                permit: conn.permit,
+            }),
+            deadline_ms: crate::clock::now_ms().saturating_add(left_ms),
+            expired: false,
+            waker: None,
+        }
+    }
+
+    /// Marks the connection to close if it has been idle past its deadline.
+    pub fn sweep(&mut self, now_ms: u64) {
+        if now_ms >= self.deadline_ms {
+            self.expired = true;
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Future for Parked {
+    type Output = Option<Idle>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Idle>> {
+        let this = self.get_mut();
+        let Some(idle) = this.idle.as_ref().filter(|_| !this.expired) else {
+            return Poll::Ready(None);
+        };
+        match idle.stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(this.idle.take()),
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            Poll::Pending => {
+                if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    this.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Idle {
+    /// The connection as a task serves it again.
+    pub fn wake(
+        self,
+        shutdown: watch::Receiver<bool>,
+        park: mpsc::UnboundedSender<Parked>,
+    ) -> Conn {
+        Conn {
+            stream: self.stream,
+            client: Client::new(self.addr),
+            listening: self.listening,
+            shutdown,
+            permit: self.permit,
+            park,
+        }
+    }
+}
+
+/// How often an accept loop looks for parked connections idle past their
+/// deadline: a quarter of `header_timeout`, within [50 ms, 1 s].
+pub fn sweep_every(header_timeout: Duration) -> Duration {
+    (header_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 enum Next {
