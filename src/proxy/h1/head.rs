@@ -268,18 +268,19 @@ const RESPONSE_HOP_BY_HOP: [&str; 8] = [
 
 /// The client's half of the response: whether its connection closes after it.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientSide<'a> {
+pub struct ClientSide {
     pub head_request: bool,
     pub close: bool,
-    /// Added when the server sent no `Date` (as hyper does).
-    pub date: &'a [u8],
+    /// The `Date` the client gets when the server sent none (as hyper adds
+    /// one); asked for only then.
+    pub date: fn() -> [u8; 29],
 }
 
 /// Parses a response head at the start of `buf` and, for a final response,
 /// writes the head the client gets into `out`.
 pub fn parse_response(
     buf: &[u8],
-    client: ClientSide<'_>,
+    client: ClientSide,
     out: &mut Vec<u8>,
 ) -> Result<ParsedResponse, BadResponse> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -383,7 +384,7 @@ pub fn parse_response(
         put_header(out, name.as_bytes(), h.value);
     }
     if !has_date {
-        put_header(out, b"date", client.date);
+        put_header(out, b"date", &(client.date)());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -463,7 +464,7 @@ mod tests {
         let client = ClientSide {
             head_request,
             close,
-            date: b"Thu, 26 Nov 2026 06:00:00 GMT",
+            date: || *b"Thu, 26 Nov 2026 06:00:00 GMT",
         };
         match parse_response(raw.as_bytes(), client, &mut out).unwrap() {
             ParsedResponse::Final(head) => (head, String::from_utf8(out).unwrap()),
@@ -525,7 +526,7 @@ mod tests {
         let client = ClientSide {
             head_request: false,
             close: false,
-            date: b"d",
+            date: || [b'd'; 29],
         };
         assert!(matches!(
             parse_response(

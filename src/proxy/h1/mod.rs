@@ -217,6 +217,12 @@ pub fn sweep_every(header_timeout: Duration) -> Duration {
     (header_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
+/// The client's half of a connection, as one exchange uses it.
+struct Side<'a> {
+    stream: &'a mut TcpStream,
+    shutdown: &'a watch::Receiver<bool>,
+}
+
 enum Next {
     /// Ready for the next request; these bytes of it (pipelined) are read.
     KeepAlive(Vec<u8>),
@@ -257,13 +263,23 @@ impl KeySource for RequestHead<'_, '_> {
 
 /// Reads one request and forwards it.
 async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next {
-    let forwarder = Arc::clone(&conn.listening.forwarder);
+    // Borrowed apart: the listener's forwarder is read while the socket is
+    // written (no reference count touched per request).
+    let Conn {
+        stream,
+        client,
+        listening,
+        shutdown,
+        ..
+    } = conn;
+    let forwarder = &listening.forwarder;
+    let mut conn = Side { stream, shutdown };
     if buf.capacity() == 0 {
         buf = buffers::take();
     }
     let plan = loop {
         if !buf.is_empty() {
-            match plan(&forwarder, &conn.client, &buf) {
+            match plan(forwarder, client, &buf) {
                 Planned::Forward(p) => break p,
                 Planned::Hyper => return Next::Hyper(buf),
                 Planned::Partial => {}
@@ -283,7 +299,7 @@ async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next 
         }
     };
     buf.drain(..plan.head_len);
-    let keep = forward(conn, &forwarder, &plan).await && !plan.close;
+    let keep = forward(&mut conn, forwarder, &plan).await && !plan.close;
     buffers::give(plan.request);
     match (keep, buf.is_empty()) {
         (true, false) => Next::KeepAlive(buf),
@@ -344,7 +360,7 @@ fn plan(f: &Forwarder, client: &Client, buf: &[u8]) -> Planned {
 
 /// Tries servers as the upstream's retry policy allows and relays the first
 /// response. Returns whether the client connection stays open.
-async fn forward(conn: &mut Conn, f: &Forwarder, plan: &Plan) -> bool {
+async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
     let upstream = &plan.upstream;
     let settings = &upstream.settings;
     let started = (!settings.retry.timeout.is_zero()).then(Instant::now);
@@ -362,11 +378,10 @@ async fn forward(conn: &mut Conn, f: &Forwarder, plan: &Plan) -> bool {
             }
             break;
         };
-        let date = date::now();
         let client = ClientSide {
             head_request: plan.head_request,
             close: plan.close || *conn.shutdown.borrow(),
-            date: &date,
+            date: date::now,
         };
         match attempt(lease.server(), settings, plan, client).await {
             Ok(response) => return relay(conn, lease, settings, response).await,
@@ -405,7 +420,7 @@ async fn attempt(
     server: &Server,
     settings: &UpstreamSettings,
     plan: &Plan,
-    client: ClientSide<'_>,
+    client: ClientSide,
 ) -> Result<Response, AttemptError> {
     loop {
         let pooled = server.runtime.pool.checkout_raw();
@@ -447,12 +462,12 @@ async fn send(
     server: &Server,
     settings: &UpstreamSettings,
     plan: &Plan,
-    client: ClientSide<'_>,
+    client: ClientSide,
     sent_at: Instant,
 ) -> Result<(Vec<u8>, ResponseHead, Vec<u8>), SendError> {
     let stats = &server.runtime.stats;
     let send_timeout = settings.timeouts.send;
-    match timeout(send_timeout, stream.write_all(&plan.request)).await {
+    match timeout_at(sent_at + send_timeout, stream.write_all(&plan.request)).await {
         Ok(Ok(())) => {
             stats
                 .bytes_sent
@@ -528,7 +543,7 @@ fn failed<T>(read: Vec<u8>, client_head: Vec<u8>, e: SendError) -> Result<T, Sen
 /// Sends the response to the client as its head framed it. Returns whether the
 /// client connection stays open.
 async fn relay(
-    conn: &mut Conn,
+    conn: &mut Side<'_>,
     lease: Lease,
     settings: &UpstreamSettings,
     response: Response,
@@ -668,7 +683,7 @@ async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()>
 }
 
 /// An answer of switchyard's own (502, 504), as the hyper path words it.
-async fn answer(conn: &mut Conn, plan: &Plan, status: hyper::StatusCode, text: &str) -> bool {
+async fn answer(conn: &mut Side<'_>, plan: &Plan, status: hyper::StatusCode, text: &str) -> bool {
     let close = plan.close || *conn.shutdown.borrow();
     let mut out = buffers::take();
     out.extend_from_slice(b"HTTP/1.1 ");
