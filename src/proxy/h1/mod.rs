@@ -586,7 +586,7 @@ async fn relay(
     let first = &read[body..end.unwrap_or(read.len())];
     // Bytes past the response: the connection is out of step; not reused.
     let mut clean = end.is_none_or(|e| e == read.len());
-    let written = write_two(&mut conn.stream, &client_head, first).await;
+    let written = write_two(conn.stream, &client_head, first).await;
     buffers::give(client_head);
     if written.is_err() {
         return give_up(read, Vec::new());
@@ -699,9 +699,7 @@ async fn answer(conn: &mut Side<'_>, plan: &Plan, status: hyper::StatusCode, tex
     }
     out.extend_from_slice(b"\r\n\r\n");
     let body = if plan.head_request { "" } else { text };
-    let ok = write_two(&mut conn.stream, &out, body.as_bytes())
-        .await
-        .is_ok();
+    let ok = write_two(conn.stream, &out, body.as_bytes()).await.is_ok();
     buffers::give(out);
     ok && !close
 }
