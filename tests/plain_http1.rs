@@ -519,7 +519,7 @@ async fn a_parked_idle_connection_wakes_for_its_next_request() {
     assert_eq!(backend.got().len(), 3);
 }
 
-/// The linger before an idle connection parks (`proxy::h1::LINGER`, 100 ms).
+/// The linger before an idle connection parks (`proxy::h1::LINGER`, 20 ms).
 fn switchyard_linger() -> Duration {
-    Duration::from_millis(100)
+    Duration::from_millis(20)
 }

@@ -69,7 +69,7 @@ pub(super) struct Conn {
 /// How long an idle connection waits for its next request in its own task
 /// before it parks. Under load the next request comes sooner, so busy
 /// connections never pay for parking (a message and a new task).
-pub const LINGER: Duration = Duration::from_millis(100);
+pub const LINGER: Duration = Duration::from_millis(20);
 
 /// Serves `conn` until the client closes it, it idles past `header_timeout`,
 /// the listener shuts down, or it is handed to hyper; an idle connection parks
