@@ -193,6 +193,12 @@ async fn read_response(
     }
 }
 
+/// Sends one raw request on `client` and reads its response (no body for HEAD).
+async fn ask(client: &mut TcpStream, buf: &mut Vec<u8>, request: &str) -> (String, Vec<u8>) {
+    client.write_all(request.as_bytes()).await.unwrap();
+    read_response(client, buf, request.starts_with("HEAD ")).await
+}
+
 /// Where a chunked body at the start of `buf` ends, if all of it is there.
 fn chunked_end(buf: &[u8]) -> Option<usize> {
     let mut at = 0;
@@ -248,11 +254,12 @@ async fn pipelined_gets_are_answered_in_order_on_one_reused_server_connection() 
     }
     // Later requests on a new client connection reuse the same server connection.
     let mut other = TcpStream::connect(proxy.addr).await.unwrap();
-    other
-        .write_all(b"GET /four HTTP/1.1\r\nHost: example.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, body) = read_response(&mut other, &mut Vec::new(), false).await;
+    let (_, body) = ask(
+        &mut other,
+        &mut Vec::new(),
+        "GET /four HTTP/1.1\r\nHost: example.test\r\n\r\n",
+    )
+    .await;
     assert_eq!(body, b"four");
     let got = backend.got();
     assert_eq!(got.len(), 4);
@@ -331,11 +338,12 @@ async fn chunked_close_delimited_head_and_interim_responses_are_framed_right() {
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
 
-    client
-        .write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, false).await;
+    let (head, body) = ask(
+        &mut client,
+        &mut buf,
+        "GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert!(
         head.to_ascii_lowercase()
             .contains("transfer-encoding: chunked"),
@@ -343,29 +351,32 @@ async fn chunked_close_delimited_head_and_interim_responses_are_framed_right() {
     );
     assert_eq!(body, b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n");
 
-    client
-        .write_all(b"GET /interim HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, false).await;
+    let (head, body) = ask(
+        &mut client,
+        &mut buf,
+        "GET /interim HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert_eq!(body, b"after");
 
-    client
-        .write_all(b"HEAD /head HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, true).await;
+    let (head, body) = ask(
+        &mut client,
+        &mut buf,
+        "HEAD /head HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert!(head.contains("Content-Length: 5"), "{head}");
     assert!(body.is_empty());
 
     // The same client connection still works after all of those, and a
     // close-delimited body is relayed whole, then the client's connection closes.
-    client
-        .write_all(b"GET /until-close HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, false).await;
+    let (head, body) = ask(
+        &mut client,
+        &mut buf,
+        "GET /until-close HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(body, b"until the end");
     assert!(buf.is_empty());
@@ -389,11 +400,12 @@ async fn a_pooled_connection_the_server_closed_is_not_held_against_it() {
     let proxy = proxy_to(&backend).await;
     for i in 0..5 {
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let (head, body) = read_response(&mut client, &mut Vec::new(), false).await;
+        let (head, body) = ask(
+            &mut client,
+            &mut Vec::new(),
+            "GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .await;
         assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
         assert_eq!(body, b"ok");
     }
@@ -408,11 +420,12 @@ async fn a_request_with_a_body_moves_the_connection_to_hyper_which_serves_the_re
     let proxy = proxy_to(&backend).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
-    client
-        .write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, false).await;
+    let (head, body) = ask(
+        &mut client,
+        &mut buf,
+        "GET /first HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert!(head.contains("X-Case-Kept"), "plain path: {head}");
     assert_eq!(body, b"first");
     // A POST with a body, pipelined with a GET behind it: hyper gets both.
@@ -442,11 +455,12 @@ async fn an_idle_keep_alive_connection_closes_after_client_header_timeout() {
     cfg.listeners[0].limits.header_timeout = Duration::from_millis(300);
     let proxy = InProcess::start(&cfg).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, body) = read_response(&mut client, &mut Vec::new(), false).await;
+    let (_, body) = ask(
+        &mut client,
+        &mut Vec::new(),
+        "GET /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
     assert_eq!(body, b"x");
     let idle_from = Instant::now();
     assert!(closed_within(&mut client, Duration::from_secs(5)).await);
@@ -471,29 +485,17 @@ async fn no_server_left_is_a_502_and_head_gets_no_body() {
         .unwrap();
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, false).await;
+    let (head, body) = ask(&mut client, &mut buf, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 502 Bad Gateway"), "{head}");
     assert_eq!(
         String::from_utf8_lossy(&body),
         "502 Bad Gateway: no server available in upstream \"default\"\n"
     );
-    client
-        .write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut client, &mut buf, true).await;
+    let (head, body) = ask(&mut client, &mut buf, "HEAD / HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(body.is_empty());
     // Nothing more arrives: the HEAD answer had no body.
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut client, &mut buf, false).await;
+    let (head, _) = ask(&mut client, &mut buf, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(backend.got().is_empty());
 }
@@ -505,11 +507,12 @@ async fn a_parked_idle_connection_wakes_for_its_next_request() {
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
     for path in ["before", "after-one-park", "after-two-parks"] {
-        client
-            .write_all(format!("GET /{path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let (head, body) = read_response(&mut client, &mut buf, false).await;
+        let (head, body) = ask(
+            &mut client,
+            &mut buf,
+            &format!("GET /{path} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        )
+        .await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(body, path.as_bytes());
         // Idle well past the linger: the connection is parked with the accept
