@@ -209,6 +209,7 @@ fn added_server(id: u32, spec: &ServerSpec, settings: &UpstreamSettings) -> Serv
     }
     s.runtime
         .stats
+        .pick
         .eligible_since_ms
         .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
     s
