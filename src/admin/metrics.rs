@@ -189,7 +189,7 @@ impl Collector for TableCollector {
             )?;
             for (labels, s) in &servers {
                 m.encode_family(labels)?
-                    .encode_gauge(&s.runtime.stats.active.load(Relaxed))?;
+                    .encode_gauge(&s.runtime.stats.pick.active.load(Relaxed))?;
             }
         }
         counter(

@@ -264,7 +264,7 @@ fn peer(s: &Server, now_ms: u64) -> Value {
         "backup": s.backup,
         "weight": s.weight,
         "state": state,
-        "active": st.active.load(Relaxed),
+        "active": st.pick.active.load(Relaxed),
         "max_conns": s.max_conns,
         "requests": st.requests.load(Relaxed),
         "responses": {
@@ -297,7 +297,8 @@ fn peer(s: &Server, now_ms: u64) -> Value {
     let since = match state {
         "down" | "draining" => Some(st.admin_down_since_ms.load(Relaxed)),
         "unavail" => Some(
-            st.unavail_until_ms
+            st.pick
+                .unavail_until_ms
                 .load(Relaxed)
                 .saturating_sub(s.fail_timeout.as_millis() as u64),
         ),

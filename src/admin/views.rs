@@ -150,7 +150,7 @@ impl ServerView {
                 "ok"
             },
             eligible: s.state == AdminState::Up && s.available(now_ms),
-            active: st.active.load(Relaxed),
+            active: st.pick.active.load(Relaxed),
             requests: st.requests.load(Relaxed),
             responses: Responses {
                 r1xx: r(0),

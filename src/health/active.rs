@@ -437,7 +437,7 @@ pub fn record(
         };
         if recovers {
             stats.set_health(Health::Healthy);
-            stats.eligible_since_ms.store(now_ms, Relaxed);
+            stats.pick.eligible_since_ms.store(now_ms, Relaxed);
             return Some((health, Health::Healthy));
         }
     } else {
@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn a_pass_clears_passive_unavail() {
         let stats = ServerStats::default();
-        stats.unavail_until_ms.store(10_000, Relaxed);
+        stats.pick.unavail_until_ms.store(10_000, Relaxed);
         assert!(stats.is_unavail(5_000));
         record(&stats, true, 1, 1, 5_000);
         assert!(!stats.is_unavail(5_000));

@@ -35,7 +35,7 @@ pub fn record_failure(server: &Server, now_ms: u64) -> FailureOutcome {
     // The server came back from an unavail period and has had no success since:
     // like nginx, one failed attempt sends it back (its count stayed at the
     // threshold when it was marked).
-    let probing = stats.unavail_until_ms.load(Relaxed) != 0
+    let probing = stats.pick.unavail_until_ms.load(Relaxed) != 0
         && stats.window_fails.load(Relaxed) >= server.max_fails;
     let fails = if probing {
         server.max_fails
@@ -47,7 +47,7 @@ pub fn record_failure(server: &Server, now_ms: u64) -> FailureOutcome {
         stats.window_fails.fetch_add(1, Relaxed) + 1
     };
     if fails >= server.max_fails {
-        stats.unavail_until_ms.store(now_ms + window, Relaxed);
+        stats.pick.unavail_until_ms.store(now_ms + window, Relaxed);
         stats.unavail_total.fetch_add(1, Relaxed);
         stats.window_fails.store(server.max_fails, Relaxed);
         stats.window_start_ms.store(now_ms, Relaxed);
@@ -59,8 +59,8 @@ pub fn record_failure(server: &Server, now_ms: u64) -> FailureOutcome {
 /// Clears passive `unavail` and the failure count (an active check passed).
 pub fn clear(stats: &crate::upstream::ServerStats) {
     stats.window_fails.store(0, Relaxed);
-    if stats.unavail_until_ms.load(Relaxed) != 0 {
-        stats.unavail_until_ms.store(0, Relaxed);
+    if stats.pick.unavail_until_ms.load(Relaxed) != 0 {
+        stats.pick.unavail_until_ms.store(0, Relaxed);
     }
 }
 

@@ -19,6 +19,7 @@ mod events;
 mod follow;
 pub mod histogram;
 mod persist;
+mod pick_stats;
 pub use persist::check_view;
 mod server;
 mod snapshot;
@@ -26,6 +27,7 @@ mod table;
 
 pub use command::{Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
 pub use events::Event;
+pub use pick_stats::{PickSlot, PickStats};
 pub use server::{AdminState, Health, Server, ServerRuntime, ServerStats};
 pub use snapshot::{Lease, Snapshot, Tried};
 pub use table::{BatchError, OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};

@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::pick_stats::{PickSlot, PickStats};
 use crate::proxy::pool::Pool;
 
 /// What an operator asked for. Orthogonal to health: a check never writes it.
@@ -132,13 +133,7 @@ impl Server {
     /// (admin state is already applied: only `up` servers are in a tier).
     #[inline]
     pub fn available(&self, now_ms: u64) -> bool {
-        let stats = &self.runtime.stats;
-        if stats.unavail_until_ms.load(Ordering::Relaxed) > now_ms
-            || stats.health.load(Ordering::Relaxed) != 0
-        {
-            return false;
-        }
-        self.max_conns == 0 || stats.active.load(Ordering::Relaxed) < u64::from(self.max_conns)
+        self.runtime.stats.pick.available(self.max_conns, now_ms)
     }
 
     /// During slow start, the share of its weight the server takes now (from a
@@ -150,20 +145,7 @@ impl Server {
         if self.slow_start.is_zero() {
             return None;
         }
-        let stats = &self.runtime.stats;
-        let since = stats.eligible_since_ms.load(Ordering::Relaxed);
-        let unavail_end = stats.unavail_until_ms.load(Ordering::Relaxed);
-        let start = if unavail_end <= now_ms {
-            since.max(unavail_end)
-        } else {
-            since
-        };
-        if start == 0 {
-            return None;
-        }
-        let elapsed = now_ms.saturating_sub(start) as f64;
-        let total = self.slow_start.as_millis() as f64;
-        (elapsed < total).then(|| (elapsed / total).max(0.1))
+        self.runtime.stats.pick.ramp(self.slow_start, now_ms)
     }
 }
 
@@ -193,17 +175,22 @@ impl ServerRuntime {
     /// too long to be a point in time (`?wait=18446744073709551615`, in seconds) waits for idle.
     pub async fn wait_idle(&self, timeout: std::time::Duration) -> u64 {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
+        // Counted before `active` is read (both SeqCst, as the lease's decrement
+        // and its read of the count): either this sees the last request's end, or
+        // that lease sees a waiter and wakes it. The guard uncounts on any exit,
+        // a dropped future included.
+        let _waiting = IdleWaiter::new(&self.stats.pick);
         loop {
             // Register before reading, so a wake-up between the two is not lost.
             let notified = self.idle.notified();
-            let active = self.stats.active.load(Ordering::SeqCst);
+            let active = self.stats.pick.active.load(Ordering::SeqCst);
             if active == 0 {
                 return 0;
             }
             match deadline {
                 Some(d) => {
                     if tokio::time::timeout_at(d, notified).await.is_err() {
-                        return self.stats.active.load(Ordering::SeqCst);
+                        return self.stats.pick.active.load(Ordering::SeqCst);
                     }
                 }
                 None => notified.await,
@@ -212,24 +199,33 @@ impl ServerRuntime {
     }
 }
 
+/// One task in [`ServerRuntime::wait_idle`], counted in its server's
+/// `idle_waiters` for as long as it lives.
+struct IdleWaiter<'a>(&'a PickStats);
+
+impl<'a> IdleWaiter<'a> {
+    fn new(stats: &'a PickStats) -> Self {
+        stats.idle_waiters.fetch_add(1, Ordering::SeqCst);
+        IdleWaiter(stats)
+    }
+}
+
+impl Drop for IdleWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.idle_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Counters of one server. Written with relaxed atomics: each is a statistic or a
 /// deadline on its own, and no reader needs two of them to agree.
 ///
-/// `repr(C)`, what a pick reads (`active`, `unavail_until_ms`, `health`,
-/// `eligible_since_ms`) first and together: one cache line per candidate
-/// instead of three (the histograms sit between them otherwise).
+/// What a pick reads (`active`, `unavail_until_ms`, `health`,
+/// `eligible_since_ms`) is in `pick`, a slot of the dense slab in
+/// [`super::pick_stats`]: one line per candidate, next to the other servers'.
 #[derive(Debug, Default)]
-#[repr(C)]
 pub struct ServerStats {
-    /// Requests in flight (from pick to the end of the response body).
-    pub active: AtomicU64,
-    /// The server is `unavail` until this time (0: never was).
-    pub(crate) unavail_until_ms: AtomicU64,
-    /// When the server last became eligible again (slow start origin; 0: never,
-    /// as at process start).
-    pub(crate) eligible_since_ms: AtomicU64,
-    /// [`Health`] as a number (0 healthy, 1 unhealthy, 2 checking).
-    pub(crate) health: AtomicU8,
+    /// Requests in flight, passive `unavail`, health, slow-start origin.
+    pub pick: PickSlot,
     /// Requests sent to this server.
     pub requests: AtomicU64,
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
@@ -277,7 +273,7 @@ impl ServerStats {
 
     /// Whether passive accounting has the server `unavail` at `now_ms`.
     pub fn is_unavail(&self, now_ms: u64) -> bool {
-        self.unavail_until_ms.load(Ordering::Relaxed) > now_ms
+        self.pick.unavail_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     /// Total time the server was out of traffic, by operator or by passive
@@ -292,19 +288,19 @@ impl ServerStats {
                 now_ms.saturating_sub(since)
             };
         let periods = self.unavail_total.load(Ordering::Relaxed);
-        let until = self.unavail_until_ms.load(Ordering::Relaxed);
+        let until = self.pick.unavail_until_ms.load(Ordering::Relaxed);
         let window = fail_timeout.as_millis() as u64;
         let passive = periods * window - until.saturating_sub(now_ms).min(window * periods);
         admin + passive
     }
 
     pub fn health(&self) -> Health {
-        Health::from_u8(self.health.load(Ordering::Relaxed))
+        Health::from_u8(self.pick.health.load(Ordering::Relaxed))
     }
 
     /// Sets health (the `health` module's verdicts, and starting values).
     pub(crate) fn set_health(&self, h: Health) -> Health {
-        Health::from_u8(self.health.swap(h.to_u8(), Ordering::Relaxed))
+        Health::from_u8(self.pick.health.swap(h.to_u8(), Ordering::Relaxed))
     }
 
     /// Consecutive passes and fails, last check time and result, last pass time.
@@ -321,7 +317,7 @@ impl ServerStats {
     /// Records an admin state change for downtime accounting.
     pub(crate) fn admin_state_changed(&self, was_up: bool, is_up: bool, now_ms: u64) {
         if !was_up && is_up {
-            self.eligible_since_ms.store(now_ms, Ordering::Relaxed);
+            self.pick.eligible_since_ms.store(now_ms, Ordering::Relaxed);
         }
         if was_up && !is_up {
             self.admin_down_since_ms.store(now_ms, Ordering::Relaxed);

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::balance::{Balancer, Member, Peers};
+use super::balance::{self, Balancer, Peers};
+use super::pick_stats::PickStats;
 use super::server::{AdminState, Server};
 use crate::config::Balance;
 
@@ -11,8 +12,25 @@ use crate::config::Balance;
 /// balancer built over them.
 #[derive(Debug)]
 struct Tier {
-    members: Vec<Arc<Server>>,
+    members: Box<[Member]>,
     balancer: Option<Balancer>,
+}
+
+/// One member of a tier: the server, and where its live counters are.
+///
+/// A pick judges a candidate by reading both at once (the two addresses are right
+/// here, side by side in one contiguous array), so at 10,000 servers a candidate
+/// costs two cache misses in parallel: the `Server`'s first line (its id and
+/// `max_conns`, and the reference count the lease then takes) and its line of the
+/// dense [`PickStats`] slab. Reached through the `Server`, the counters were a
+/// second miss after the first, and a third for the runtime they sat in. (Copying
+/// id and `max_conns` here instead, so that only the winner's `Server` is read,
+/// measured slower: that miss then comes after the choice instead of alongside.)
+#[derive(Debug)]
+struct Member {
+    server: Arc<Server>,
+    /// The server's slot in the slab (`server` keeps it the server's).
+    stats: &'static PickStats,
 }
 
 impl Tier {
@@ -20,22 +38,29 @@ impl Tier {
         let balancer = if members.is_empty() {
             None
         } else {
-            let view: Vec<Member<'_>> = members
+            let view: Vec<balance::Member<'_>> = members
                 .iter()
-                .map(|s| Member {
+                .map(|s| balance::Member {
                     weight: s.weight,
                     key: &s.addr,
                 })
                 .collect();
             Some(Balancer::build(method, &view))
         };
+        let members = members
+            .into_iter()
+            .map(|server| Member {
+                stats: server.runtime.stats.pick.get(),
+                server,
+            })
+            .collect();
         Tier { members, balancer }
     }
 
     /// Whether any member is in slow start (then a second look without the
     /// ramp is worth it).
     fn ramping(&self, now_ms: u64) -> bool {
-        self.members.iter().any(|s| s.ramp(now_ms).is_some())
+        self.members.iter().any(|m| m.server.ramp(now_ms).is_some())
     }
 }
 
@@ -82,7 +107,7 @@ impl Tried {
 }
 
 struct View<'a> {
-    members: &'a [Arc<Server>],
+    members: &'a [Member],
     tried: &'a Tried,
     skip: Option<u32>,
     now_ms: u64,
@@ -95,20 +120,26 @@ struct View<'a> {
 impl Peers for View<'_> {
     #[inline]
     fn eligible(&self, i: usize) -> bool {
-        let s = &self.members[i];
-        if self.tried.contains(s.id) || self.skip == Some(s.id) || !s.available(self.now_ms) {
+        let Member { server: s, stats } = &self.members[i];
+        if self.tried.contains(s.id)
+            || self.skip == Some(s.id)
+            || !stats.available(s.max_conns, self.now_ms)
+        {
             return false;
         }
         // Slow start: skipping a ramping server's turns with probability
         // 1 - share gives it `share` of its weight, with no rebuild per step.
-        match (self.ramp, s.ramp(self.now_ms)) {
-            (true, Some(share)) => fastrand::f64() < share,
-            _ => true,
+        if !self.ramp || s.slow_start.is_zero() {
+            return true;
+        }
+        match stats.ramp(s.slow_start, self.now_ms) {
+            Some(share) => fastrand::f64() < share,
+            None => true,
         }
     }
     #[inline]
     fn active(&self, i: usize) -> u64 {
-        self.members[i].runtime.stats.active.load(Ordering::Relaxed)
+        self.members[i].stats.active.load(Ordering::Relaxed)
     }
 }
 
@@ -117,6 +148,9 @@ impl Peers for View<'_> {
 #[derive(Debug)]
 pub struct Lease {
     server: Arc<Server>,
+    /// The server's counters (kept by `server`), so that ending the lease touches
+    /// the line the pick already read and not the server's runtime.
+    stats: &'static PickStats,
 }
 
 impl Lease {
@@ -127,9 +161,11 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let runtime = &self.server.runtime;
-        if runtime.stats.active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            runtime.idle.notify_waiters();
+        // SeqCst, as `ServerRuntime::wait_idle`'s count and read: see there.
+        if self.stats.active.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.stats.idle_waiters.load(Ordering::SeqCst) != 0
+        {
+            self.server.runtime.idle.notify_waiters();
         }
     }
 }
@@ -181,15 +217,16 @@ impl Snapshot {
                 let Some(i) = balancer.select(&view, key) else {
                     break;
                 };
-                let server = &tier.members[i];
-                let active = server.runtime.stats.active.fetch_add(1, Ordering::Relaxed);
+                let Member { server, stats } = &tier.members[i];
+                let active = stats.active.fetch_add(1, Ordering::Relaxed);
                 if server.max_conns != 0 && active >= u64::from(server.max_conns) {
-                    server.runtime.stats.active.fetch_sub(1, Ordering::Relaxed);
+                    stats.active.fetch_sub(1, Ordering::Relaxed);
                     skip = Some(server.id);
                     continue;
                 }
                 return Some(Lease {
                     server: Arc::clone(server),
+                    stats,
                 });
             }
         }

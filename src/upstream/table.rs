@@ -200,6 +200,18 @@ pub enum OpenError {
     Tls { upstream: String, reason: String },
 }
 
+/// Puts servers made together into their `Arc`s one after the other, once all of
+/// them are made: their allocations then sit side by side instead of between
+/// their runtimes' (~700 bytes each), so the first lines of a big upstream's
+/// servers, which every pick reads for its candidates (and the lease's reference
+/// count), span a few hundred pages instead of a few thousand: at 10,000 servers
+/// that is the difference between a TLB-and-L3 miss per candidate and mostly
+/// cache hits.
+fn dense(servers: impl IntoIterator<Item = Server>) -> Vec<Arc<Server>> {
+    let made: Vec<Server> = servers.into_iter().collect();
+    made.into_iter().map(Arc::new).collect()
+}
+
 /// A server added at run time: with a health check it starts `checking`, and
 /// slow start counts from now.
 fn added_server(id: u32, spec: &ServerSpec, settings: &UpstreamSettings) -> Server {
@@ -209,6 +221,7 @@ fn added_server(id: u32, spec: &ServerSpec, settings: &UpstreamSettings) -> Serv
     }
     s.runtime
         .stats
+        .pick
         .eligible_since_ms
         .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
     s
@@ -374,17 +387,14 @@ impl Table {
             // At start-up servers take traffic at once, unless the check is
             // mandatory: then they wait for a first pass.
             let mandatory = settings.health_check.as_ref().is_some_and(|c| c.mandatory);
-            let servers = specs
-                .iter()
-                .map(|(id, spec, state)| {
-                    let mut s = new_server(*id, spec, settings.keepalive);
-                    s.state = *state;
-                    if mandatory {
-                        s.runtime.stats.set_health(Health::Checking);
-                    }
-                    Arc::new(s)
-                })
-                .collect();
+            let servers = dense(specs.iter().map(|(id, spec, state)| {
+                let mut s = new_server(*id, spec, settings.keepalive);
+                s.state = *state;
+                if mandatory {
+                    s.runtime.stats.set_health(Health::Checking);
+                }
+                s
+            }));
             slots.insert(name.clone(), slots.len());
             next_id.insert(name.clone(), next);
             upstreams.insert(name.clone(), build_upstream(&name, settings, 1, servers));
@@ -601,11 +611,12 @@ impl Table {
                         if exists {
                             return Err(TableError::UpstreamExists(name.to_string()));
                         }
-                        let mut list: Vec<Arc<Server>> = Vec::new();
+                        let mut made: Vec<Server> = Vec::new();
                         for (i, spec) in servers.iter().enumerate() {
-                            validate_new(name, settings, &list, spec)?;
-                            list.push(Arc::new(added_server(i as u32, spec, settings)));
+                            validate_new(name, settings, made.iter().map(|s| &*s.addr), spec)?;
+                            made.push(added_server(i as u32, spec, settings));
                         }
+                        let list = dense(made);
                         next_id.insert(name.to_string(), list.len() as u32);
                         // A name stays in `deleted` when it is created again: the
                         // config's definition of it no longer applies.
@@ -641,7 +652,12 @@ impl Table {
                 };
                 match cmd {
                     Command::Add { server, .. } | Command::Restore { server, .. } => {
-                        validate_new(name, &draft.settings, &draft.servers, server)?;
+                        validate_new(
+                            name,
+                            &draft.settings,
+                            draft.servers.iter().map(|s| &*s.addr),
+                            server,
+                        )?;
                         let next = next_id.entry(name.to_string()).or_insert(0);
                         // A new server takes the next id; one the shared store
                         // already has keeps its id and admin state.
@@ -914,17 +930,17 @@ fn draft_mut<'a>(
     slot.as_mut().ok_or_else(unknown)
 }
 
-fn validate_new(
+fn validate_new<'a>(
     upstream: &str,
     settings: &UpstreamSettings,
-    list: &[Arc<Server>],
+    mut addrs: impl Iterator<Item = &'a str>,
     spec: &ServerSpec,
 ) -> Result<(), TableError> {
     if !(1..=1000).contains(&spec.config.weight) {
         return Err(TableError::BadWeight(spec.config.weight));
     }
     check_backup(settings, spec.config.backup)?;
-    if list.iter().any(|s| s.addr == spec.config.addr) {
+    if addrs.any(|a| a == spec.config.addr) {
         return Err(TableError::DuplicateServer {
             upstream: upstream.to_string(),
             addr: spec.config.addr.clone(),

@@ -107,6 +107,52 @@ fn scan_from<P: Peers>(peers: &P, n: usize, start: usize) -> Option<usize> {
     (start..n).chain(0..start).find(|&i| peers.eligible(i))
 }
 
+/// Random draws of members, each with probability proportional to its weight
+/// (`random_two`'s two choices, `least_conn`'s sample of a big tier).
+///
+/// With equal weights a draw is a plain uniform index; otherwise it is a binary
+/// search of a random number in a cumulative-weight table built once per snapshot.
+/// Randomness comes from `fastrand`'s thread-local generator, so the sampler is
+/// immutable and shared by every thread: no lock, no shared counter.
+#[derive(Debug)]
+struct Sampler {
+    n: usize,
+    /// `cumulative[i]` = sum of weights `0..=i`; `None` when all weights are equal.
+    cumulative: Option<Box<[u64]>>,
+}
+
+impl Sampler {
+    fn build(weights: &[u32]) -> Sampler {
+        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        let cumulative = (!uniform).then(|| {
+            weights
+                .iter()
+                .scan(0u64, |acc, &w| {
+                    *acc += u64::from(w);
+                    Some(*acc)
+                })
+                .collect()
+        });
+        Sampler {
+            n: weights.len(),
+            cumulative,
+        }
+    }
+
+    /// One weighted random member (requires `n > 0`).
+    #[inline]
+    fn draw(&self) -> usize {
+        match &self.cumulative {
+            None => fastrand::usize(..self.n),
+            Some(cum) => {
+                let total = cum.last().copied().unwrap_or(1);
+                let r = fastrand::u64(..total);
+                cum.partition_point(|&c| c <= r)
+            }
+        }
+    }
+}
+
 /// Whether load `a_active / a_weight` is strictly below `b_active / b_weight`,
 /// compared by cross-multiplication (exact, no division, cannot overflow `u128`).
 #[inline]

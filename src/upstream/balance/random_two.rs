@@ -6,14 +6,14 @@
 //! weighted) per pick, and, unlike a global minimum, doesn't send a burst of requests
 //! from many threads to the same momentarily idle server.
 //!
-//! With equal weights the draw is a plain uniform index; otherwise it is a binary
-//! search of a random number in a cumulative-weight table built once per snapshot.
-//! Randomness comes from `fastrand`'s thread-local generator, so the built method is
-//! fully immutable: no lock, no shared counter, no allocation on the pick path.
+//! The draws are [`Sampler`]'s: a uniform index with equal weights, else a binary
+//! search in a cumulative-weight table built once per snapshot, with `fastrand`'s
+//! thread-local generator, so the built method is fully immutable: no lock, no
+//! shared counter, no allocation on the pick path.
 //! If neither drawn member is eligible, the pick scans all members from a random
 //! offset.
 
-use super::{Member, Peers, Select, lighter, scan_from, weight_of};
+use super::{Member, Peers, Sampler, Select, lighter, scan_from, weight_of};
 
 /// Redraws of the second choice when it repeats the first (weighted case only).
 const REDRAWS: usize = 4;
@@ -21,41 +21,27 @@ const REDRAWS: usize = 4;
 #[derive(Debug)]
 pub struct RandomTwo {
     weights: Box<[u32]>,
-    /// `cumulative[i]` = sum of weights `0..=i`; `None` when all weights are equal.
-    cumulative: Option<Box<[u64]>>,
+    sampler: Sampler,
 }
 
 impl RandomTwo {
-    /// One weighted random member (requires `n > 0`).
-    #[inline]
-    fn draw(&self) -> usize {
-        match &self.cumulative {
-            None => fastrand::usize(..self.weights.len()),
-            Some(cum) => {
-                let total = cum.last().copied().unwrap_or(1);
-                let r = fastrand::u64(..total);
-                cum.partition_point(|&c| c <= r)
-            }
-        }
-    }
-
     /// A second member, distinct from `a` when that is possible.
     #[inline]
     fn draw_other(&self, a: usize) -> usize {
         let n = self.weights.len();
-        match &self.cumulative {
+        match &self.sampler.cumulative {
             // Uniform and distinct in one draw.
             None => {
                 let b = fastrand::usize(..n - 1);
                 if b >= a { b + 1 } else { b }
             }
             Some(_) => {
-                let mut b = self.draw();
+                let mut b = self.sampler.draw();
                 for _ in 0..REDRAWS {
                     if b != a {
                         break;
                     }
-                    b = self.draw();
+                    b = self.sampler.draw();
                 }
                 b
             }
@@ -66,19 +52,9 @@ impl RandomTwo {
 impl Select for RandomTwo {
     fn build(members: &[Member<'_>]) -> Self {
         let weights: Box<[u32]> = members.iter().map(weight_of).collect();
-        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
-        let cumulative = (!uniform).then(|| {
-            weights
-                .iter()
-                .scan(0u64, |acc, &w| {
-                    *acc += u64::from(w);
-                    Some(*acc)
-                })
-                .collect()
-        });
         RandomTwo {
+            sampler: Sampler::build(&weights),
             weights,
-            cumulative,
         }
     }
 
@@ -87,7 +63,7 @@ impl Select for RandomTwo {
         if n <= 1 {
             return (n == 1 && peers.eligible(0)).then_some(0);
         }
-        let a = self.draw();
+        let a = self.sampler.draw();
         let b = self.draw_other(a);
         let ea = peers.eligible(a);
         let eb = b != a && peers.eligible(b);
@@ -122,7 +98,7 @@ mod tests {
         fastrand::seed(17);
         let weights = random_weights(20, 1, 100, 17);
         let r2 = build(&weights);
-        assert!(r2.cumulative.is_some());
+        assert!(r2.sampler.cumulative.is_some());
         let peers = TestPeers::all(20);
         let picks = 400_000u64;
         let mut count = [0u64; 20];
@@ -145,7 +121,7 @@ mod tests {
     fn uniform_shares_when_idle() {
         fastrand::seed(3);
         let r2 = build(&[5; 8]);
-        assert!(r2.cumulative.is_none());
+        assert!(r2.sampler.cumulative.is_none());
         let peers = TestPeers::all(8);
         let mut count = [0u64; 8];
         for _ in 0..80_000 {
