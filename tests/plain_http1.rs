@@ -526,3 +526,37 @@ async fn a_parked_idle_connection_wakes_for_its_next_request() {
 fn switchyard_linger() -> Duration {
     Duration::from_millis(20)
 }
+
+#[tokio::test]
+async fn bad_chunked_coding_with_the_head_is_a_502_counted_against_the_server() {
+    fn script(_: &str) -> (String, After) {
+        (
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot hex\r\n0\r\n\r\n"
+                .into(),
+            After::KeepOpen,
+        )
+    }
+    let backend = Scripted::start(script).await;
+    let mut cfg = config(vec![ServerConfig::new(backend.addr.to_string())]);
+    if let Some(u) = cfg.upstreams.get_mut("default") {
+        u.retry.tries = 1;
+    }
+    let proxy = InProcess::start(&cfg).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (head, body) = ask(
+        &mut client,
+        &mut Vec::new(),
+        "GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("invalid chunked body"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        proxy.servers()[0].runtime.stats.fails_total.load(Relaxed),
+        1
+    );
+}

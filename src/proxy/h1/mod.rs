@@ -514,7 +514,18 @@ async fn send(
         }
         loop {
             match head::parse_response(&read, client, &mut client_head) {
-                Ok(ParsedResponse::Final(head)) => return Ok((read, head, client_head)),
+                Ok(ParsedResponse::Final(head)) => {
+                    // Bad chunked coding in what came with the head is the
+                    // server's failure while the client has been sent nothing: a
+                    // retry or a 502, not a cut connection.
+                    if head.framing == Framing::Chunked
+                        && let Err(e) = ChunkedScan::default().feed(&read[head.len..])
+                    {
+                        let e = AttemptError::Response(e.to_string());
+                        return failed(read, client_head, SendError::Failed(e));
+                    }
+                    return Ok((read, head, client_head));
+                }
                 Ok(ParsedResponse::Interim(len)) => {
                     read.drain(..len);
                 }
