@@ -317,7 +317,7 @@ async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next 
 /// Whether this path takes the request at the start of `buf`, and if so where
 /// it goes and what the server gets.
 fn plan(f: &Forwarder, client: &Client, buf: &[u8]) -> Planned {
-    let mut storage = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+    let mut storage = head::header_storage();
     let head = match head::parse_request(buf, &mut storage) {
         Parsed::Request(h) => h,
         Parsed::Partial => return Planned::Partial,
