@@ -34,10 +34,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, Sleep, timeout, timeout_at};
 use tracing::debug;
 
 use self::chunked::ChunkedScan;
@@ -66,6 +67,27 @@ pub(super) struct Conn {
     pub park: mpsc::UnboundedSender<Parked>,
 }
 
+/// Timers kept for the life of a connection's task and moved forward for each
+/// request: pushing a registered tokio timer later is one atomic update, where a
+/// timer made and dropped per request is a registration in the timer wheel and
+/// its removal, each under the driver's lock.
+#[derive(Default)]
+struct Timers {
+    /// The wait for the next request before parking.
+    linger: Option<Pin<Box<Sleep>>>,
+    /// The wait for a server's response head (`read_timeout`).
+    response: Option<Pin<Box<Sleep>>>,
+}
+
+/// The timer in `slot`, set to fire at `at` (made on first use).
+fn armed(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<&mut Sleep> {
+    if let Some(sleep) = slot.as_mut() {
+        sleep.as_mut().reset(at);
+    }
+    slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+        .as_mut()
+}
+
 /// How long an idle connection waits for its next request in its own task
 /// before it parks. Under load the next request comes sooner, so busy
 /// connections never pay for parking (a message and a new task).
@@ -76,32 +98,35 @@ pub const LINGER: Duration = Duration::from_millis(20);
 /// after [`LINGER`].
 pub(super) async fn serve(mut conn: Conn) {
     let mut pending = Vec::new();
+    let mut timers = Timers::default();
     loop {
         let header_timeout = conn.listening.limits.header_timeout;
         let idle_from = Instant::now();
         let deadline = idle_from + header_timeout;
         if pending.is_empty() {
-            // Waits without a buffer: an idle connection holds none.
+            // Waits without a buffer: an idle connection holds none. Shutdown
+            // is not watched here: within the linger the connection parks, and
+            // a listener that stopped takes no parked connection (it closes).
             let linger = LINGER.min(header_timeout);
-            let readable = timeout_at(idle_from + linger, conn.stream.readable());
+            let lingered = armed(&mut timers.linger, idle_from + linger);
             tokio::select! {
                 biased;
-                _ = conn.shutdown.changed() => return,
-                r = readable => match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) if linger < header_timeout => {
+                r = conn.stream.readable() => if r.is_err() {
+                    return;
+                },
+                () = lingered => {
+                    if linger < header_timeout {
                         let left = header_timeout - linger;
                         let park = conn.park.clone();
                         let _ = park.send(Parked::new(conn, left));
-                        return;
                     }
-                    Err(_) => return,
-                },
+                    return;
+                }
             }
         }
         // Boxed: the exchange's state exists only while one is under way.
-        match Box::pin(exchange(&mut conn, std::mem::take(&mut pending), deadline)).await {
+        let read = std::mem::take(&mut pending);
+        match Box::pin(exchange(&mut conn, &mut timers, read, deadline)).await {
             Next::KeepAlive(rest) => pending = rest,
             Next::Close => return,
             Next::Hyper(read) => {
@@ -221,6 +246,7 @@ pub fn sweep_every(header_timeout: Duration) -> Duration {
 struct Side<'a> {
     stream: &'a mut TcpStream,
     shutdown: &'a watch::Receiver<bool>,
+    response_timer: &'a mut Option<Pin<Box<Sleep>>>,
 }
 
 enum Next {
@@ -262,7 +288,12 @@ impl KeySource for RequestHead<'_, '_> {
 }
 
 /// Reads one request and forwards it.
-async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next {
+async fn exchange(
+    conn: &mut Conn,
+    timers: &mut Timers,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Next {
     // Borrowed apart: the listener's forwarder is read while the socket is
     // written (no reference count touched per request).
     let Conn {
@@ -273,7 +304,11 @@ async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next 
         ..
     } = conn;
     let forwarder = &listening.forwarder;
-    let mut conn = Side { stream, shutdown };
+    let mut conn = Side {
+        stream,
+        shutdown,
+        response_timer: &mut timers.response,
+    };
     if buf.capacity() == 0 {
         buf = buffers::take();
     }
@@ -290,8 +325,16 @@ async fn exchange(conn: &mut Conn, mut buf: Vec<u8>, deadline: Instant) -> Next 
             return Next::Hyper(buf);
         }
         buf.reserve(buffers::READ);
-        match timeout_at(deadline, conn.stream.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+        // The client's bytes are usually there already (the socket turned
+        // readable): then no timer is made for the read.
+        let read = match conn.stream.read_buf(&mut buf).now_or_never() {
+            Some(r) => Some(r),
+            None => timeout_at(deadline, conn.stream.read_buf(&mut buf))
+                .await
+                .ok(),
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => {}
             _ => {
                 buffers::give(buf);
                 return Next::Close;
@@ -383,7 +426,7 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
             close: plan.close || *conn.shutdown.borrow(),
             date: date::now,
         };
-        match attempt(lease.server(), settings, plan, client).await {
+        match attempt(lease.server(), settings, plan, client, conn.response_timer).await {
             Ok(response) => return relay(conn, lease, settings, response).await,
             Err(e) => {
                 attempt_failed(upstream, lease.server(), &e);
@@ -421,6 +464,7 @@ async fn attempt(
     settings: &UpstreamSettings,
     plan: &Plan,
     client: ClientSide,
+    timer: &mut Option<Pin<Box<Sleep>>>,
 ) -> Result<Response, AttemptError> {
     loop {
         let pooled = server.runtime.pool.checkout_raw();
@@ -434,7 +478,7 @@ async fn attempt(
         };
         server.runtime.stats.requests.fetch_add(1, Relaxed);
         let sent_at = Instant::now();
-        match send(&mut stream, server, settings, plan, client, sent_at).await {
+        match send(&mut stream, server, settings, plan, client, sent_at, timer).await {
             Ok((read, head, client_head)) => {
                 server.runtime.stats.header_time.observe(sent_at.elapsed());
                 return Ok(Response {
@@ -464,10 +508,23 @@ async fn send(
     plan: &Plan,
     client: ClientSide,
     sent_at: Instant,
+    timer: &mut Option<Pin<Box<Sleep>>>,
 ) -> Result<(Vec<u8>, ResponseHead, Vec<u8>), SendError> {
     let stats = &server.runtime.stats;
     let send_timeout = settings.timeouts.send;
-    match timeout_at(sent_at + send_timeout, stream.write_all(&plan.request)).await {
+    // Usually the socket takes the whole request at once: no timer then.
+    let sent = match stream.try_write(&plan.request) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(SendError::Broken(e)),
+    };
+    let rest = &plan.request[sent..];
+    let written = if rest.is_empty() {
+        Ok(Ok(()))
+    } else {
+        timeout_at(sent_at + send_timeout, stream.write_all(rest)).await
+    };
+    match written {
         Ok(Ok(())) => {
             stats
                 .bytes_sent
@@ -481,12 +538,17 @@ async fn send(
             ))));
         }
     }
-    let deadline = sent_at + settings.timeouts.read;
+    let mut deadline = armed(timer, sent_at + settings.timeouts.read);
     let mut read = buffers::take();
     let mut client_head = buffers::take();
     loop {
         read.reserve(buffers::READ);
-        match timeout_at(deadline, stream.read_buf(&mut read)).await {
+        let outcome = tokio::select! {
+            biased;
+            r = stream.read_buf(&mut read) => Ok(r),
+            () = &mut deadline => Err(()),
+        };
+        match outcome {
             Ok(Ok(0)) if read.is_empty() => {
                 let e = io::Error::new(
                     io::ErrorKind::UnexpectedEof,
