@@ -126,6 +126,14 @@ fn echo_path(head: &str) -> (String, After) {
     )
 }
 
+/// A scripted backend, a proxy in front of it and a client connected to the proxy.
+async fn start(script: Script) -> (Scripted, InProcess, TcpStream) {
+    let backend = Scripted::start(script).await;
+    let proxy = proxy_to(&backend).await;
+    let client = TcpStream::connect(proxy.addr).await.unwrap();
+    (backend, proxy, client)
+}
+
 async fn proxy_to(backend: &Scripted) -> InProcess {
     InProcess::start(&config(vec![ServerConfig::new(backend.addr.to_string())])).await
 }
@@ -235,9 +243,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 
 #[tokio::test]
 async fn pipelined_gets_are_answered_in_order_on_one_reused_server_connection() {
-    let backend = Scripted::start(echo_path).await;
-    let proxy = proxy_to(&backend).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (backend, proxy, mut client) = start(echo_path).await;
     let mut pipelined = String::new();
     for path in ["one", "two", "three"] {
         pipelined += &format!("GET /{path} HTTP/1.1\r\nHost: example.test\r\n\r\n");
@@ -276,9 +282,7 @@ async fn requests_and_responses_are_rewritten_as_on_the_hyper_path() {
             After::KeepOpen,
         )
     }
-    let backend = Scripted::start(script).await;
-    let proxy = proxy_to(&backend).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (backend, _proxy, mut client) = start(script).await;
     client
         .write_all(
             b"GET /a?b=c HTTP/1.1\r\nHost: Example.Test:8080\r\nConnection: keep-alive\r\n\
@@ -333,9 +337,7 @@ async fn chunked_close_delimited_head_and_interim_responses_are_framed_right() {
             _ => ("HTTP/1.0 200 OK\r\n\r\nuntil the end".into(), After::Close),
         }
     }
-    let backend = Scripted::start(script).await;
-    let proxy = proxy_to(&backend).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (backend, _proxy, mut client) = start(script).await;
     let mut buf = Vec::new();
 
     let (head, body) = ask(
@@ -416,9 +418,7 @@ async fn a_pooled_connection_the_server_closed_is_not_held_against_it() {
 
 #[tokio::test]
 async fn a_request_with_a_body_moves_the_connection_to_hyper_which_serves_the_rest() {
-    let backend = Scripted::start(echo_path).await;
-    let proxy = proxy_to(&backend).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (backend, _proxy, mut client) = start(echo_path).await;
     let mut buf = Vec::new();
     let (head, body) = ask(
         &mut client,
@@ -502,9 +502,7 @@ async fn no_server_left_is_a_502_and_head_gets_no_body() {
 
 #[tokio::test]
 async fn a_parked_idle_connection_wakes_for_its_next_request() {
-    let backend = Scripted::start(echo_path).await;
-    let proxy = proxy_to(&backend).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (backend, _proxy, mut client) = start(echo_path).await;
     let mut buf = Vec::new();
     for path in ["before", "after-one-park", "after-two-parks"] {
         let (head, body) = ask(
