@@ -198,10 +198,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             if let Ok(tokens) = only.to_str() {
                 for name in tokens.split(',').map(str::trim) {
                     // `keep-alive` and the like go with the eight below.
-                    if HOP_BY_HOP
-                        .iter()
-                        .any(|h| h.as_str().eq_ignore_ascii_case(name))
-                    {
+                    if is_hop_by_hop(name) {
                         continue;
                     }
                     // By `&str`: looked up without building a `HeaderName`; an
@@ -222,6 +219,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
+}
+
+/// Whether a header name, in any case, is one of [`HOP_BY_HOP`].
+pub(super) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 /// The position of a (lower-case) name in [`HOP_BY_HOP`]: a match on the

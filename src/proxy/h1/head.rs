@@ -266,19 +266,6 @@ pub enum ParsedResponse {
 #[error("invalid response from the server: {0}")]
 pub struct BadResponse(pub String);
 
-/// Response headers never passed on (RFC 9110 §7.6.1, and the non-standard
-/// ones); `transfer-encoding` is written again when the body is chunked.
-const RESPONSE_HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// The client's half of the response: whether its connection closes after it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSide {
@@ -385,9 +372,9 @@ pub fn parse_response(
     out.extend_from_slice(b"\r\n");
     for h in headers {
         let name = h.name;
-        let hop = RESPONSE_HOP_BY_HOP
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
+        // Hop-by-hop (RFC 9110 §7.6.1) as the hyper path counts them;
+        // `transfer-encoding` is written again when the body is chunked.
+        let hop = crate::proxy::forward::is_hop_by_hop(name)
             || named.iter().any(|n| n.eq_ignore_ascii_case(name));
         let replaced_length = name.eq_ignore_ascii_case("content-length")
             && matches!(framing, Framing::Chunked | Framing::UntilClose);
