@@ -446,7 +446,42 @@ struct Response {
     head: ResponseHead,
     /// The head the client gets.
     client_head: Vec<u8>,
+    /// How much of the body came with the head.
+    body: BodyStart,
     sent_at: Instant,
+}
+
+/// Where a response body stands after the bytes read with its head.
+struct BodyStart {
+    /// Where it ends within them, if it does.
+    end: Option<usize>,
+    /// Bytes still to come of a body of known length.
+    left: u64,
+    /// A chunked body's framing, as far as it was read.
+    scan: ChunkedScan,
+}
+
+impl BodyStart {
+    /// Bad chunked coding in what came with the head is an error here, while
+    /// the client has been sent nothing: a retry or a 502, not a cut connection.
+    fn of(head: &ResponseHead, read: &[u8]) -> Result<BodyStart, chunked::ChunkedError> {
+        let body = head.len;
+        let mut scan = ChunkedScan::default();
+        let (end, left) = match head.framing {
+            Framing::Empty => (Some(body), 0),
+            Framing::Length(n) => {
+                let have = (read.len() - body) as u64;
+                if have >= n {
+                    (Some(body + n as usize), 0)
+                } else {
+                    (None, n - have)
+                }
+            }
+            Framing::Chunked => (scan.feed(&read[body..])?.map(|n| body + n), 0),
+            Framing::UntilClose => (None, 0),
+        };
+        Ok(BodyStart { end, left, scan })
+    }
 }
 
 /// Why one send on one connection failed.
@@ -479,13 +514,14 @@ async fn attempt(
         server.runtime.stats.requests.fetch_add(1, Relaxed);
         let sent_at = Instant::now();
         match send(&mut stream, server, settings, plan, client, sent_at, timer).await {
-            Ok((read, head, client_head)) => {
+            Ok((read, head, client_head, body)) => {
                 server.runtime.stats.header_time.observe(sent_at.elapsed());
                 return Ok(Response {
                     stream,
                     read,
                     head,
                     client_head,
+                    body,
                     sent_at,
                 });
             }
@@ -509,7 +545,7 @@ async fn send(
     client: ClientSide,
     sent_at: Instant,
     timer: &mut Option<Pin<Box<Sleep>>>,
-) -> Result<(Vec<u8>, ResponseHead, Vec<u8>), SendError> {
+) -> Result<(Vec<u8>, ResponseHead, Vec<u8>, BodyStart), SendError> {
     let stats = &server.runtime.stats;
     let send_timeout = settings.timeouts.send;
     // Usually the socket takes the whole request at once: no timer then.
@@ -577,16 +613,13 @@ async fn send(
         loop {
             match head::parse_response(&read, client, &mut client_head) {
                 Ok(ParsedResponse::Final(head)) => {
-                    // Bad chunked coding in what came with the head is the
-                    // server's failure while the client has been sent nothing: a
-                    // retry or a 502, not a cut connection.
-                    if head.framing == Framing::Chunked
-                        && let Err(e) = ChunkedScan::default().feed(&read[head.len..])
-                    {
-                        let e = AttemptError::Response(e.to_string());
-                        return failed(read, client_head, SendError::Failed(e));
-                    }
-                    return Ok((read, head, client_head));
+                    return match BodyStart::of(&head, &read) {
+                        Ok(body) => Ok((read, head, client_head, body)),
+                        Err(e) => {
+                            let e = AttemptError::Response(e.to_string());
+                            failed(read, client_head, SendError::Failed(e))
+                        }
+                    };
                 }
                 Ok(ParsedResponse::Interim(len)) => {
                     read.drain(..len);
@@ -626,43 +659,24 @@ async fn relay(
         mut read,
         head,
         client_head,
+        body: BodyStart {
+            end,
+            mut left,
+            mut scan,
+        },
         sent_at,
     } = response;
     let server = Arc::clone(lease.server());
     server.runtime.stats.count_response(head.status);
     passive::record_success(&server);
 
-    // Where the body ends within what was read with the head, if it does.
-    let body = head.len;
-    let mut scan = ChunkedScan::default();
-    let (end, mut left) = match head.framing {
-        Framing::Empty => (Some(body), 0),
-        Framing::Length(n) => {
-            let have = (read.len() - body) as u64;
-            if have >= n {
-                (Some(body + n as usize), 0)
-            } else {
-                (None, n - have)
-            }
-        }
-        Framing::Chunked => match scan.feed(&read[body..]) {
-            Ok(Some(n)) => (Some(body + n), 0),
-            Ok(None) => (None, 0),
-            Err(e) => {
-                debug!(server = %server.addr, error = %e, "bad response body");
-                passive::record_failure(&server, crate::clock::now_ms());
-                return give_up(read, client_head);
-            }
-        },
-        Framing::UntilClose => (None, 0),
-    };
-    let first = &read[body..end.unwrap_or(read.len())];
+    let first = &read[head.len..end.unwrap_or(read.len())];
     // Bytes past the response: the connection is out of step; not reused.
     let mut clean = end.is_none_or(|e| e == read.len());
     let written = write_two(conn.stream, &client_head, first).await;
     buffers::give(client_head);
     if written.is_err() {
-        return give_up(read, Vec::new());
+        return give_up(read);
     }
     if end.is_none() {
         let read_timeout = settings.timeouts.read;
@@ -680,7 +694,7 @@ async fn relay(
                     };
                     debug!(server = %server.addr, %error, "response body broken");
                     passive::record_failure(&server, crate::clock::now_ms());
-                    return give_up(read, Vec::new());
+                    return give_up(read);
                 }
             };
             server
@@ -701,14 +715,14 @@ async fn relay(
                     Err(e) => {
                         debug!(server = %server.addr, error = %e, "bad response body");
                         passive::record_failure(&server, crate::clock::now_ms());
-                        return give_up(read, Vec::new());
+                        return give_up(read);
                     }
                 },
                 Framing::Empty | Framing::UntilClose => (n, false),
             };
             clean = part == n;
             if conn.stream.write_all(&read[..part]).await.is_err() {
-                return give_up(read, Vec::new());
+                return give_up(read);
             }
             if done {
                 break;
@@ -732,9 +746,8 @@ async fn relay(
 
 /// The exchange broke after the client got the head (or the client went away):
 /// the client connection closes, as hyper's path does.
-fn give_up(read: Vec<u8>, other: Vec<u8>) -> bool {
+fn give_up(read: Vec<u8>) -> bool {
     buffers::give(read);
-    buffers::give(other);
     false
 }
 
