@@ -5,6 +5,7 @@
 #   bash bench/ab.sh BEFORE_BINARY AFTER_BINARY      # DURATION=3s ROUNDS=6 WORKERS=1 PATH_=/
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 A=$(realpath "$1")
 B=$(realpath "$2")
 DURATION=${DURATION:-3s}
@@ -15,32 +16,12 @@ export PATH=$PATH:/usr/sbin
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d /tmp/switchyard-ab.XXXXXX)
 chmod 755 "$WORK"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:19030; location / { return 200 "ok\n"; } }
-}
-CONF
-nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;' 2>/dev/null
+start_backend "$WORK" 19030 "keepalive_requests 1000000;"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
 for side in a b; do
   port=$([ $side = a ] && echo 19031 || echo 19032)
-  cat >"$WORK/$side.toml" <<CONF
-[runtime]
-workers = $WORKERS
-[[listener]]
-listen = "127.0.0.1:$port"
-routes = [{ path_prefix = "/", upstream = "backend" }]
-[upstream.backend]
-keepalive = 64
-servers = [{ addr = "127.0.0.1:19030" }]
-CONF
+  proxy_config "$WORK/$side.toml" "$port" 19030 "$WORKERS" "keepalive = 64"
   bin=$([ $side = a ] && echo "$A" || echo "$B")
   RUST_LOG=warn "$bin" run -c "$WORK/$side.toml" >"$WORK/$side.log" 2>&1 &
   pids+=($!)

@@ -9,35 +9,16 @@
 # Ir per request and keeps the dump (callgrind_annotate it) under $WORK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 N=${N:-2000}
 CONNS=${CONNS:-16}
 WORKERS=${WORKERS:-1}
 export PATH=$PATH:/usr/sbin
 WORK=$(mktemp -d /tmp/switchyard-cg.XXXXXX)
 chmod 755 "$WORK"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:19050; location / { return 200 "ok\n"; } }
-}
-CONF
-nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;' 2>/dev/null
+start_backend "$WORK" 19050 "keepalive_requests 1000000;"
 trap 'kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
-cat >"$WORK/sy.toml" <<CONF
-[runtime]
-workers = $WORKERS
-[[listener]]
-listen = "127.0.0.1:19051"
-routes = [{ path_prefix = "/", upstream = "backend" }]
-[upstream.backend]
-keepalive = 64
-servers = [{ addr = "127.0.0.1:19050" }]
-CONF
+proxy_config "$WORK/sy.toml" 19051 19050 "$WORKERS" "keepalive = 64"
 i=0
 for bin in "$@"; do
   i=$((i + 1))

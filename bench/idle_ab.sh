@@ -5,30 +5,16 @@
 #   bash bench/idle_ab.sh BEFORE_BINARY AFTER_BINARY     # IDLE_CONNS=10000 ROUNDS=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 IDLE_CONNS=${IDLE_CONNS:-10000}
 ROUNDS=${ROUNDS:-2}
 export PATH=$PATH:/usr/sbin
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d /tmp/switchyard-idle-ab.XXXXXX)
 chmod 755 "$WORK"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19040; location / { return 200 "ok\n"; } } }
-CONF
-nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;' 2>/dev/null
+start_backend "$WORK" 19040
 trap 'kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
-cat >"$WORK/sy.toml" <<CONF
-[runtime]
-workers = 1
-[[listener]]
-listen = "127.0.0.1:19041"
-routes = [{ path_prefix = "/", upstream = "backend" }]
-[upstream.backend]
-servers = [{ addr = "127.0.0.1:19040" }]
-CONF
+proxy_config "$WORK/sy.toml" 19041 19040 1
 for r in $(seq 1 "$ROUNDS"); do
   for side in before after; do
     bin=$([ $side = before ] && echo "$1" || echo "$2")

@@ -8,6 +8,7 @@
 #   bash bench/profile.sh [--write BENCHMARKS.md]      # DURATION=5s WORKERS=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROOT=$PWD
 DURATION=${DURATION:-5s}
 WORKERS=${WORKERS:-1}
@@ -25,28 +26,8 @@ WORK=$(mktemp -d /tmp/switchyard-profile.XXXXXX)
 chmod 755 "$WORK"
 BACKEND=19010
 PORT=19011
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
-}
-CONF
-cat >"$WORK/switchyard.toml" <<CONF
-[runtime]
-workers = $WORKERS
-[[listener]]
-listen = "127.0.0.1:$PORT"
-routes = [{ path_prefix = "/", upstream = "backend" }]
-[upstream.backend]
-keepalive = 64
-servers = [{ addr = "127.0.0.1:$BACKEND" }]
-CONF
-nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon on;' 2>/dev/null
+proxy_config "$WORK/switchyard.toml" "$PORT" "$BACKEND" "$WORKERS" "keepalive = 64"
+start_backend "$WORK" "$BACKEND" "keepalive_requests 1000000;"
 RUST_LOG=warn "$SY" run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 &
 SY_PID=$!
 trap 'kill $SY_PID 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT

@@ -1,0 +1,38 @@
+# Shared by the single-proxy bench scripts (ab.sh, callgrind_get.sh, idle_ab.sh,
+# profile.sh): the nginx backend they all put behind switchyard, and switchyard's
+# configuration in front of it. Source it; it defines functions only.
+
+# start_backend WORK PORT [EXTRA_HTTP]: nginx, one worker, `return 200 "ok\n"` on
+# 127.0.0.1:PORT, its files under WORK (pid in WORK/nginx.pid); EXTRA_HTTP goes
+# into the http block.
+start_backend() {
+  local work=$1 port=$2 extra=${3:-}
+  cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $extra
+  server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } }
+}
+CONF
+  nginx -p "$work" -c "$work/nginx.conf" -g 'daemon on;' 2>/dev/null
+}
+
+# proxy_config FILE PORT BACKEND_PORT WORKERS [UPSTREAM_LINES]: switchyard with
+# WORKERS workers on 127.0.0.1:PORT, one upstream over the backend.
+proxy_config() {
+  local file=$1 port=$2 backend=$3 workers=$4 lines=${5:-}
+  cat >"$file" <<CONF
+[runtime]
+workers = $workers
+[[listener]]
+listen = "127.0.0.1:$port"
+routes = [{ path_prefix = "/", upstream = "backend" }]
+[upstream.backend]
+$lines
+servers = [{ addr = "127.0.0.1:$backend" }]
+CONF
+}
