@@ -1,6 +1,7 @@
 # Shared by the single-proxy bench scripts (ab.sh, callgrind_get.sh, idle_ab.sh,
-# profile.sh): the nginx backend they all put behind switchyard, and switchyard's
-# configuration in front of it. Source it; it defines functions only.
+# profile.sh, sched.sh): the nginx backend they all put behind switchyard,
+# switchyard's configuration in front of it, and nginx as the proxy to compare
+# with (sched.sh). Source it; it defines functions only.
 
 # start_backend WORK PORT [EXTRA_HTTP]: nginx, one worker, `return 200 "ok\n"` on
 # 127.0.0.1:PORT, its files under WORK (pid in WORK/nginx.pid); EXTRA_HTTP goes
@@ -35,4 +36,35 @@ routes = [{ path_prefix = "/", upstream = "backend" }]
 $lines
 servers = [{ addr = "127.0.0.1:$backend" }]
 CONF
+}
+
+# nginx_proxy WORK PORT BACKEND_PORT: nginx, one worker, as the proxy compare.sh
+# measures (upstream keepalive 64, the same forwarded headers as switchyard sets),
+# its files under WORK (pid in WORK/nginx.pid).
+nginx_proxy() {
+  local work=$1 port=$2 backend=$3
+  cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$backend; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+  nginx -p "$work" -c "$work/nginx.conf" -g 'daemon on;' 2>/dev/null
 }
