@@ -181,7 +181,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; 8];
     let mut any = false;
     for k in headers.keys() {
-        if let Some(i) = hop_by_hop_index(k.as_str()) {
+        if let Some(i) = hop_by_hop_index(k.as_str().as_bytes()) {
             present[i] = true;
             any = true;
         }
@@ -221,25 +221,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether a header name, in any case, is one of [`HOP_BY_HOP`].
+/// Whether a header name, in any case, is one of [`HOP_BY_HOP`]. The plain
+/// path asks this of every header it relays, so the name is lower-cased into a
+/// stack buffer and matched (a switch on the length), not compared with each of
+/// the eight in turn.
 pub(super) fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+    // The longest of the eight is 18 bytes; a longer name is none of them.
+    let mut lower = [0u8; 18];
+    let Some(lower) = lower.get_mut(..name.len()) else {
+        return false;
+    };
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    hop_by_hop_index(lower).is_some()
 }
 
 /// The position of a (lower-case) name in [`HOP_BY_HOP`]: a match on the
-/// string, cheaper than comparing `HeaderName`s one by one.
-fn hop_by_hop_index(name: &str) -> Option<usize> {
+/// bytes, cheaper than comparing `HeaderName`s one by one.
+fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     match name {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "proxy-connection" => Some(2),
-        "proxy-authenticate" => Some(3),
-        "te" => Some(4),
-        "trailer" => Some(5),
-        "transfer-encoding" => Some(6),
-        "upgrade" => Some(7),
+        b"connection" => Some(0),
+        b"keep-alive" => Some(1),
+        b"proxy-connection" => Some(2),
+        b"proxy-authenticate" => Some(3),
+        b"te" => Some(4),
+        b"trailer" => Some(5),
+        b"transfer-encoding" => Some(6),
+        b"upgrade" => Some(7),
         _ => None,
     }
 }
@@ -845,9 +853,29 @@ mod tests {
     #[test]
     fn hop_by_hop_index_matches_the_list() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name.as_str()), Some(i));
+            assert_eq!(hop_by_hop_index(name.as_str().as_bytes()), Some(i));
         }
-        assert_eq!(hop_by_hop_index("content-length"), None);
+        assert_eq!(hop_by_hop_index(b"content-length"), None);
+    }
+
+    #[test]
+    fn is_hop_by_hop_takes_any_case_and_only_the_eight() {
+        for name in &HOP_BY_HOP {
+            let upper = name.as_str().to_ascii_uppercase();
+            assert!(is_hop_by_hop(name.as_str()), "{name}");
+            assert!(is_hop_by_hop(&upper), "{upper}");
+        }
+        assert!(is_hop_by_hop("Transfer-Encoding"));
+        for name in [
+            "",
+            "t",
+            "content-length",
+            "Connections",
+            "x-proxy-authenticate",
+            "Keep-Alive2",
+        ] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]
