@@ -124,9 +124,12 @@ pub(super) async fn serve(mut conn: Conn) {
                 }
             }
         }
-        // Boxed: the exchange's state exists only while one is under way.
+        // Not boxed: a box per request was a malloc and a free per request
+        // (about 4% of this path's user-space instructions). The task, and so
+        // the exchange's state in it, lives only while the connection is busy
+        // or lingering; a parked connection is not a task.
         let read = std::mem::take(&mut pending);
-        match Box::pin(exchange(&mut conn, &mut timers, read, deadline)).await {
+        match exchange(&mut conn, &mut timers, read, deadline).await {
             Next::KeepAlive(rest) => pending = rest,
             Next::Close => return,
             Next::Hyper(read) => {
@@ -449,6 +452,9 @@ struct Response {
     /// How much of the body came with the head.
     body: BodyStart,
     sent_at: Instant,
+    /// From `sent_at` to the head: the response time too when the whole body
+    /// came with it (one clock read fewer for a small response).
+    header_time: Duration,
 }
 
 /// Where a response body stands after the bytes read with its head.
@@ -515,7 +521,8 @@ async fn attempt(
         let sent_at = Instant::now();
         match send(&mut stream, server, settings, plan, client, sent_at, timer).await {
             Ok((read, head, client_head, body)) => {
-                server.runtime.stats.header_time.observe(sent_at.elapsed());
+                let header_time = sent_at.elapsed();
+                server.runtime.stats.header_time.observe(header_time);
                 return Ok(Response {
                     stream,
                     read,
@@ -523,6 +530,7 @@ async fn attempt(
                     client_head,
                     body,
                     sent_at,
+                    header_time,
                 });
             }
             Err(SendError::Broken(e)) if reused => {
@@ -665,6 +673,7 @@ async fn relay(
             mut scan,
         },
         sent_at,
+        header_time,
     } = response;
     let server = Arc::clone(lease.server());
     server.runtime.stats.count_response(head.status);
@@ -730,11 +739,12 @@ async fn relay(
         }
     }
     buffers::give(read);
-    server
-        .runtime
-        .stats
-        .response_time
-        .observe(sent_at.elapsed());
+    let response_time = if end.is_some() {
+        header_time
+    } else {
+        sent_at.elapsed()
+    };
+    server.runtime.stats.response_time.observe(response_time);
     if head.reusable && clean {
         server.runtime.pool.checkin_raw(upstream);
     }
