@@ -309,21 +309,17 @@ pub fn parse_response(
     }
     let headers: &[Header<'_>] = resp.headers;
     let mut server_close = resp.version != Some(1);
-    let mut named: Vec<&str> = Vec::new();
+    let mut named: Vec<&[u8]> = Vec::new();
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut has_date = false;
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
-            for token in std::str::from_utf8(h.value)
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-            {
-                if token.eq_ignore_ascii_case("close") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
                     server_close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
                     named.push(token);
                 }
             }
@@ -375,7 +371,9 @@ pub fn parse_response(
         // Hop-by-hop (RFC 9110 §7.6.1) as the hyper path counts them;
         // `transfer-encoding` is written again when the body is chunked.
         let hop = crate::proxy::forward::is_hop_by_hop(name)
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
         let replaced_length = name.eq_ignore_ascii_case("content-length")
             && matches!(framing, Framing::Chunked | Framing::UntilClose);
         if hop || replaced_length {
