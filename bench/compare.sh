@@ -10,10 +10,15 @@
 #   bash bench/compare.sh --all           # and every scenario below
 #   bash bench/compare.sh --all --write BENCHMARKS.md   # also refresh the file's table
 #
-# Scenario flags: --get (default when none is given) --64k --upload --close --idle
-# --flip --tls-handshake --tls-keepalive; --all is every one. Knobs (environment):
+# Scenario flags: --get (default when none is given) --get-capped --64k --upload
+# --close --idle --flip --tls-handshake --tls-keepalive; --all is every one.
+# --get-capped is the small GET with each proxy (all its workers together) held to
+# CAP cores by a CPU cgroup quota (10 ms period; cgroup v1 or v2, as root), so that
+# the proxy, not wrk or the backend that share the cores, sets the pace: requests/s
+# per core of proxy. The backend and wrk are not capped. Knobs (environment):
 # DURATION=5s CONNS=64 ROUNDS=3 WORKERS="1 2" WRK_THREADS=1 IDLE_CONNS=10000
-# EXTRA_WORKERS=1 (worker counts for the scenarios beyond the small GET) TLS_KEY=ec
+# EXTRA_WORKERS=1 (worker counts for the scenarios beyond the two small-GET ones)
+# CAP=0.5 (cores for each proxy in --get-capped) TLS_KEY=ec
 # (ec: P-256, rsa: RSA 2048; one self-signed certificate for every TLS listener, made
 # at run time). TLS rows terminate TLS in each proxy (backends stay plain HTTP; the
 # `direct` row is the backend nginx terminating TLS itself): --tls-handshake is one
@@ -33,6 +38,7 @@ EXTRA_WORKERS=${EXTRA_WORKERS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TLS_KEY=${TLS_KEY:-ec}
+CAP=${CAP:-0.5}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 scenarios=()
@@ -40,6 +46,7 @@ write_file=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --get) scenarios+=(get) ;;
+    --get-capped) scenarios+=(get-capped) ;;
     --64k) scenarios+=(64k) ;;
     --upload) scenarios+=(upload) ;;
     --close) scenarios+=(close) ;;
@@ -47,9 +54,9 @@ while [ $# -gt 0 ]; do
     --flip) scenarios+=(flip) ;;
     --tls-handshake) scenarios+=(tls-handshake) ;;
     --tls-keepalive) scenarios+=(tls-keepalive) ;;
-    --all) scenarios=(get 64k upload close idle flip tls-handshake tls-keepalive) ;;
+    --all) scenarios=(get get-capped 64k upload close idle flip tls-handshake tls-keepalive) ;;
     --write) write_file=$2; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown flag: $1" >&2; exit 2 ;;
   esac
   shift
@@ -111,6 +118,7 @@ cleanup() {
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  cap_cleanup
 }
 trap cleanup EXIT
 
@@ -301,6 +309,53 @@ cpu_ns() {
   echo "$total"
 }
 
+# --- CPU caps (--get-capped) ---------------------------------------------------
+# One cgroup per proxy with a CPU quota of CAP cores; cgroup v2 where the cpu
+# controller is on the unified hierarchy, else v1's cpu controller.
+CG_ROOT=""
+CG_QUOTA=""
+cap_init() {
+  local period=10000
+  CG_QUOTA=$(python3 -c "print(max(1000, int($CAP * $period)))")
+  if grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+    CG_ROOT=/sys/fs/cgroup
+  elif [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then
+    CG_ROOT=/sys/fs/cgroup/cpu
+  else
+    return 1
+  fi
+  local p g
+  for p in nginx haproxy switchyard; do
+    g=$CG_ROOT/switchyard-bench-$p
+    mkdir -p "$g" 2>/dev/null || return 1
+    if [ "$CG_ROOT" = /sys/fs/cgroup ]; then
+      echo "$CG_QUOTA $period" >"$g/cpu.max" 2>/dev/null || return 1
+    else
+      echo "$period" >"$g/cpu.cfs_period_us" 2>/dev/null || return 1
+      echo "$CG_QUOTA" >"$g/cpu.cfs_quota_us" 2>/dev/null || return 1
+    fi
+  done
+}
+cap_cleanup() {
+  [ -n "$CG_ROOT" ] || return 0
+  local p
+  for p in nginx haproxy switchyard; do rmdir "$CG_ROOT/switchyard-bench-$p" 2>/dev/null || true; done
+}
+# cap_move on|off: the three proxies (nginx's master and workers) into their
+# capped groups, or back to the root group.
+cap_move() {
+  local p q pid target
+  for p in nginx haproxy switchyard; do
+    target=$CG_ROOT/switchyard-bench-$p
+    [ "$1" = off ] && target=$CG_ROOT
+    pid=$(pid_of $p)
+    for q in $pid $(pgrep -P "$pid" || true); do
+      echo "$q" >"$target/cgroup.procs"
+    done
+  done
+}
+
 # One wrk run; appends a result line. $1 scenario $2 workers $3 round $4 proxy
 # $5 path, then extra wrk arguments.
 run_wrk() {
@@ -381,14 +436,26 @@ flip_run() { # $1 workers: switchyard only; base and flip runs interleaved
 }
 
 : >"$WORK/idle.tsv"
+if [[ " ${scenarios[*]} " == *" get-capped "* ]]; then
+  cap_init || { CG_ROOT=""; echo "no writable CPU cgroup: --get-capped will be skipped" >&2; }
+fi
 start_all=$(date +%s)
 for n in $WORKERS; do
   start_proxies "$n"
   for s in "${scenarios[@]}"; do
-    if [ "$s" != get ] && ! [[ " $EXTRA_WORKERS " == *" $n "* ]]; then continue; fi
+    case $s in get | get-capped) ;; *) [[ " $EXTRA_WORKERS " == *" $n "* ]] || continue ;; esac
     echo "== $s, $n worker(s)" >&2
     case $s in
       get) rounds get "$n" / ;;
+      get-capped)
+        if [ -n "$CG_ROOT" ]; then
+          cap_move on
+          rounds get-capped "$n" /
+          cap_move off
+        else
+          echo "   skipped: no writable CPU cgroup (needs root and the cpu controller)" >&2
+        fi
+        ;;
       64k) rounds 64k "$n" /64k ;;
       upload) rounds upload "$n" /upload -s "$ROOT/bench/upload.lua" ;;
       close) rounds close "$n" / -H "Connection: close" ;;
@@ -404,7 +471,7 @@ elapsed=$(($(date +%s) - start_all))
 
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 machine="$(nproc) CPUs ($cpu), $(uname -sr), nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $((haproxy -v || true) | awk 'NR==1 {print $3}'), wrk $( (wrk -v 2>&1 || true) | awk 'NR==1 {print $2}')"
-cmd="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WORKERS=\"$WORKERS\" EXTRA_WORKERS=\"$EXTRA_WORKERS\" WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS TLS_KEY=$TLS_KEY bash bench/compare.sh ${scenarios[*]/#/--}"
+cmd="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WORKERS=\"$WORKERS\" EXTRA_WORKERS=\"$EXTRA_WORKERS\" WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS CAP=$CAP TLS_KEY=$TLS_KEY bash bench/compare.sh ${scenarios[*]/#/--}"
 python3 "$ROOT/bench/report.py" table "$RESULTS" "$WORK/idle.tsv" \
   --machine "$machine" --command "$cmd" --elapsed "$elapsed" --commit "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!BENCHMARKS.md' 2>/dev/null || echo '+dirty')" \
   >"$WORK/table.md"

@@ -13,6 +13,7 @@
 #             (taskset), so the proxy's core and the rest can be told apart.
 #
 #   bash bench/sched.sh [--write BENCHMARKS.md]    # DURATION=5 ROUNDS=3 LAYOUTS="free pinned"
+#   SWITCHYARD=/path/to/binary bash bench/sched.sh  # another build, not this tree's
 #
 # Needs nginx and wrk (run bench/compare.sh once) and taskset; perf for the
 # epoll_wait counts (left blank without it). One proxy worker; loopback only,
@@ -32,8 +33,13 @@ command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { echo "ru
 [ "$DURATION" -ge 3 ] || { echo "DURATION must be at least 3 (seconds)" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --quiet
-SY=$TARGET_DIR/release/switchyard
+# SWITCHYARD=path measures that binary instead of building this tree's.
+if [ -n "${SWITCHYARD:-}" ]; then
+  SY=$SWITCHYARD
+else
+  cargo build --release --quiet
+  SY=$TARGET_DIR/release/switchyard
+fi
 WORK=$(mktemp -d /tmp/switchyard-sched.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/backend" "$WORK/nginx"
@@ -127,7 +133,7 @@ done
 pin free
 
 hz=$(getconf CLK_TCK)
-python3 - "$WORK/results.tsv" "$hz" "$DURATION" "$ROUNDS" "$LAYOUTS" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!BENCHMARKS.md' 2>/dev/null || echo '+dirty')" "$(nproc)" >"$WORK/sched.md" <<'PY'
+python3 - "$WORK/results.tsv" "$hz" "$DURATION" "$ROUNDS" "$LAYOUTS" "${SWITCHYARD:+binary $SWITCHYARD, tree }$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!BENCHMARKS.md' 2>/dev/null || echo '+dirty')" "$(nproc)" >"$WORK/sched.md" <<'PY'
 import statistics, sys
 path, hz, duration, rounds, layouts, commit, ncpu = sys.argv[1:]
 hz = float(hz)
