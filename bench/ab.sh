@@ -3,6 +3,7 @@
 # behind the same backend, driven in interleaved wrk rounds (A B A B ...).
 #
 #   bash bench/ab.sh BEFORE_BINARY AFTER_BINARY      # DURATION=3s ROUNDS=6 WORKERS=1 PATH_=/
+#   WRK_ARGS="-s bench/upload.lua" PATH_=/upload bash bench/ab.sh A B   # 1 MiB uploads
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -16,7 +17,7 @@ export PATH=$PATH:/usr/sbin
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d /tmp/switchyard-ab.XXXXXX)
 chmod 755 "$WORK"
-start_backend "$WORK" 19030 "keepalive_requests 1000000;"
+start_backend "$WORK" 19030 "keepalive_requests 1000000; client_max_body_size 2m; client_body_buffer_size 2m;"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
 for side in a b; do
@@ -43,7 +44,8 @@ for r in $(seq 1 "$ROUNDS"); do
     name=$([ $side = a ] && echo before || echo after)
     pid=$([ $side = a ] && echo "${pids[0]}" || echo "${pids[1]}")
     c0=$(cpu_ns "$pid")
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port${PATH_:-/}" >"$WORK/wrk.txt" 2>&1 || true
+    # shellcheck disable=SC2086 # WRK_ARGS is words
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency ${WRK_ARGS:-} "http://127.0.0.1:$port${PATH_:-/}" >"$WORK/wrk.txt" 2>&1 || true
     c1=$(cpu_ns "$pid")
     python3 bench/report.py parse ab "$WORKERS" "$r" "$name" --cpu-ns $((c1 - c0)) <"$WORK/wrk.txt" | tee -a "$WORK/results.tsv" >&2
   done
