@@ -28,6 +28,7 @@
 # mostly abbreviated ones. Loopback only; ports 19000-19020.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROOT=$PWD
 
 DURATION=${DURATION:-5s}
@@ -179,15 +180,7 @@ http {
     ssl_certificate $WORK/tls/cert.pem;
     ssl_certificate_key $WORK/tls/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; # nginx 1.22's default stops at 1.2; rustls and HAProxy offer 1.3
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Real-IP \$remote_addr;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
+$(nginx_proxy_location)
   }
 }
 CONF
