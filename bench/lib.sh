@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the single-proxy bench scripts (ab.sh, callgrind_get.sh, idle_ab.sh,
 # profile.sh, sched.sh): the nginx backend they all put behind switchyard,
 # switchyard's configuration in front of it, and nginx as the proxy to compare

@@ -29,7 +29,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 write_file=""
 [ "${1:-}" = --write ] && write_file=$2
 export PATH=$PATH:/usr/sbin
-command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { echo "run bench/compare.sh once first (it installs nginx and wrk)" >&2; exit 1; }
+if ! command -v nginx >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then
+  echo "run bench/compare.sh once first (it installs nginx and wrk)" >&2
+  exit 1
+fi
 [ "$DURATION" -ge 3 ] || { echo "DURATION must be at least 3 (seconds)" >&2; exit 2; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -53,7 +56,7 @@ RUST_LOG=warn "$SY" run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 
 SY_PID=$!
 trap 'kill $SY_PID 2>/dev/null || true; kill "$(cat "$WORK/backend/nginx.pid")" "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true' EXIT
 for p in $BACKEND $P_NGINX $P_SY; do
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.05; done
 done
 BACKEND_PID=$(pgrep -P "$(cat "$WORK/backend/nginx.pid")" | head -1)
 NGINX_PID=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -1)
@@ -121,10 +124,12 @@ for layout in $LAYOUTS; do
       wait $e1 $e2 $e3 || true
       wait $wpid || true
       rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t' "$layout" "$r" "$proxy" "$rps" "$window" "$((i1 - i0))" >>"$WORK/results.tsv"
-      printf '%s\t%s\t%s\t%s\t' $((pc1 - pc0)) $((pv1 - pv0)) $((pi1 - pi0)) "$(epoll_count "$WORK/ep-p")" >>"$WORK/results.tsv"
-      printf '%s\t%s\t%s\t%s\t' $((bc1 - bc0)) $((bv1 - bv0)) $((bi1 - bi0)) "$(epoll_count "$WORK/ep-b")" >>"$WORK/results.tsv"
-      printf '%s\t%s\t%s\t%s\n' $((wc1 - wc0)) $((wv1 - wv0)) $((wi1 - wi0)) "$(epoll_count "$WORK/ep-w")" >>"$WORK/results.tsv"
+      {
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t' "$layout" "$r" "$proxy" "$rps" "$window" "$((i1 - i0))"
+        printf '%s\t%s\t%s\t%s\t' $((pc1 - pc0)) $((pv1 - pv0)) $((pi1 - pi0)) "$(epoll_count "$WORK/ep-p")"
+        printf '%s\t%s\t%s\t%s\t' $((bc1 - bc0)) $((bv1 - bv0)) $((bi1 - bi0)) "$(epoll_count "$WORK/ep-b")"
+        printf '%s\t%s\t%s\t%s\n' $((wc1 - wc0)) $((wv1 - wv0)) $((wi1 - wi0)) "$(epoll_count "$WORK/ep-w")"
+      } >>"$WORK/results.tsv"
       rm -f "$WORK"/ep-*
       echo "  $layout round $r $proxy: $rps req/s" >&2
     done
