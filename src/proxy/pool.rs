@@ -151,13 +151,7 @@ impl Pool {
         {
             return Some(Sender::H2((**h2).clone()));
         }
-        let idle = shard(&self.idle).get()?;
-        while let Some(idle) = idle.pop() {
-            if idle.since.elapsed() < self.idle_timeout && !idle.conn.is_closed() {
-                return Some(idle.conn);
-            }
-        }
-        None
+        pop_fresh(&self.idle, self.idle_timeout, |s| !s.is_closed())
     }
 
     /// An idle connection of the plain HTTP/1.1 path that is younger than the
@@ -165,29 +159,17 @@ impl Pool {
     /// read from the readiness the runtime already has (no system call): a
     /// closed socket has turned readable; one that is still open has not.
     pub fn checkout_raw(&self) -> Option<tokio::net::TcpStream> {
-        let idle = shard(&self.raw).get()?;
-        while let Some(idle) = idle.pop() {
+        pop_fresh(&self.raw, self.idle_timeout, |conn| {
             let mut probe = [0u8; 1];
-            let open = matches!(idle.conn.try_read(&mut probe),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            if open && idle.since.elapsed() < self.idle_timeout {
-                return Some(idle.conn);
-            }
-        }
-        None
+            matches!(conn.try_read(&mut probe),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
     }
 
     /// Returns a connection of the plain HTTP/1.1 path whose exchange ended
     /// cleanly; dropped (closed) when the pool is full or keep-alive is off.
     pub fn checkin_raw(&self, conn: tokio::net::TcpStream) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let idle = shard(&self.raw).get_or_init(|| ArrayQueue::new(self.max_idle));
-        let _ = idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        push_idle(&self.raw, self.max_idle, conn);
     }
 
     /// Held while opening an HTTP/2 connection: whoever waited on it checks the
@@ -212,25 +194,14 @@ impl Pool {
             }
             h1 => h1,
         };
-        if self.max_idle == 0 {
-            return;
-        }
-        let idle = shard(&self.idle).get_or_init(|| ArrayQueue::new(self.max_idle));
-        let _ = idle.push(Idle {
-            conn: sender,
-            since: Instant::now(),
-        });
+        push_idle(&self.idle, self.max_idle, sender);
     }
 
     /// Closes every idle connection (server removed, drained or set down).
     pub fn clear(&self) {
         self.h2.store(None);
-        for idle in self.idle.iter().filter_map(OnceLock::get) {
-            while idle.pop().is_some() {}
-        }
-        for idle in self.raw.iter().filter_map(OnceLock::get) {
-            while idle.pop().is_some() {}
-        }
+        clear(&self.idle);
+        clear(&self.raw);
     }
 
     /// Closes idle connections that timed out or that the server closed.
@@ -258,6 +229,41 @@ fn shards<C>() -> Shards<C> {
 fn shard<C>(shards: &Shards<C>) -> &OnceLock<ArrayQueue<Idle<C>>> {
     let i = SHARD.with(Cell::get);
     &shards[i % shards.len()]
+}
+
+/// The calling worker's oldest idle connection that is younger than
+/// `idle_timeout` and `open`; those it passes on the way are dropped (closed).
+fn pop_fresh<C>(
+    shards: &Shards<C>,
+    idle_timeout: Duration,
+    open: impl Fn(&C) -> bool,
+) -> Option<C> {
+    let idle = shard(shards).get()?;
+    while let Some(idle) = idle.pop() {
+        if idle.since.elapsed() < idle_timeout && open(&idle.conn) {
+            return Some(idle.conn);
+        }
+    }
+    None
+}
+
+/// Into the calling worker's idle queue; dropped (closed) when it is full or
+/// keep-alive is off (`max_idle` 0, and then no queue is made).
+fn push_idle<C>(shards: &Shards<C>, max_idle: usize, conn: C) {
+    if max_idle == 0 {
+        return;
+    }
+    let idle = shard(shards).get_or_init(|| ArrayQueue::new(max_idle));
+    let _ = idle.push(Idle {
+        conn,
+        since: Instant::now(),
+    });
+}
+
+fn clear<C>(shards: &Shards<C>) {
+    for idle in shards.iter().filter_map(OnceLock::get) {
+        while idle.pop().is_some() {}
+    }
 }
 
 fn idle_in<C>(shards: &Shards<C>) -> usize {
