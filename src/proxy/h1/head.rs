@@ -118,6 +118,11 @@ fn kind(name: &str) -> Kind {
         .map_or(Kind::Kept, |(_, k)| *k)
 }
 
+/// The comma-separated tokens of a `Connection` value, trimmed (empty ones too).
+fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Characters of a request target that every URI parser takes: anything else
 /// goes to hyper, which decides.
 fn plain_target(target: &str) -> bool {
@@ -168,7 +173,7 @@ pub fn parse_request<'h, 'b>(
                 }
             }
             Kind::Connection => {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                for token in connection_tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
@@ -316,7 +321,7 @@ pub fn parse_response(
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in connection_tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     server_close = true;
                 } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
