@@ -30,13 +30,6 @@ done
 for p in 19030 19031 19032; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
 done
-cpu_ns() {
-  local total=0 t
-  for t in /proc/"$1"/task/*/schedstat; do
-    [ -r "$t" ] && total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
 : >"$WORK/results.tsv"
 for r in $(seq 1 "$ROUNDS"); do
   for side in a b; do

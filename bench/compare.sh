@@ -289,19 +289,6 @@ pid_of() {
   esac
 }
 
-# CPU time (ns, user + system) of a process, its threads and its children (nginx:
-# master + workers), from /proc/*/task/*/schedstat. Unlike requests/s, CPU time per
-# request barely moves when other work shares the machine.
-cpu_ns() {
-  local total=0 p t
-  for p in $1 $(pgrep -P "$1" || true); do
-    for t in /proc/"$p"/task/*/schedstat; do
-      [ -r "$t" ] && total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
-    done
-  done
-  echo "$total"
-}
-
 # --- CPU caps (--get-capped) ---------------------------------------------------
 # One cgroup per proxy with a CPU quota of CAP cores; cgroup v2 where the cpu
 # controller is on the unified hierarchy, else v1's cpu controller.

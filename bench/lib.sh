@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Shared by the single-proxy bench scripts (ab.sh, callgrind_get.sh, idle_ab.sh,
 # profile.sh, sched.sh): the nginx backend they all put behind switchyard,
-# switchyard's configuration in front of it, and nginx as the proxy to compare
-# with (sched.sh). Source it; it defines functions only.
+# switchyard's configuration in front of it, nginx as the proxy to compare with
+# (compare.sh, sched.sh), and a process's CPU time (compare.sh, ab.sh). Source
+# it; it defines functions only.
 
 # start_nginx WORK HTTP: nginx, one worker, files under WORK (pid in
 # WORK/nginx.pid), with HTTP inside its http block.
@@ -73,4 +74,17 @@ nginx_proxy() {
     listen 127.0.0.1:$port;
 $(nginx_proxy_location)
   }"
+}
+
+# CPU time (ns, user + system) of a process, its threads and its children (nginx:
+# master + workers), from /proc/*/task/*/schedstat. Unlike requests/s, CPU time per
+# request barely moves when other work shares the machine.
+cpu_ns() {
+  local total=0 p t
+  for p in $1 $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/schedstat; do
+      [ -r "$t" ] && total=$((total + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
 }
