@@ -249,7 +249,7 @@ pub struct ReloadReport {
     /// Changes of the file that no longer applied to the table (the admin API
     /// had made them already), so were skipped.
     pub skipped: Vec<String>,
-    /// Sections whose changes need a restart (`admin`, `runtime`).
+    /// Sections whose changes need a restart (`admin`, `runtime`, `log`).
     pub not_applied: Vec<String>,
 }
 
@@ -314,6 +314,9 @@ impl Reloader {
         }
         if current.runtime != new.runtime {
             not_applied.push("runtime (needs a restart)".to_string());
+        }
+        if current.log != new.log {
+            not_applied.push("log (needs a restart)".to_string());
         }
         *current = new;
         Ok(ReloadReport {

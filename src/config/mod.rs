@@ -27,6 +27,13 @@ use ipnet::IpNet;
 
 pub use parse::parse;
 
+/// The `[log]` section of the file at `path` alone, to set up logging before the
+/// whole file is read. `None` when the file cannot be read or its `[log]` has a
+/// problem: [`load`] reports those, with their places.
+pub fn peek_log(path: &Path) -> Option<LogConfig> {
+    parse::log_section(&std::fs::read_to_string(path).ok()?)
+}
+
 /// Checks a server address the way the file's `addr` is checked: `host:port`, an
 /// IP or a valid DNS name (not resolved here). For the API's new servers.
 pub fn check_server_addr(s: &str) -> Result<(), String> {
@@ -40,6 +47,8 @@ pub struct Config {
     /// `[cluster]`: share the table with other instances through a store.
     pub cluster: Option<ClusterConfig>,
     pub runtime: RuntimeConfig,
+    /// `[log]`: the log's format and level (the command line can override both).
+    pub log: LogConfig,
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams by name. Every route's `upstream` names a key of this map.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -115,6 +124,93 @@ impl Default for RuntimeConfig {
             workers: None,
             shutdown_grace: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[log]`: what the log on stderr looks like and how much of it there is. What
+/// the file leaves out, `--log-format`/`--log-level`, `RUST_LOG` and the defaults
+/// decide (`crate::logging` puts them together).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: Option<LogFormat>,
+    pub level: Option<LogLevel>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One line of text per event (`format = "text"`, the default).
+    #[default]
+    Text,
+    /// One JSON object per line (`format = "json"`), for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Which log lines are written: a level (`trace`, `debug`, `info`, `warn`,
+/// `error`, `off`), or comma-separated directives as `RUST_LOG` takes them, each
+/// a level or `TARGET=LEVEL` (`"warn,switchyard::admin=debug"`). Checked here,
+/// so that a misspelt level is an error and not a filter that shows nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    const LEVELS: [&'static str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+    pub fn parse(s: &str) -> Result<LogLevel, String> {
+        let level = |l: &str| Self::LEVELS.iter().any(|n| l.eq_ignore_ascii_case(n));
+        let target = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b))
+        };
+        let s = s.trim();
+        let bad = |piece: &str| {
+            let whole = if piece == s {
+                String::new()
+            } else {
+                format!(" in {s:?}")
+            };
+            Err(format!(
+                "bad log level {piece:?}{whole}: expected one of {}, or directives such as \"warn,switchyard::admin=debug\"",
+                Self::LEVELS.join(", ")
+            ))
+        };
+        let mut directives = Vec::new();
+        for d in s.split(',').map(str::trim) {
+            match d.split_once('=').map(|(t, l)| (t.trim(), l.trim())) {
+                None if level(d) => directives.push(d.to_string()),
+                Some((t, l)) if target(t) && level(l) => directives.push(format!("{t}={l}")),
+                _ => return bad(d),
+            }
+        }
+        Ok(LogLevel(directives.join(",")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -674,6 +770,7 @@ impl Config {
             admin: None,
             cluster: None,
             runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
             listeners: vec![ListenerConfig {
                 listen,
                 routes: vec![RouteConfig {

@@ -13,10 +13,11 @@ use super::fields::{Sink, Table, as_table};
 use super::upstream::read_upstream;
 use super::{
     AccessRule, AdminConfig, CertificatePair, ClientLimits, ClusterConfig, Config, ConfigErrors,
-    ListenerConfig, ListenerTls, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
+    ListenerConfig, ListenerTls, LogConfig, LogFormat, LogLevel, RouteConfig, RuntimeConfig,
+    TlsVersion, UpstreamConfig,
 };
 
-const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "listener", "upstream"];
+const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "log", "listener", "upstream"];
 const CLUSTER_KEYS: &[&str] = &[
     "store",
     "endpoints",
@@ -40,6 +41,7 @@ const ADMIN_KEYS: &[&str] = &[
     "state_file",
 ];
 const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace"];
+const LOG_KEYS: &[&str] = &["format", "level"];
 const LISTENER_KEYS: &[&str] = &[
     "listen",
     "routes",
@@ -100,6 +102,10 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
     let runtime = root
         .table(sink, "runtime", "runtime")
         .map(|t| read_runtime(&t, sink))
+        .unwrap_or_default();
+    let log = root
+        .table(sink, "log", "log")
+        .map(|t| read_log(&t, sink))
         .unwrap_or_default();
 
     let mut upstreams = BTreeMap::new();
@@ -164,6 +170,7 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
         admin,
         cluster,
         runtime,
+        log,
         listeners,
         upstreams,
     }
@@ -364,6 +371,52 @@ fn read_runtime(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> RuntimeConfig {
         runtime.shutdown_grace = d;
     }
     runtime
+}
+
+fn read_log(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> LogConfig {
+    t.check_keys(sink, LOG_KEYS);
+    let format = t
+        .str(sink, "format")
+        .and_then(|(s, span)| match LogFormat::parse(s) {
+            Some(f) => Some(f),
+            None => {
+                t.err(
+                    sink,
+                    &span,
+                    format!("unknown format {s:?} (expected \"text\" or \"json\")"),
+                );
+                None
+            }
+        });
+    let level = t
+        .str(sink, "level")
+        .and_then(|(s, span)| match LogLevel::parse(s) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                t.err(sink, &span, e);
+                None
+            }
+        });
+    LogConfig { format, level }
+}
+
+/// Only the `[log]` section of `src`, read before the rest of the file (logging
+/// starts first). `None` on any problem in it, or a syntax error anywhere: the
+/// whole file's parse reports those.
+pub(super) fn log_section(src: &str) -> Option<LogConfig> {
+    let doc = DeTable::parse(src).ok()?;
+    let root = Table {
+        map: doc.get_ref(),
+        span: doc.span(),
+        kind: "the top level",
+        ctx: String::new(),
+    };
+    let mut sink = Sink::new(src);
+    let log = root
+        .table(&mut sink, "log", "log")
+        .map(|t| read_log(&t, &mut sink))
+        .unwrap_or_default();
+    sink.is_empty().then_some(log)
 }
 
 fn read_listener(

@@ -680,3 +680,128 @@ servers = [{ addr = "10.0.0.1:80" }]
         &[(3, 9, "unknown store \"consul\"")],
     );
 }
+
+#[test]
+fn log_section_reads_format_and_level_and_defaults_to_neither() {
+    let c = parse(
+        &format!(
+            "[log]\nformat = \"json\"\nlevel = \"warn, switchyard::admin = DEBUG\"\n{}",
+            with_upstream("servers = [{ addr = \"10.0.0.1:80\" }]\n")
+        ),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.log.format, Some(LogFormat::Json));
+    assert_eq!(
+        c.log.level.as_ref().map(LogLevel::as_str),
+        Some("warn,switchyard::admin=DEBUG"),
+        "directives are kept, spaces around them dropped"
+    );
+
+    let c = parse(
+        &with_upstream("servers = [{ addr = \"10.0.0.1:80\" }]\n"),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.log, LogConfig::default());
+    assert_eq!((c.log.format, c.log.level), (None, None));
+}
+
+#[test]
+fn bad_log_format_level_and_keys_are_errors_at_their_place() {
+    let src = format!(
+        "[log]\nformat = \"yaml\"\nlevel = \"verbose\"\ncolour = true\n{}",
+        with_upstream("servers = [{ addr = \"10.0.0.1:80\" }]\n")
+    );
+    assert_errors(
+        &src,
+        &[
+            (
+                2,
+                10,
+                "log: unknown format \"yaml\" (expected \"text\" or \"json\")",
+            ),
+            (
+                3,
+                9,
+                "log: bad log level \"verbose\": expected one of trace, debug, info, warn, error, off",
+            ),
+            (
+                4,
+                1,
+                "unknown key \"colour\" in log (expected one of: format, level)",
+            ),
+        ],
+    );
+    let src = format!(
+        "[log]\nformat = 1\nlevel = \"info,switchyard=loud\"\n{}",
+        with_upstream("servers = [{ addr = \"10.0.0.1:80\" }]\n")
+    );
+    assert_errors(
+        &src,
+        &[
+            (
+                2,
+                10,
+                "wrong type for format: expected a string, found integer",
+            ),
+            (
+                3,
+                9,
+                "bad log level \"switchyard=loud\" in \"info,switchyard=loud\"",
+            ),
+        ],
+    );
+    assert_errors(
+        &format!(
+            "log = \"debug\"\n{}",
+            with_upstream("servers = [{ addr = \"10.0.0.1:80\" }]\n")
+        ),
+        &[(1, 7, "wrong type for log: expected a table, found string")],
+    );
+}
+
+#[test]
+fn log_levels_are_levels_or_target_directives() {
+    for good in [
+        "info",
+        "WARN",
+        "off",
+        "info,switchyard=debug",
+        "hyper_util::client=trace",
+    ] {
+        assert!(LogLevel::parse(good).is_ok(), "{good:?} refused");
+    }
+    for bad in [
+        "",
+        "verbose",
+        "info,",
+        "=debug",
+        "switchyard=",
+        "a b=info",
+        "info;debug",
+        "[span]=info",
+    ] {
+        let e = LogLevel::parse(bad).expect_err(bad);
+        assert!(e.starts_with("bad log level"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn the_log_section_is_read_alone_before_the_rest_of_the_file() {
+    // The rest of the file is broken; logging still gets its settings.
+    let broken_elsewhere = "[log]\nformat = \"json\"\n[upstream.a]\nservers = []\n";
+    assert_eq!(
+        parse::log_section(broken_elsewhere),
+        Some(LogConfig {
+            format: Some(LogFormat::Json),
+            level: None
+        })
+    );
+    assert_eq!(
+        parse::log_section("[runtime]\n"),
+        Some(LogConfig::default())
+    );
+    assert_eq!(parse::log_section("[log]\nlevel = \"loud\"\n"), None);
+    assert_eq!(parse::log_section("[log\n"), None);
+}
