@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
 use crate::admin::AdminServer;
-use crate::config::{self, AdminConfig, Config, ServerConfig};
+use crate::config::{self, AdminConfig, Config, LogConfig, LogFormat, LogLevel, ServerConfig};
 use crate::proxy::{Proxy, Shutdown};
 use crate::state::{FileStore, StateError, StateStore};
 use crate::upstream::{OpenError, Table};
@@ -23,8 +23,49 @@ use crate::upstream::{OpenError, Table};
     about = "A reverse proxy and load balancer whose upstream table is live"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Sets up logging from the flags and, for `run` and `check`, the `[log]`
+    /// section of the config file (read ahead of the rest of it). Call once,
+    /// before [`run`].
+    pub fn init_logging(&self) {
+        let file = match &self.command {
+            Command::Run { config, .. } | Command::Check { config } => config::peek_log(config),
+            _ => None,
+        };
+        crate::logging::init(&self.log.to_config(), file.as_ref());
+    }
+}
+
+/// How the log on stderr looks; every command takes these.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log lines as `text` or `json` (one object a line); overrides `[log] format`.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = log_format)]
+    pub log_format: Option<LogFormat>,
+    /// Which log lines to write: trace, debug, info, warn, error or off, or
+    /// directives as RUST_LOG takes them ("warn,switchyard::admin=debug");
+    /// overrides `[log] level` and RUST_LOG.
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = LogLevel::parse)]
+    pub log_level: Option<LogLevel>,
+}
+
+impl LogArgs {
+    pub fn to_config(&self) -> LogConfig {
+        LogConfig {
+            format: self.log_format,
+            level: self.log_level.clone(),
+        }
+    }
+}
+
+fn log_format(s: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(s).ok_or_else(|| "expected text or json".to_string())
 }
 
 /// Options about the saved state, shared by the commands that serve.

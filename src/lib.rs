@@ -12,6 +12,8 @@
 //! - [`tls`]: certificates and rustls configurations for listeners and upstreams.
 //! - [`reload`]: hot reload of the configuration file (`SIGHUP`, the API).
 //! - [`cli`]: argument parsing and the commands `run`, `proxy`, `demo`, `check`.
+//! - [`logging`]: the log on stderr — level, text or JSON, colour — and the
+//!   helpers that make log fields print as values.
 //! - [`ctl`]: `switchyard ctl`, a client of the admin API for the shell.
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod health;
+pub mod logging;
 pub mod proxy;
 pub mod reload;
 pub mod state;
