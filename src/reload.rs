@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::{self, Config, ServerConfig};
+use crate::logging::joined;
 use crate::proxy::ProxyHandle;
 use crate::upstream::{
     AdminState, Command, ServerPatch, ServerRef, ServerSpec, Table, TableSnapshot, UpstreamSettings,
@@ -334,16 +335,16 @@ impl Reloader {
         let r = self.reload().await;
         match &r {
             Ok(rep) => info!(
-                trigger,
+                %trigger,
                 file = %self.path.display(),
-                added = ?rep.listeners_added,
-                removed = ?rep.listeners_removed,
-                applied = ?rep.applied,
-                skipped = ?rep.skipped,
+                added = %joined(&rep.listeners_added),
+                removed = %joined(&rep.listeners_removed),
+                applied = %joined(&rep.applied),
+                skipped = %joined(&rep.skipped),
                 "configuration reloaded"
             ),
             Err(problems) => warn!(
-                trigger,
+                %trigger,
                 file = %self.path.display(),
                 problems = %problems.join("; "),
                 "configuration reload rejected; the old configuration keeps serving"

@@ -348,7 +348,7 @@ impl TlsClient {
     ) -> Result<TlsClient, String> {
         if !tls.verify {
             warn!(
-                upstream,
+                %upstream,
                 "tls_verify = false: server certificates are NOT verified for this upstream"
             );
         }

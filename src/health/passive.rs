@@ -24,6 +24,16 @@ pub enum FailureOutcome {
     BecameUnavail,
 }
 
+impl FailureOutcome {
+    /// As the log shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureOutcome::Counted => "counted",
+            FailureOutcome::BecameUnavail => "became_unavail",
+        }
+    }
+}
+
 /// Records a failed attempt on `server` at `now_ms`.
 pub fn record_failure(server: &Server, now_ms: u64) -> FailureOutcome {
     let stats = &server.runtime.stats;

@@ -695,7 +695,7 @@ pub(super) fn pick_next(
 /// Counts a failed try against its server (passive health) and logs it.
 pub(super) fn attempt_failed(upstream: &Upstream, server: &Server, error: &AttemptError) {
     let outcome = passive::record_failure(server, crate::clock::now_ms());
-    warn!(upstream = %upstream.name, server = %server.addr, error = %error, ?outcome, "upstream attempt failed");
+    warn!(upstream = %upstream.name, server = %server.addr, error = %error, outcome = %outcome.as_str(), "upstream attempt failed");
 }
 
 pub(super) fn no_server(upstream: &Upstream) -> (StatusCode, String) {

@@ -57,7 +57,7 @@ fn load_settings(name: &str, want: &UpstreamState) -> Option<super::UpstreamSett
     match loaded {
         Ok(s) => Some(s),
         Err(reason) => {
-            warn!(upstream = name, %reason, "cluster store: cannot apply this upstream's settings here; left as they were");
+            warn!(upstream = %name, %reason, "cluster store: cannot apply this upstream's settings here; left as they were");
             None
         }
     }
@@ -119,7 +119,7 @@ fn servers_toward(
                         state,
                     }),
                     Err(e) => {
-                        warn!(upstream, id = w.id, error = %e, "cluster store: server left out here");
+                        warn!(%upstream, id = w.id, error = %e, "cluster store: server left out here");
                     }
                 }
             }

@@ -22,6 +22,7 @@ use crate::config::{
     Balance, Config, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
     Scheme, Timeouts, UpstreamProtocol, UpstreamTls,
 };
+use crate::logging::or_dash;
 use crate::proxy::pool::Pool;
 use crate::state::{StateDoc, StateError, StateStore};
 
@@ -864,7 +865,7 @@ impl Table {
             e.seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
             self.admin_changes.fetch_add(1, Ordering::Relaxed);
             e.time.clone_from(&time);
-            info!(origin = %e.origin, upstream = %e.upstream, server = ?e.server, change = %e.change, old = ?e.old, new = ?e.new, "table change");
+            info!(origin = %e.origin, upstream = %e.upstream, server = %or_dash(&e.server), change = %e.change, old = %or_dash(&e.old), new = %or_dash(&e.new), "table change");
             let _ = self.events.send(e);
         }
         Ok(touched)
@@ -896,7 +897,7 @@ impl Table {
             old: Some(old.as_str().into()),
             new: Some(new.as_str().into()),
         };
-        info!(upstream, server = %server.addr, old = old.as_str(), new = new.as_str(), "health change");
+        info!(%upstream, server = %server.addr, old = %old.as_str(), new = %new.as_str(), "health change");
         let _ = self.events.send(e);
     }
 

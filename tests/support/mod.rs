@@ -672,6 +672,11 @@ impl Switchyard {
     /// `switchyard demo` on port 0 everywhere (backends too), with its state file
     /// in the child's temporary directory; waits for the proxy and admin lines.
     pub fn demo() -> Switchyard {
+        Switchyard::demo_with(&[])
+    }
+
+    /// [`Switchyard::demo`] with more arguments (e.g. `--log-format json`).
+    pub fn demo_with(extra: &[&str]) -> Switchyard {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("s.json");
         let args: Vec<String> = [
@@ -687,6 +692,7 @@ impl Switchyard {
         .iter()
         .map(|s| s.to_string())
         .chain([state.to_string_lossy().into_owned()])
+        .chain(extra.iter().map(|s| s.to_string()))
         .collect();
         Switchyard::start_in(dir, &args, 1, true)
     }
@@ -747,6 +753,9 @@ impl Switchyard {
             .args(args)
             .env("RUST_LOG", child_log_filter())
             .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            // So that tests/logging.rs checks that colour follows stderr being
+            // a terminal, not that the tester's shell has NO_COLOR set.
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
