@@ -98,7 +98,9 @@ pub(super) fn dns_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A route's host: `name`, an IP, or `*.suffix`.
+/// A route's host: `name`, an IP, or `*.suffix`. An IP is kept as the router
+/// sees a request's host: without the brackets of an IPv6 literal (the router
+/// takes `[::1]:8080` as `::1`), in its usual text form.
 pub(super) fn host_match(s: &str) -> Result<HostMatch, String> {
     let lower = s.to_ascii_lowercase();
     if let Some(suffix) = lower.strip_prefix("*.") {
@@ -114,8 +116,8 @@ pub(super) fn host_match(s: &str) -> Result<HostMatch, String> {
         .strip_prefix('[')
         .and_then(|r| r.strip_suffix(']'))
         .unwrap_or(&lower);
-    if bare.parse::<IpAddr>().is_ok() {
-        return Ok(HostMatch::Exact(lower));
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(HostMatch::Exact(ip.to_string()));
     }
     if lower.contains(':') {
         return Err(format!("bad host {s:?}: a route's host has no port"));

@@ -805,3 +805,26 @@ fn the_log_section_is_read_alone_before_the_rest_of_the_file() {
     assert_eq!(parse::log_section("[log]\nlevel = \"loud\"\n"), None);
     assert_eq!(parse::log_section("[log\n"), None);
 }
+
+#[test]
+fn a_route_host_that_is_an_ipv6_literal_is_kept_as_requests_show_it() {
+    // The router compares with the request's host without port and brackets
+    // (`[::1]:8080` → `::1`): "[::1]" kept as written never matched.
+    for written in ["[::1]", "::1", "[0:0::1]", "[::0001]"] {
+        assert_eq!(
+            addr::host_match(written),
+            Ok(HostMatch::Exact("::1".into())),
+            "{written}"
+        );
+    }
+    assert_eq!(
+        addr::host_match("[FE80::A]"),
+        Ok(HostMatch::Exact("fe80::a".into()))
+    );
+    assert_eq!(
+        addr::host_match("10.0.0.1"),
+        Ok(HostMatch::Exact("10.0.0.1".into()))
+    );
+    assert!(addr::host_match("[::1]:80").is_err());
+    assert!(addr::host_match("[::1").is_err());
+}
