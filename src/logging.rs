@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,9 @@ use crate::config::{LogConfig, LogFormat, LogLevel};
 
 /// The filter used when nothing else says.
 const DEFAULT_LEVEL: &str = "info";
+
+/// Whether [`init`] chose JSON lines, for [`fatal`].
+static JSON: AtomicBool = AtomicBool::new(false);
 
 /// Sets up logging to stderr: `flags` (the command line) win over `file` (the
 /// config file's `[log]`), which wins over `RUST_LOG`. Call once, before
@@ -42,6 +46,7 @@ pub fn init(flags: &LogConfig, file: Option<&LogConfig>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour(format, std::io::stderr().is_terminal()));
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     // An error means a subscriber is already set: the first one stays.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -49,6 +54,18 @@ pub fn init(flags: &LogConfig, file: Option<&LogConfig>) {
     };
     if let Some((rust_log, error)) = ignored {
         tracing::warn!(%rust_log, %error, "RUST_LOG is not a valid filter; logging at {DEFAULT_LEVEL}");
+    }
+}
+
+/// Reports the error that ends the process on stderr: `switchyard: ERROR` as
+/// text, or, when the log is JSON, an `error` line like every other, so that a
+/// log shipper reads the reason too (unless the level filters errors out: the
+/// reason is never lost).
+pub fn fatal(error: &dyn fmt::Display) {
+    if JSON.load(Ordering::Relaxed) && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(%error, "switchyard stopped");
+    } else {
+        eprintln!("switchyard: {error}");
     }
 }
 

@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     match switchyard::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("switchyard: {e:#}");
+            switchyard::logging::fatal(&format_args!("{e:#}"));
             ExitCode::FAILURE
         }
     }

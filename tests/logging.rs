@@ -228,3 +228,47 @@ fn a_bad_log_flag_is_refused_before_anything_starts() {
         );
     }
 }
+
+#[test]
+fn with_json_logs_the_reason_a_start_failed_is_a_json_line_too() {
+    // The listener's port is taken: `run` stops with the reason.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = format!(
+        "[log]\nformat = \"json\"\n\n[[listener]]\nlisten = \"127.0.0.1:{port}\"\n\
+         routes = [{{ upstream = \"app\" }}]\n\n[upstream.app]\nservers = [{{ addr = \"127.0.0.1:9\" }}]\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run".to_string(), "-c".into(), path.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_to_exit(&args, Duration::from_secs(30))
+    };
+
+    let out = run(&[]);
+    assert!(!out.status.success(), "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().unwrap_or_else(|| panic!("nothing on stderr"));
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["fields"]["message"], "switchyard stopped", "{last}");
+    let error = last["fields"]["error"].as_str().unwrap();
+    assert!(error.contains(&port.to_string()), "{error}");
+
+    // Text, or errors filtered out: the plain line, never nothing.
+    for extra in [&["--log-format", "text"][..], &["--log-level", "off"]] {
+        let out = run(extra);
+        assert!(!out.status.success(), "{extra:?}: {}", out.stderr);
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("switchyard: ") && last.contains(&port.to_string()),
+            "{extra:?}: {}",
+            out.stderr
+        );
+    }
+}
