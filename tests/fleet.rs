@@ -1036,3 +1036,46 @@ async fn tls_to_etcd_with_a_client_certificate() {
     let stored = etcd.get(&server_key(&prefix, "web", 0)).unwrap_or_default();
     assert!(stored.contains("\"state\":\"up\""), "{stored}");
 }
+
+// ---------------------------------------------------------------------------
+// Endpoints that cannot be reached
+// ---------------------------------------------------------------------------
+
+/// A port on loopback that nothing listens on (bound, read, then closed).
+fn dead_endpoint() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_endpoint_is_skipped_for_the_next_one_in_the_same_call() {
+    let (a, b) = (named("a").await, named("b").await);
+    let servers_ = [a.addr, b.addr];
+    let etcd = Etcd::start();
+    let prefix = unique_prefix("deadfirst");
+    let dead = dead_endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("n.state.json");
+    let text = fleet_config(&etcd, &prefix, &state, &servers_).replace(
+        &format!("endpoints = [\"{}\"]", etcd.endpoint()),
+        &format!("endpoints = [\"{dead}\", \"{}\"]", etcd.endpoint()),
+    );
+    assert!(text.contains(&dead), "{text}");
+    let mut node = Node {
+        name: "n",
+        dir,
+        text,
+        sy: None,
+    };
+    node.restart();
+    wait_cluster(&node, CONVERGE, "connected and in sync", in_sync).await;
+    // Every write succeeds at the first try: none is answered 503.
+    for (i, w) in [3, 4, 5, 6].into_iter().enumerate() {
+        let r = patch(node.admin(), (i % 2) as u64, json!({ "weight": w })).await;
+        assert_eq!(r.status, StatusCode::OK, "write {i}: {r}");
+    }
+    let stored = etcd.get(&server_key(&prefix, "web", 1)).unwrap_or_default();
+    assert!(stored.contains("\"weight\":6"), "{stored}");
+}

@@ -22,7 +22,9 @@
 //! it changes the table only through `Table::follow` and the store interface.
 
 mod etcd;
+mod gateway;
 mod keys;
+mod wire;
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -183,7 +185,7 @@ impl ClusterStore {
         };
         let Some(doc) = cached else {
             warn!(
-                error = why,
+                error = %why,
                 "cluster store unreachable and no cached table; serving the configuration until the store answers"
             );
             return None;
@@ -191,7 +193,7 @@ impl ClusterStore {
         let revision = doc.revision.unwrap_or(0);
         self.follow(table, &doc, revision);
         warn!(
-            error = why,
+            error = %why,
             cache = %self.describe_cache(),
             revision,
             "cluster store unreachable; serving the cached table until it answers"
@@ -297,7 +299,7 @@ impl ClusterStore {
         let mut link = self.lock_link();
         if link.connected || link.last_error.is_none() {
             warn!(
-                error,
+                error = %error,
                 "cluster store unreachable; serving the last table, writes answer 503"
             );
         }
