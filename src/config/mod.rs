@@ -512,16 +512,26 @@ impl ServerConfig {
 /// Idle keep-alive connections kept per server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepaliveConfig {
-    /// Most idle connections kept per server (`keepalive`, default 32; 0 = no reuse).
+    /// Most idle connections kept per server and worker (`keepalive`; 0 = no
+    /// reuse). The default, [`KeepaliveConfig::DEFAULT_MAX_IDLE`], keeps every
+    /// connection that comes back for any realistic number of clients: `keepalive`
+    /// is a cap for those who want one, not a size to tune.
     pub max_idle: usize,
     /// Idle connections older than this are closed (`keepalive_timeout`, default 60s).
     pub idle_timeout: Duration,
 }
 
+impl KeepaliveConfig {
+    /// Large enough that 10,000 concurrent clients through one worker to one
+    /// server do not churn its connections; idle ones still close after
+    /// `keepalive_timeout`.
+    pub const DEFAULT_MAX_IDLE: usize = 16_384;
+}
+
 impl Default for KeepaliveConfig {
     fn default() -> Self {
         KeepaliveConfig {
-            max_idle: 32,
+            max_idle: Self::DEFAULT_MAX_IDLE,
             idle_timeout: Duration::from_secs(60),
         }
     }

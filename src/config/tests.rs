@@ -119,7 +119,14 @@ fn the_seed_example_parses_with_its_values_and_defaults() {
     assert_eq!(u.name, "foo.com");
     assert_eq!(u.balance, Balance::RoundRobin);
     assert_eq!(u.hash_key, None);
-    assert_eq!(u.keepalive, KeepaliveConfig::default());
+    // The seed's nginx config says `keepalive 32`, and so does the fixture.
+    assert_eq!(
+        u.keepalive,
+        KeepaliveConfig {
+            max_idle: 32,
+            ..KeepaliveConfig::default()
+        }
+    );
     assert_eq!(u.timeouts, Timeouts::default());
     assert_eq!(u.retry, RetryPolicy::default());
     assert_eq!(u.servers.len(), 3);

@@ -3,8 +3,12 @@
 //! Each server owns its pool (it lives in the server's runtime, so it survives
 //! snapshot swaps and goes away with the server). That gives drain and remove a
 //! direct handle: [`Pool::clear`] closes a server's idle connections the moment it
-//! stops taking traffic. The idle stack is a bounded lock-free queue, so checking a
-//! connection in or out takes no lock on the request path.
+//! stops taking traffic. The idle stack is a lock-free queue, so checking a
+//! connection in or out takes no lock on the request path. Its storage grows
+//! with use (in blocks of 31, so a server that keeps 3 connections costs 3, not
+//! `keepalive`), which is what lets the default cap be large: a connection that
+//! comes back is kept, as HAProxy and Envoy keep theirs, instead of closed and
+//! opened again when more clients are in flight than the cap allows.
 //!
 //! An HTTP/1.1 connection is only ever in the pool while idle: it is checked back
 //! in when its response body has been read to the end, never earlier, so a new
@@ -33,7 +37,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper::{Request, Response};
@@ -105,7 +109,7 @@ struct Idle<C> {
 }
 
 /// One worker's idle connections of one kind, made on first use.
-type Shards<C> = Box<[OnceLock<ArrayQueue<Idle<C>>>]>;
+type Shards<C> = Box<[OnceLock<SegQueue<Idle<C>>>]>;
 
 /// Idle connections to one server.
 pub struct Pool {
@@ -226,7 +230,7 @@ fn shards<C>() -> Shards<C> {
 }
 
 /// The calling worker's idle stack.
-fn shard<C>(shards: &Shards<C>) -> &OnceLock<ArrayQueue<Idle<C>>> {
+fn shard<C>(shards: &Shards<C>) -> &OnceLock<SegQueue<Idle<C>>> {
     let i = SHARD.with(Cell::get);
     &shards[i % shards.len()]
 }
@@ -253,8 +257,13 @@ fn push_idle<C>(shards: &Shards<C>, max_idle: usize, conn: C) {
     if max_idle == 0 {
         return;
     }
-    let idle = shard(shards).get_or_init(|| ArrayQueue::new(max_idle));
-    let _ = idle.push(Idle {
+    let idle = shard(shards).get_or_init(SegQueue::new);
+    // Only this worker pushes to its queue, so the count cannot overshoot by
+    // more than what a sweep on another thread puts back.
+    if idle.len() >= max_idle {
+        return;
+    }
+    idle.push(Idle {
         conn,
         since: Instant::now(),
     });
@@ -270,7 +279,7 @@ fn idle_in<C>(shards: &Shards<C>) -> usize {
     shards
         .iter()
         .filter_map(OnceLock::get)
-        .map(ArrayQueue::len)
+        .map(SegQueue::len)
         .sum()
 }
 
@@ -279,10 +288,75 @@ fn sweep<C>(shards: &Shards<C>, idle_timeout: Duration, open: impl Fn(&C) -> boo
         for _ in 0..idle.len() {
             let Some(conn) = idle.pop() else { break };
             if conn.since.elapsed() < idle_timeout && open(&conn.conn) {
-                // Full only if requests checked connections in meanwhile: then
-                // this one is surplus and may close.
-                let _ = idle.push(conn);
+                idle.push(conn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` open client connections, and their server ends (kept open).
+    async fn connections(n: usize) -> (Vec<tokio::net::TcpStream>, Vec<tokio::net::TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut clients, mut servers) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            servers.push(listener.accept().await.unwrap().0);
+        }
+        (servers, clients)
+    }
+
+    #[tokio::test]
+    async fn the_default_pool_keeps_every_connection_that_comes_back() {
+        let pool = Pool::new(
+            crate::config::KeepaliveConfig::default().max_idle,
+            Duration::from_secs(60),
+        );
+        let (_l, conns) = connections(200).await;
+        for c in conns {
+            pool.checkin_raw(c);
+        }
+        assert_eq!(pool.idle_len(), 200);
+        let mut out = 0;
+        while pool.checkout_raw().is_some() {
+            out += 1;
+        }
+        assert_eq!(out, 200);
+        assert_eq!(pool.idle_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_explicit_keepalive_caps_the_idle_connections() {
+        let pool = Pool::new(10, Duration::from_secs(60));
+        let (_l, conns) = connections(25).await;
+        for c in conns {
+            pool.checkin_raw(c);
+        }
+        assert_eq!(pool.idle_len(), 10);
+        let off = Pool::new(0, Duration::from_secs(60));
+        let (_l2, conns) = connections(3).await;
+        for c in conns {
+            off.checkin_raw(c);
+        }
+        assert_eq!(off.idle_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_older_than_the_timeout_are_swept() {
+        let pool = Pool::new(100, Duration::from_millis(1));
+        let (_l, conns) = connections(5).await;
+        for c in conns {
+            pool.checkin_raw(c);
+        }
+        assert_eq!(pool.idle_len(), 5);
+        // Wall-clock age is what the pool compares; 1 ms has surely passed
+        // once this sleep returns (no other task is involved).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        pool.sweep();
+        assert_eq!(pool.idle_len(), 0);
     }
 }
