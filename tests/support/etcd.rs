@@ -56,6 +56,29 @@ fn free_port() -> u16 {
     panic!("no free loopback port below {low}")
 }
 
+/// Whether the fleet tests can run here: `etcd` and `etcdctl` are on PATH. When
+/// they are not, the caller skips (a fresh machine with only the Rust toolchain
+/// still passes `cargo test`), unless `SWITCHYARD_REQUIRE_ETCD` is set, as
+/// `.ci/run` sets it: then a missing etcd fails the test instead of hiding it.
+pub fn available() -> bool {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
+    };
+    if on_path("etcd") && on_path("etcdctl") {
+        return true;
+    }
+    if std::env::var_os("SWITCHYARD_REQUIRE_ETCD").is_some() {
+        tool("etcd");
+        tool("etcdctl");
+    }
+    eprintln!(
+        "SKIPPED: etcd/etcdctl not installed; the fleet tests need a real etcd 3.4+ \
+         (apt-get install etcd-server etcd-client; SWITCHYARD_REQUIRE_ETCD=1 makes this a failure)"
+    );
+    false
+}
+
 /// The path of `etcd`/`etcdctl`, or a panic saying how to get it.
 fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
