@@ -2,16 +2,22 @@
 # Side-by-side benchmark of switchyard, nginx and HAProxy on loopback (issue 6).
 #
 # One fast backend (nginx, one worker, `return 200`) and, in front of it, nginx
-# (upstream keepalive), HAProxy (http-reuse always) and switchyard, each with the
-# same number of workers. wrk drives each in interleaved rounds (direct, nginx,
+# (upstream keepalive 128), HAProxy (http-reuse always) and switchyard with its
+# defaults (no keepalive setting), each with the same number of workers. wrk drives each in interleaved rounds (direct, nginx,
 # haproxy, switchyard, direct, nginx, ...) so drift hits all alike.
 #
-#   bash bench/compare.sh                 # small GET, keep-alive, 1 and 2 workers
+#   bash bench/compare.sh                 # defaults and small GET, keep-alive, 1 and 2 workers
 #   bash bench/compare.sh --all           # and every scenario below
 #   bash bench/compare.sh --all --write BENCHMARKS.md   # also refresh the file's table
+#   bash bench/compare.sh --defaults --write BENCHMARKS.md --block defaults  # the headline rows
 #
-# Scenario flags: --get (default when none is given) --get-capped --64k --upload
-# --close --idle --flip --tls-handshake --tls-keepalive; --all is every one.
+# Scenario flags: --defaults --get (these two when none is given) --get-capped --64k
+# --upload --close --idle --flip --tls-handshake --tls-keepalive; --all is every one.
+# --defaults is the plainest comparison a user would make: `switchyard proxy
+# --listen A --to B --workers N` with nothing tuned, against the same nginx and
+# HAProxy as every other row (tuned as their docs recommend: upstream keepalive,
+# http-reuse). --block NAME splices the table into BENCHMARKS.md's block NAME
+# (default: compare).
 # --get-capped is the small GET with each proxy (all its workers together) held to
 # CAP cores by a CPU cgroup quota (10 ms period; cgroup v1 or v2, as root), so that
 # the proxy, not wrk or the backend that share the cores, sets the pace: requests/s
@@ -44,8 +50,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 scenarios=()
 write_file=""
+block=compare
 while [ $# -gt 0 ]; do
   case "$1" in
+    --defaults) scenarios+=(defaults) ;;
     --get) scenarios+=(get) ;;
     --get-capped) scenarios+=(get-capped) ;;
     --64k) scenarios+=(64k) ;;
@@ -55,14 +63,15 @@ while [ $# -gt 0 ]; do
     --flip) scenarios+=(flip) ;;
     --tls-handshake) scenarios+=(tls-handshake) ;;
     --tls-keepalive) scenarios+=(tls-keepalive) ;;
-    --all) scenarios=(get get-capped 64k upload close idle flip tls-handshake tls-keepalive) ;;
+    --all) scenarios=(defaults get get-capped 64k upload close idle flip tls-handshake tls-keepalive) ;;
     --write) write_file=$2; shift ;;
+    --block) block=$2; shift ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown flag: $1" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(get)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(defaults get)
 
 # --- tools -------------------------------------------------------------------
 missing=()
@@ -96,6 +105,7 @@ T_BACKEND=19006 # TLS listeners: the backend itself (the `direct` row), nginx, .
 T_NGINX=19007
 T_HAPROXY=19008
 T_SY=19009
+P_SYD=19010     # `switchyard proxy --to` with no configuration (defaults scenario)
 mkdir -p "$WORK/www" "$WORK/backend" "$WORK/nginx" "$WORK/tls"
 chmod 755 "$WORK" "$WORK/www" # nginx's workers run as an unprivileged user
 head -c 65536 /dev/zero | tr '\0' 'x' >"$WORK/www/64k"
@@ -173,7 +183,7 @@ http {
   keepalive_requests 1000000;
   client_max_body_size 2m;
   client_body_buffer_size 2m;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; keepalive_requests 1000000; }
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$P_NGINX;
     listen 127.0.0.1:$T_NGINX ssl;
@@ -235,16 +245,23 @@ routes = [{ path_prefix = "/", upstream = "backend" }]
 tls = { certificates = [{ cert = "$WORK/tls/cert.pem", key = "$WORK/tls/key.pem" }] }
 
 [upstream.backend]
-keepalive = 64
 servers = [{ addr = "127.0.0.1:$BACKEND" }]
 
 [upstream.flip]
-keepalive = 64
 servers = [{ addr = "127.0.0.1:$BACKEND" }, { addr = "127.0.0.1:$((BACKEND + 1))" }]
 CONF
   RUST_LOG=warn "$SY" run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 &
   SY_PID=$!
   pids+=("$SY_PID")
+  SYD_PID=""
+  if [[ " ${scenarios[*]} " == *" defaults "* ]]; then
+    # Nothing but the command line a new user would type.
+    "$SY" proxy --listen 127.0.0.1:$P_SYD --to 127.0.0.1:$BACKEND --workers "$n" \
+      >"$WORK/switchyard-defaults.log" 2>&1 &
+    SYD_PID=$!
+    pids+=("$SYD_PID")
+    wait_port $P_SYD
+  fi
   wait_port $P_NGINX
   wait_port $P_HAPROXY
   wait_port $P_SY
@@ -256,18 +273,22 @@ CONF
 
 stop_proxies() {
   kill "$(cat "$WORK/nginx/nginx.pid")" 2>/dev/null || true
-  kill "$HAPROXY_PID" "$SY_PID" 2>/dev/null || true
-  wait "$HAPROXY_PID" "$SY_PID" 2>/dev/null || true
+  kill "$HAPROXY_PID" "$SY_PID" $SYD_PID 2>/dev/null || true
+  wait "$HAPROXY_PID" "$SY_PID" $SYD_PID 2>/dev/null || true
   while [ -f "$WORK/nginx/nginx.pid" ]; do sleep 0.05; done
   sleep 0.5
 }
 
+# The scenario being run: `defaults` sends switchyard's rows to the untuned one.
+SCENARIO=""
+
 port_of() {
   case "$1" in
+    switchyard) [ "$SCENARIO" = defaults ] && echo $P_SYD || echo $P_SY ;;
     direct) echo $BACKEND ;;
     nginx) echo $P_NGINX ;;
     haproxy) echo $P_HAPROXY ;;
-    switchyard | base | flipping) echo $P_SY ;; # flip rows: switchyard both
+    base | flipping) echo $P_SY ;; # flip rows: switchyard both
   esac
 }
 
@@ -285,6 +306,7 @@ pid_of() {
     direct) cat "$WORK/backend/nginx.pid" ;;
     nginx) cat "$WORK/nginx/nginx.pid" ;;
     haproxy) echo "$HAPROXY_PID" ;;
+    switchyard) [ "$SCENARIO" = defaults ] && echo "$SYD_PID" || echo "$SY_PID" ;;
     *) echo "$SY_PID" ;;
   esac
 }
@@ -423,9 +445,11 @@ start_all=$(date +%s)
 for n in $WORKERS; do
   start_proxies "$n"
   for s in "${scenarios[@]}"; do
-    case $s in get | get-capped) ;; *) [[ " $EXTRA_WORKERS " == *" $n "* ]] || continue ;; esac
+    case $s in defaults | get | get-capped) ;; *) [[ " $EXTRA_WORKERS " == *" $n "* ]] || continue ;; esac
     echo "== $s, $n worker(s)" >&2
+    SCENARIO=$s
     case $s in
+      defaults) rounds defaults "$n" / ;;
       get) rounds get "$n" / ;;
       get-capped)
         if [ -n "$CG_ROOT" ]; then
@@ -457,7 +481,7 @@ python3 "$ROOT/bench/report.py" table "$RESULTS" "$WORK/idle.tsv" \
   >"$WORK/table.md"
 cat "$WORK/table.md"
 if [ -n "$write_file" ]; then
-  python3 "$ROOT/bench/report.py" splice "$write_file" compare <"$WORK/table.md"
+  python3 "$ROOT/bench/report.py" splice "$write_file" "$block" <"$WORK/table.md"
   echo "wrote the table into $write_file" >&2
 fi
 echo "raw results: $WORK" >&2
