@@ -128,6 +128,23 @@ pub enum Command {
     },
     /// Use the admin API from the shell.
     Ctl(crate::ctl::CtlArgs),
+    /// Translate another proxy's configuration into switchyard's TOML.
+    #[command(subcommand)]
+    Import(ImportFrom),
+}
+
+/// What `switchyard import` reads.
+#[derive(Debug, Subcommand)]
+pub enum ImportFrom {
+    /// An nginx or OpenResty configuration (following its includes). The TOML
+    /// goes to stdout (or OUT), the report of what was not translated to stderr.
+    Nginx {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Write the configuration here instead of stdout.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -167,7 +184,60 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(demo(listen, admin, backend_ports, state, &workers))
         }
         Command::Ctl(args) => crate::ctl::run(args),
+        Command::Import(ImportFrom::Nginx { file, output }) => {
+            Ok(import_nginx(&file, output.as_deref()))
+        }
     }
+}
+
+/// `switchyard import nginx`: exit 0 when a configuration was produced (with or
+/// without things left untranslated), 1 when nothing could be.
+fn import_nginx(file: &Path, output: Option<&Path>) -> ExitCode {
+    let imported = match crate::import::nginx::import(file) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("switchyard import: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = output.map_or_else(|| "(stdout)".to_string(), |p| p.display().to_string());
+    // The output is checked like any configuration before it is handed over.
+    let problems = match config::parse(&imported.toml, &name) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    };
+    let written = match output {
+        Some(path) => std::fs::write(path, &imported.toml)
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(imported.toml.as_bytes())
+                .map_err(|e| format!("cannot write to stdout: {e}"))
+        }
+    };
+    if let Err(e) = written {
+        eprintln!("switchyard import: {e}");
+        return ExitCode::FAILURE;
+    }
+    if imported.notes.is_empty() {
+        eprintln!("switchyard import: every directive was translated");
+    } else {
+        eprintln!(
+            "switchyard import: {} directive(s) not translated (or only in part):",
+            imported.notes.len()
+        );
+        for n in &imported.notes {
+            eprintln!("  {n}");
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!("switchyard import: the configuration needs a hand before it runs:");
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod health;
+pub mod import;
 pub mod logging;
 pub mod proxy;
 pub mod reload;
