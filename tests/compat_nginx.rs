@@ -308,7 +308,7 @@ async fn bad_bodies_are_refused_and_change_nothing() {
             "UpstreamConfFormatError",
         ),
         (
-            "{\"server\":\"no-port\"}",
+            "{\"server\":\"127.0.0.1:99999\"}",
             StatusCode::BAD_REQUEST,
             "UpstreamBadAddress",
         ),

@@ -3,6 +3,13 @@
 //! NGINX Plus field names, status codes and error bodies, so that automation
 //! written for NGINX Plus keeps working.
 //!
+//! Bodies are read as leniently as NGINX Plus reads them, since its clients
+//! rely on it (the Python `nginxplusapi` sends every value as a string): a
+//! boolean may be `"true"`/`"false"` ([`lenient_bool`]), a number a string of
+//! digits (`"7"`, [`lenient_uint`]), a `server` without a port means port 80
+//! ([`with_default_port`]), and the Content-Type is not looked at. Anything
+//! else is refused with NGINX's error codes.
+//!
 //! This module owns the path dispatch under `/api/` (everything but `/api/v1`,
 //! which is the native API), the translation between NGINX Plus objects and our
 //! servers, and the NGINX error shape. It must not touch the table except
@@ -367,26 +374,77 @@ fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
     }
 }
 
+/// A boolean as NGINX Plus takes it: JSON `true`/`false`, or the strings
+/// `"true"`/`"false"` (what clients such as the Python `nginxplusapi` send).
+pub fn lenient_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A non-negative integer as NGINX Plus takes it: a JSON number, or a string
+/// of decimal digits (`"7"`).
+pub fn lenient_uint(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// `server` as NGINX Plus reads it: without a port, the port is 80
+/// (`192.168.1.1` is `192.168.1.1:80`, `[::1]` is `[::1]:80`, `name` is
+/// `name:80`). Anything else (with a port, an IPv6 address without brackets,
+/// empty) is left for the address check to judge.
+pub fn with_default_port(addr: &str) -> String {
+    let bare = match addr.strip_prefix('[') {
+        Some(rest) => rest.ends_with(']'),
+        None => !addr.is_empty() && !addr.contains(':'),
+    };
+    if bare {
+        format!("{addr}:80")
+    } else {
+        addr.to_string()
+    }
+}
+
 fn uint(key: &str, v: &Value) -> Result<u32, NgxError> {
-    v.as_u64()
+    lenient_uint(v)
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| NgxError::format(format!("{key}: expected a non-negative integer, got {v}")))
+        .ok_or_else(|| {
+            NgxError::format(format!(
+                "{key}: expected a non-negative integer (a number or a string of digits), got {v}"
+            ))
+        })
 }
 
 fn boolean(key: &str, v: &Value) -> Result<bool, NgxError> {
-    v.as_bool()
-        .ok_or_else(|| NgxError::format(format!("{key}: expected true or false, got {v}")))
+    lenient_bool(v).ok_or_else(|| {
+        NgxError::format(format!(
+            "{key}: expected true or false (or the strings \"true\", \"false\"), got {v}"
+        ))
+    })
 }
 
 fn weight(v: &Value) -> Result<u32, NgxError> {
-    v.as_u64()
+    lenient_uint(v)
         .and_then(|n| u32::try_from(n).ok())
         .filter(|w| (1..=1000).contains(w))
         .ok_or_else(|| {
             NgxError::new(
                 StatusCode::BAD_REQUEST,
                 "UpstreamBadWeight",
-                format!("weight: expected an integer in 1..=1000, got {v}"),
+                format!(
+                    "weight: expected an integer in 1..=1000 (a number or a string of digits), got {v}"
+                ),
             )
         })
 }
@@ -418,17 +476,17 @@ fn empty_string(key: &str, v: &Value, code: &'static str) -> Result<(), NgxError
 /// The server a POST body describes.
 pub fn new_server(body: &Map<String, Value>) -> Result<ServerConfig, NgxError> {
     let addr = match body.get("server") {
-        Some(Value::String(a)) => a.trim().to_string(),
+        Some(Value::String(a)) => with_default_port(a.trim()),
         Some(other) => {
             return Err(NgxError::new(
                 StatusCode::BAD_REQUEST,
                 "UpstreamBadAddress",
-                format!("server: expected \"host:port\", got {other}"),
+                format!("server: expected \"host[:port]\", got {other}"),
             ));
         }
         None => {
             return Err(NgxError::format(
-                "the body has no \"server\" (\"host:port\")",
+                "the body has no \"server\" (\"host[:port]\")",
             ));
         }
     };
@@ -491,12 +549,12 @@ pub fn server_patch(body: &Map<String, Value>, cur: &Current) -> Result<ServerPa
     for (key, v) in body {
         match key.as_str() {
             "id" => {
-                if v.as_u64() != Some(u64::from(cur.id)) {
+                if lenient_uint(v) != Some(u64::from(cur.id)) {
                     return Err(immutable("id"));
                 }
             }
             "backup" => {
-                if v.as_bool() != Some(cur.backup) {
+                if lenient_bool(v) != Some(cur.backup) {
                     return Err(immutable("backup"));
                 }
             }
@@ -506,7 +564,10 @@ pub fn server_patch(body: &Map<String, Value>, cur: &Current) -> Result<ServerPa
                 }
             }
             "server" => {
-                if v.as_str().map(str::trim) != Some(cur.addr.as_str()) {
+                let same = v
+                    .as_str()
+                    .is_some_and(|a| with_default_port(a.trim()) == cur.addr);
+                if !same {
                     return Err(NgxError::new(
                         StatusCode::BAD_REQUEST,
                         "UpstreamBadAddress",
@@ -854,14 +915,22 @@ mod tests {
 
         let code = |v: Value| new_server(&obj(v)).unwrap_err().code;
         assert_eq!(code(json!({})), "UpstreamConfFormatError");
-        assert_eq!(code(json!({"server": "nope"})), "UpstreamBadAddress");
+        assert_eq!(code(json!({"server": "no pe"})), "UpstreamBadAddress");
         assert_eq!(code(json!({"server": 5})), "UpstreamBadAddress");
         assert_eq!(
             code(json!({"server": "127.0.0.1:1", "weight": 0})),
             "UpstreamBadWeight"
         );
         assert_eq!(
-            code(json!({"server": "127.0.0.1:1", "weight": "2"})),
+            code(json!({"server": "127.0.0.1:1", "weight": "x"})),
+            "UpstreamBadWeight"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "weight": "1001"})),
+            "UpstreamBadWeight"
+        );
+        assert_eq!(
+            code(json!({"server": "127.0.0.1:1", "weight": 2.5})),
             "UpstreamBadWeight"
         );
         assert_eq!(
@@ -945,6 +1014,187 @@ mod tests {
                 .unwrap()
                 .state,
             Some(AdminState::Up)
+        );
+    }
+
+    #[test]
+    fn strings_stand_for_booleans_and_numbers() {
+        assert_eq!(lenient_bool(&json!(true)), Some(true));
+        assert_eq!(lenient_bool(&json!("true")), Some(true));
+        assert_eq!(lenient_bool(&json!("false")), Some(false));
+        for v in [
+            json!("True"),
+            json!("yes"),
+            json!("1"),
+            json!(1),
+            json!(""),
+            json!(null),
+        ] {
+            assert_eq!(lenient_bool(&v), None, "{v}");
+        }
+        assert_eq!(lenient_uint(&json!(7)), Some(7));
+        assert_eq!(lenient_uint(&json!("7")), Some(7));
+        assert_eq!(lenient_uint(&json!("0")), Some(0));
+        for v in [
+            json!("x"),
+            json!(""),
+            json!("-1"),
+            json!("+7"),
+            json!(" 7"),
+            json!("7.0"),
+            json!(-1),
+            json!(1.5),
+            json!(true),
+        ] {
+            assert_eq!(lenient_uint(&v), None, "{v}");
+        }
+        let c = new_server(&obj(json!({
+            "server": "127.0.0.1:9001", "weight": "7", "max_conns": "10", "max_fails": "0",
+            "backup": "true", "down": "true"
+        })))
+        .unwrap();
+        assert_eq!((c.weight, c.max_conns, c.max_fails), (7, 10, 0));
+        assert!(c.backup && c.down);
+        let c = new_server(&obj(
+            json!({"server": "127.0.0.1:9001", "down": "false", "backup": "false"}),
+        ))
+        .unwrap();
+        assert!(!c.backup && !c.down);
+
+        let err = |v: Value| new_server(&obj(v)).unwrap_err();
+        let e = err(json!({"server": "127.0.0.1:1", "down": "maybe"}));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "UpstreamConfFormatError")
+        );
+        assert!(
+            e.text.contains("down") && e.text.contains("maybe"),
+            "{}",
+            e.text
+        );
+        let e = err(json!({"server": "127.0.0.1:1", "weight": "x"}));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "UpstreamBadWeight")
+        );
+        assert!(
+            e.text.contains("1..=1000") && e.text.contains("\"x\""),
+            "{}",
+            e.text
+        );
+        let e = err(json!({"server": "127.0.0.1:1", "max_fails": "-2"}));
+        assert_eq!(e.code, "UpstreamConfFormatError");
+        assert!(e.text.starts_with("max_fails:"), "{}", e.text);
+        assert_eq!(
+            err(json!({"server": "127.0.0.1:1", "max_conns": "99999999999"})).code,
+            "UpstreamConfFormatError"
+        );
+        assert_eq!(
+            err(json!({"server": "127.0.0.1:1", "drain": "true"})).code,
+            "UpstreamConfFormatError"
+        );
+    }
+
+    #[test]
+    fn a_server_without_a_port_gets_port_80() {
+        assert_eq!(with_default_port("192.168.1.1"), "192.168.1.1:80");
+        assert_eq!(with_default_port("[::1]"), "[::1]:80");
+        assert_eq!(with_default_port("backend.internal"), "backend.internal:80");
+        assert_eq!(with_default_port("192.168.1.1:8080"), "192.168.1.1:8080");
+        assert_eq!(with_default_port("[::1]:8080"), "[::1]:8080");
+        // Left for the address check to refuse.
+        assert_eq!(with_default_port("::1"), "::1");
+        assert_eq!(with_default_port("host:"), "host:");
+        assert_eq!(with_default_port(""), "");
+
+        let addr = |a: &str| new_server(&obj(json!({ "server": a }))).map(|c| c.addr);
+        assert_eq!(addr("127.0.0.1").unwrap(), "127.0.0.1:80");
+        assert_eq!(addr(" 127.0.0.1 ").unwrap(), "127.0.0.1:80");
+        assert_eq!(addr("[::1]").unwrap(), "[::1]:80");
+        assert_eq!(addr("localhost").unwrap(), "localhost:80");
+        assert_eq!(addr("127.0.0.1:9001").unwrap(), "127.0.0.1:9001");
+        for bad in [
+            "::1",
+            "::1:80",
+            "[::1",
+            "1.2.3.999",
+            "bad host",
+            "",
+            "host:",
+            "127.0.0.1:0",
+        ] {
+            let e = addr(bad).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "UpstreamBadAddress"),
+                "{bad:?}: {}",
+                e.text
+            );
+        }
+    }
+
+    #[test]
+    fn patches_take_strings_as_nginxplusapi_sends_them() {
+        let cur = Current {
+            addr: "127.0.0.1:80".into(),
+            backup: false,
+            id: 4,
+            state: AdminState::Up,
+        };
+        let p = |v: Value| server_patch(&obj(v), &cur);
+        assert_eq!(
+            p(json!({"down": "true"})).unwrap().state,
+            Some(AdminState::Down)
+        );
+        assert_eq!(
+            p(json!({"down": "false"})).unwrap().state,
+            Some(AdminState::Up)
+        );
+        assert_eq!(
+            p(json!({"drain": "true"})).unwrap().state,
+            Some(AdminState::Drain)
+        );
+        let w = p(json!({"weight": "3", "max_conns": "5", "max_fails": "2"})).unwrap();
+        assert_eq!(
+            (w.weight, w.max_conns, w.max_fails),
+            (Some(3), Some(5), Some(2))
+        );
+        // The same id, backup and server, as strings or without the port: no change.
+        assert!(
+            p(json!({"id": "4", "backup": "false", "server": "127.0.0.1"}))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            p(json!({"id": "5"})).unwrap_err().code,
+            "UpstreamServerImmutable"
+        );
+        assert_eq!(
+            p(json!({"backup": "true"})).unwrap_err().code,
+            "UpstreamServerImmutable"
+        );
+        assert_eq!(
+            p(json!({"server": "127.0.0.2"})).unwrap_err().code,
+            "UpstreamBadAddress"
+        );
+        assert_eq!(
+            p(json!({"weight": "x"})).unwrap_err().code,
+            "UpstreamBadWeight"
+        );
+        assert_eq!(
+            p(json!({"weight": "0"})).unwrap_err().code,
+            "UpstreamBadWeight"
+        );
+        let e = p(json!({"down": "maybe"})).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "UpstreamConfFormatError")
+        );
+        assert_eq!(
+            p(json!({"down": "true", "drain": "true"}))
+                .unwrap_err()
+                .code,
+            "UpstreamConfFormatError"
         );
     }
 }
