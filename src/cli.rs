@@ -243,7 +243,7 @@ fn import_nginx(file: &Path, output: Option<&Path>) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
-            for warning in state_warnings(&cfg) {
+            for warning in cfg.warnings().into_iter().chain(state_warnings(&cfg)) {
                 eprintln!("{}: warning: {warning}", path.display());
             }
             println!(
@@ -504,6 +504,9 @@ async fn serve(
     workers: &Workers,
     ready: impl FnOnce(),
 ) -> Result<ExitCode> {
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
     let admin_cfg = match (admin, &cfg.admin) {
         (Some(addr), Some(c)) => Some(AdminConfig {
             listen: addr,

@@ -165,3 +165,26 @@ fn check_accepts_the_seed_configuration() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(": ok ("), "stdout: {stdout}");
 }
+
+#[test]
+fn check_warns_when_an_https_upstream_is_probed_by_an_http_check_and_still_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    let text = "[[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{ upstream = \"sslback\" }]\n\n\
+                [upstream.sslback]\nscheme = \"https\"\nservers = [{ addr = \"192.168.2.145:443\" }]\n\
+                health_check = { type = \"http\", http_req = \"GET / HTTP/1.0\\r\\n\\r\\n\" }\n";
+    std::fs::write(&file, text).unwrap();
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning is not an error: {stderr}");
+    assert!(
+        stderr.contains("warning: upstream \"sslback\": scheme is \"https\" but its health_check type is \"http\""),
+        "{stderr}"
+    );
+    // With type = "https" there is nothing to say.
+    std::fs::write(&file, text.replace("type = \"http\"", "type = \"https\"")).unwrap();
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

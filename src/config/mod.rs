@@ -730,6 +730,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 impl Config {
+    /// What is valid but almost certainly not what was meant: each a sentence
+    /// naming the part. `switchyard check` prints them; `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, u) in &self.upstreams {
+            if let Some(c) = &u.health_check
+                && u.scheme == Scheme::Https
+                && c.kind == HealthCheckKind::Http
+            {
+                out.push(format!(
+                    "upstream {name:?}: scheme is \"https\" but its health_check type is \"http\": \
+                     the probe would go in cleartext to a TLS port and fail (use type = \"https\")"
+                ));
+            }
+        }
+        out
+    }
+
     /// Makes every relative TLS file path relative to `dir`.
     pub fn resolve_paths(&mut self, dir: &Path) {
         let fix = |p: &mut PathBuf| {

@@ -835,3 +835,16 @@ fn a_route_host_that_is_an_ipv6_literal_is_kept_as_requests_show_it() {
     assert!(addr::host_match("[::1]:80").is_err());
     assert!(addr::host_match("[::1").is_err());
 }
+
+#[test]
+fn an_https_upstream_with_an_http_check_is_a_warning_not_an_error() {
+    let src = with_upstream(
+        "scheme = \"https\"\nservers = [{ addr = \"10.0.0.1:443\" }]\nhealth_check = { type = \"http\" }\n",
+    );
+    let cfg = parse(&src, "t.toml").unwrap();
+    let w = cfg.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("upstream \"a\""), "{w:?}");
+    let tcp = parse(&src.replace("\"http\"", "\"tcp\""), "t.toml").unwrap();
+    assert!(tcp.warnings().is_empty());
+}
