@@ -53,6 +53,8 @@ pub struct Forwarder {
     pub(super) limits: ClientLimits,
     /// `X-Forwarded-Proto`: `https` on TLS listeners.
     pub(super) proto: HeaderValue,
+    /// The listener's counters (requests and how they ended).
+    pub(super) stats: Arc<super::stats::ListenerStats>,
 }
 
 /// Why one attempt on one server failed.
@@ -458,37 +460,53 @@ where
 }
 
 impl Forwarder {
-    /// A handler for one listener; `tls` when it terminates TLS.
-    pub fn new(router: Router, table: Arc<Table>, tls: bool, limits: ClientLimits) -> Self {
+    /// A handler for one listener; `tls` when it terminates TLS; requests are
+    /// counted into `stats`.
+    pub fn new(
+        router: Router,
+        table: Arc<Table>,
+        tls: bool,
+        limits: ClientLimits,
+        stats: Arc<super::stats::ListenerStats>,
+    ) -> Self {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         Forwarder {
             router,
             table,
             limits,
             proto,
+            stats,
         }
     }
 
+    /// Answers one request (hyper's path), counted in the listener's stats.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: Client,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let exchange = self.stats.request();
+        let resp = self.respond(req, client).await;
+        exchange.answered(resp.status().as_u16());
+        Ok(resp)
+    }
+
+    async fn respond(&self, req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
         let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
-            return Ok(text_response(
+            return text_response(
                 StatusCode::NOT_FOUND,
                 "404 Not Found: no route for this host and path\n".into(),
-            ));
+            );
         };
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > self.limits.max_uri_length {
-            return Ok(text_response(
+            return text_response(
                 StatusCode::URI_TOO_LONG,
                 format!(
                     "414 URI Too Long: the request target has {target_len} bytes, the most is {}\n",
                     self.limits.max_uri_length
                 ),
-            ));
+            );
         }
         let declared = req
             .headers()
@@ -498,20 +516,20 @@ impl Forwarder {
         if let (Some(limit), Some(len)) = (target.max_body_size, declared)
             && len > limit
         {
-            return Ok(too_large(limit));
+            return too_large(limit);
         }
         let Some(upstream) = self.table.load().by_slot(target.slot).cloned() else {
-            return Ok(text_response(
+            return text_response(
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "502 Bad Gateway: upstream \"{}\" does not exist\n",
                     target.upstream
                 ),
-            ));
+            );
         };
         // A body of unknown length is counted as it streams.
         let limit = target.max_body_size.filter(|_| declared.is_none());
-        Ok(forward(&self, target.slot, &upstream, req, client, limit).await)
+        forward(self, target.slot, &upstream, req, client, limit).await
     }
 }
 

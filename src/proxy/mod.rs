@@ -16,6 +16,7 @@ mod io;
 pub mod pool;
 mod rewind;
 mod router;
+pub mod stats;
 mod upgrade;
 
 use std::future::Future;
@@ -31,7 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -40,6 +41,7 @@ use crate::tls::{ListenerTls, TlsReloader};
 use crate::upstream::Table;
 pub use forward::Forwarder;
 pub use router::Router;
+use stats::ListenerStats;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +68,13 @@ struct Listening {
 }
 
 impl Listening {
-    /// Builds what `l` asks for (TLS files are read here).
-    fn new(l: &ListenerConfig, table: &Arc<Table>) -> Result<Listening, ProxyError> {
+    /// Builds what `l` asks for (TLS files are read here); requests count into
+    /// `stats` (the listener's, kept across reloads).
+    fn new(
+        l: &ListenerConfig,
+        table: &Arc<Table>,
+        stats: Arc<ListenerStats>,
+    ) -> Result<Listening, ProxyError> {
         let router = Router::new(&l.routes, |name| table.slot(name));
         let tls = match &l.tls {
             Some(t) => Some(Arc::new(ListenerTls::new(l.listen, t).map_err(
@@ -78,7 +85,7 @@ impl Listening {
             )?)),
             None => None,
         };
-        let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits);
+        let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits, stats);
         Ok(Listening {
             forwarder: Arc::new(forwarder),
             tls,
@@ -106,8 +113,11 @@ async fn bind_one(
     table: &Arc<Table>,
     workers: usize,
 ) -> Result<Bound, ProxyError> {
+    // `max_connections` (the number of the listener's start: a reload keeps
+    // it): one count for all the workers' sockets, kept with its counters.
+    let stats = Arc::new(ListenerStats::new(l.listen, l.limits.max_connections));
     // Certificates first: a listener is not bound with files that fail.
-    let listening = Listening::new(l, table)?;
+    let listening = Listening::new(l, table, Arc::clone(&stats))?;
     let (socket, extra) =
         bind_sockets(l.listen, workers)
             .await
@@ -115,6 +125,9 @@ async fn bind_one(
                 addr: l.listen,
                 source,
             })?;
+    if let Ok(local) = socket.local_addr() {
+        stats.set_local(local);
+    }
     Ok(Bound {
         listen: l.listen,
         socket,
@@ -259,7 +272,8 @@ impl ProxyHandle {
             match same {
                 Some(i) => {
                     used[i] = true;
-                    let listening = Listening::new(l, table).map_err(|e| e.to_string())?;
+                    let stats = Arc::clone(&running.listeners[i].live.load().forwarder.stats);
+                    let listening = Listening::new(l, table, stats).map_err(|e| e.to_string())?;
                     p.tls.extend(listening.tls.clone());
                     p.kept.push((i, listening));
                 }
@@ -309,6 +323,7 @@ impl ProxyHandle {
             running.listeners.push(live);
         }
         self.shared.reloader.set(p.tls);
+        stats::reloaded();
         out
     }
 
@@ -316,23 +331,22 @@ impl ProxyHandle {
         let (stop, stop_rx) = watch::channel(false);
         let local = b.socket.local_addr().ok();
         let grace = self.shared.grace;
-        // `max_connections` (the number of the listener's start: a reload keeps
-        // it): one count for all the workers' sockets.
-        let slots = Arc::new(Semaphore::new(b.live.load().limits.max_connections));
+        let stats = Arc::clone(&b.live.load().forwarder.stats);
+        stats::register(&stats);
         let mut tasks = vec![tokio::spawn(serve_listener(
             b.socket,
             Arc::clone(&b.live),
             stop_rx.clone(),
             grace,
-            Arc::clone(&slots),
+            Arc::clone(&stats),
         ))];
         for (socket, worker) in b.extra.into_iter().zip(&self.shared.workers) {
-            let (live, stop_rx, slots) = (Arc::clone(&b.live), stop_rx.clone(), Arc::clone(&slots));
+            let (live, stop_rx, stats) = (Arc::clone(&b.live), stop_rx.clone(), Arc::clone(&stats));
             tasks.push(worker.spawn(async move {
                 // Registered with this worker's runtime, so its connections are
                 // served here.
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => serve_listener(socket, live, stop_rx, grace, slots).await,
+                    Ok(socket) => serve_listener(socket, live, stop_rx, grace, stats).await,
                     Err(e) => {
                         warn!(error = %e, "a worker cannot accept on its listener socket");
                         0
@@ -371,6 +385,7 @@ impl Proxy {
             tls_listeners.extend(b.live.load().tls.clone());
             listeners.push(b);
         }
+        stats::loaded();
         Ok(Proxy {
             listeners,
             handle: ProxyHandle {
@@ -488,8 +503,9 @@ async fn serve_listener(
     live: Arc<ArcSwap<Listening>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-    slots: Arc<Semaphore>,
+    stats: Arc<ListenerStats>,
 ) -> usize {
+    let slots = stats.slots();
     // Each connection task holds a receiver: `true` asks it to finish its
     // exchange in flight and close; the count of receivers is the count of
     // connections being served.
@@ -517,11 +533,14 @@ async fn serve_listener(
     loop {
         tokio::select! {
             accepted = listener.accept(), if waiting.is_none() => match accepted {
-                Ok((stream, addr)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => start(stream, addr, permit),
-                    Err(tokio::sync::TryAcquireError::NoPermits) => waiting = Some((stream, addr)),
-                    Err(tokio::sync::TryAcquireError::Closed) => break,
-                },
+                Ok((stream, addr)) => {
+                    stats.accepted();
+                    match Arc::clone(slots).try_acquire_owned() {
+                        Ok(permit) => start(stream, addr, permit),
+                        Err(tokio::sync::TryAcquireError::NoPermits) => waiting = Some((stream, addr)),
+                        Err(tokio::sync::TryAcquireError::Closed) => break,
+                    }
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of
                     // spinning; the connections being served will free some.
@@ -529,12 +548,16 @@ async fn serve_listener(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            permit = Arc::clone(&slots).acquire_owned(), if waiting.is_some() => match (permit, waiting.take()) {
+            permit = Arc::clone(slots).acquire_owned(), if waiting.is_some() => match (permit, waiting.take()) {
                 (Ok(permit), Some((stream, addr))) => start(stream, addr, permit),
                 _ => break,
             },
-            Some(p) = to_park.recv() => parked.push(p),
+            Some(p) = to_park.recv() => {
+                stats.parked(1);
+                parked.push(p);
+            },
             Some(woken) = parked.next(), if !parked.is_empty() => {
+                stats.unparked(1);
                 if let Some(idle) = woken {
                     let conn = idle.wake(connections.subscribe(), park.clone());
                     tokio::spawn(h1::serve(conn));
@@ -551,6 +574,7 @@ async fn serve_listener(
     }
     drop(listener);
     // Idle connections close at once, as hyper closes its idle ones.
+    stats.unparked(parked.len() as u64);
     drop(parked);
     drop(to_park);
     let open = connections.receiver_count();

@@ -407,6 +407,7 @@ fn plan(f: &Forwarder, client: &Client, buf: &[u8]) -> Planned {
 /// Tries servers as the upstream's retry policy allows and relays the first
 /// response. Returns whether the client connection stays open.
 async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
+    let exchange = f.stats.request();
     let upstream = &plan.upstream;
     let settings = &upstream.settings;
     let started = (!settings.retry.timeout.is_zero()).then(Instant::now);
@@ -420,6 +421,7 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
         let Some(lease) = pick_next(&f.table, upstream, plan.slot, plan.key, &mut tried) else {
             if tried.is_empty() {
                 let (status, text) = no_server(upstream);
+                exchange.answered(status.as_u16());
                 return answer(conn, plan, status, &text).await;
             }
             break;
@@ -430,7 +432,10 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
             date: date::now,
         };
         match attempt(lease.server(), settings, plan, client, conn.response_timer).await {
-            Ok(response) => return relay(conn, lease, settings, response).await,
+            Ok(response) => {
+                exchange.answered(response.head.status);
+                return relay(conn, lease, settings, response).await;
+            }
             Err(e) => {
                 attempt_failed(upstream, lease.server(), &e);
                 last_error = Some(e);
@@ -438,6 +443,7 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
         }
     }
     let (status, text) = failure(upstream, tried.len(), last_error.as_ref());
+    exchange.answered(status.as_u16());
     answer(conn, plan, status, &text).await
 }
 
