@@ -67,12 +67,16 @@ async fn versions_and_endpoint_lists_with_and_without_trailing_slash() {
     }
     for v in 4..=9 {
         for path in [format!("/api/{v}"), format!("/api/{v}/")] {
-            assert_eq!(body(&get(admin, &path).await), json!(["http"]), "{path}");
+            assert_eq!(
+                body(&get(admin, &path).await),
+                json!(["nginx", "connections", "http"]),
+                "{path}"
+            );
         }
         for path in [format!("/api/{v}/http"), format!("/api/{v}/http/")] {
             assert_eq!(
                 body(&get(admin, &path).await),
-                json!(["upstreams"]),
+                json!(["requests", "server_zones", "upstreams"]),
                 "{path}"
             );
         }

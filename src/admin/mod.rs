@@ -313,10 +313,12 @@ impl AdminServer {
                 addr: config.listen,
                 source,
             })?;
-        Ok(AdminServer {
-            listener,
-            app: router_with_reload(table, access, tls, reload),
-        })
+        let mut app = router_with_reload(table, access, tls, reload);
+        // For the NGINX Plus door's `/nginx` (`address`).
+        if let Ok(local) = listener.local_addr() {
+            app = app.layer(axum::Extension(nginx::AdminAddr(local)));
+        }
+        Ok(AdminServer { listener, app })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {

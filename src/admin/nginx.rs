@@ -3,6 +3,14 @@
 //! NGINX Plus field names, status codes and error bodies, so that automation
 //! written for NGINX Plus keeps working.
 //!
+//! Also the read-only endpoints such tools call first, in the shapes of
+//! NGINX's API documentation, from the proxy's own counters
+//! (`proxy::stats`): `/api/{v}/nginx`, `/api/{v}/connections`,
+//! `/api/{v}/http/requests` and `/api/{v}/http/server_zones[/{name}]` (one
+//! zone per proxy listener, named by its bound address). What differs from
+//! NGINX is said at each ([`nginx_json`], [`connections_json`],
+//! [`requests_json`], [`zone_json`]).
+//!
 //! Bodies are read as leniently as NGINX Plus reads them, since its clients
 //! rely on it (the Python `nginxplusapi` sends every value as a string): a
 //! boolean may be `"true"`/`"false"` ([`lenient_bool`]), a number a string of
@@ -24,12 +32,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
@@ -37,6 +45,7 @@ use super::error::ApiError;
 use super::ups_api::{decode_component, parse_pairs};
 use super::views::{duration, parse_duration};
 use crate::config::ServerConfig;
+use crate::proxy::stats::ListenerCounts;
 use crate::upstream::{
     AdminState, Command, Health, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
 };
@@ -127,7 +136,12 @@ impl IntoResponse for NgxError {
 pub enum Target {
     Versions,
     Root,
+    Nginx,
+    Connections,
     Http,
+    Requests,
+    ServerZones,
+    ServerZone(String),
     Upstreams,
     Upstream(String),
     Servers(String),
@@ -167,7 +181,12 @@ pub fn parse_path(rest: &str) -> Result<Target, NgxError> {
     let s: Vec<&str> = segs[1..].iter().map(String::as_str).collect();
     Ok(match s.as_slice() {
         [] => Target::Root,
+        ["nginx"] => Target::Nginx,
+        ["connections"] => Target::Connections,
         ["http"] => Target::Http,
+        ["http", "requests"] => Target::Requests,
+        ["http", "server_zones"] => Target::ServerZones,
+        ["http", "server_zones", name] => Target::ServerZone((*name).to_string()),
         ["http", "upstreams"] => Target::Upstreams,
         ["http", "upstreams", name] => Target::Upstream((*name).to_string()),
         ["http", "upstreams", name, "servers"] => Target::Servers((*name).to_string()),
@@ -348,6 +367,104 @@ fn server_conf(s: &Server) -> Value {
         o.insert("drain".into(), Value::Bool(true));
     }
     v
+}
+
+/// What the admin listener is, for `/nginx`'s `address` (set by
+/// `AdminServer` once bound; absent for a router without a listener).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAddr(pub SocketAddr);
+
+fn rfc3339_ms(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
+        .to_string()
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `/nginx`. Ours: `version` is switchyard's, `build` is `"switchyard"`,
+/// `address` the admin listener's IP (as bound: `0.0.0.0` for a wildcard
+/// listener), `generation` the configuration reloads since the start (0
+/// before the first), `load_timestamp` the start or the last reload, `pid`
+/// this process and `ppid` its parent (there are no worker processes).
+pub fn nginx_json(admin: Option<SocketAddr>, now_ms: u64) -> Value {
+    use crate::proxy::stats;
+    #[cfg(unix)]
+    let ppid = std::os::unix::process::parent_id();
+    #[cfg(not(unix))]
+    let ppid = 0u32;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build": "switchyard",
+        "address": admin.map_or_else(String::new, |a| a.ip().to_string()),
+        "generation": stats::reloads(),
+        "load_timestamp": rfc3339_ms(stats::loaded_unix_ms().unwrap_or(now_ms)),
+        "timestamp": rfc3339_ms(now_ms),
+        "pid": std::process::id(),
+        "ppid": ppid,
+    })
+}
+
+/// `/connections`, over every proxy listener (not the admin API's own):
+/// `accepted` counted at accept; `active` the open connections that are not
+/// idle; `idle` those parked idle on the plain HTTP/1.1 path (a keep-alive
+/// connection waiting in hyper, or in its first `h1::LINGER`, counts as
+/// active); `dropped` is always 0, since switchyard never drops an accepted
+/// connection (past `max_connections` it waits for a free slot).
+pub fn connections_json(zones: &[ListenerCounts]) -> Value {
+    let sum = |f: fn(&ListenerCounts) -> u64| zones.iter().map(f).sum::<u64>();
+    let (open, idle) = (sum(|z| z.open), sum(|z| z.idle));
+    json!({
+        "accepted": sum(|z| z.accepted),
+        "dropped": 0,
+        "active": open.saturating_sub(idle),
+        "idle": idle,
+    })
+}
+
+/// `/http/requests`, over every proxy listener: `total` client requests
+/// counted, `current` those not answered yet (see [`zone_json`]).
+pub fn requests_json(zones: &[ListenerCounts]) -> Value {
+    json!({
+        "total": zones.iter().map(|z| z.requests).sum::<u64>(),
+        "current": zones.iter().map(|z| z.processing).sum::<u64>(),
+    })
+}
+
+/// One server zone: a proxy listener. A request counts as answered once its
+/// response head is ready (so `processing` leaves out bodies still
+/// streaming), as `discarded` when it ended without one (the client went
+/// away). Not counted, so 0 or empty: `received` and `sent` (bytes from and
+/// to clients), `responses.codes` (only classes are counted); no `ssl`.
+pub fn zone_json(z: &ListenerCounts) -> Value {
+    let r = &z.responses;
+    json!({
+        "processing": z.processing,
+        "requests": z.requests,
+        "responses": {
+            "1xx": r[0], "2xx": r[1], "3xx": r[2], "4xx": r[3], "5xx": r[4],
+            "codes": {},
+            "total": z.responses_total(),
+        },
+        "discarded": z.discarded,
+        "received": 0,
+        "sent": 0,
+    })
+}
+
+/// Every proxy listener's name (its bound address) and counters.
+fn zones() -> Vec<(String, ListenerCounts)> {
+    crate::proxy::stats::listeners()
+        .iter()
+        .map(|l| (l.addr().to_string(), l.counts()))
+        .collect()
+}
+
+fn counts(zones: &[(String, ListenerCounts)]) -> Vec<ListenerCounts> {
+    zones.iter().map(|(_, c)| *c).collect()
 }
 
 /// Reads a JSON object body, whatever the content type says.
@@ -689,6 +806,7 @@ pub(super) async fn handle_root(method: Method) -> Response {
 pub(super) async fn handle(
     State(app): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    admin: Option<Extension<AdminAddr>>,
     method: Method,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
@@ -700,7 +818,8 @@ pub(super) async fn handle(
             .into_response();
     }
     let fields = parse_fields(uri.query());
-    match run(&app, client, &method, rest, fields.as_deref(), body).await {
+    let admin = admin.map(|Extension(AdminAddr(a))| a);
+    match run(&app, client, admin, &method, rest, fields.as_deref(), body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -709,6 +828,7 @@ pub(super) async fn handle(
 async fn run(
     app: &AppState,
     client: SocketAddr,
+    admin: Option<SocketAddr>,
     method: &Method,
     rest: &str,
     fields: Option<&[String]>,
@@ -720,8 +840,47 @@ async fn run(
     let read = *method == Method::GET || *method == Method::HEAD;
     Ok(match (target, method.clone()) {
         (Target::Versions, _) if read => Json(VERSIONS.collect::<Vec<u32>>()).into_response(),
-        (Target::Root, _) if read => ok(json!(["http"]), fields, Shape::Plain),
-        (Target::Http, _) if read => ok(json!(["upstreams"]), fields, Shape::Plain),
+        (Target::Root, _) if read => ok(
+            json!(["nginx", "connections", "http"]),
+            fields,
+            Shape::Plain,
+        ),
+        (Target::Nginx, _) if read => ok(nginx_json(admin, unix_ms_now()), fields, Shape::Object),
+        (Target::Connections, _) if read => {
+            ok(connections_json(&counts(&zones())), fields, Shape::Object)
+        }
+        (Target::Http, _) if read => ok(
+            json!(["requests", "server_zones", "upstreams"]),
+            fields,
+            Shape::Plain,
+        ),
+        (Target::Requests, _) if read => {
+            ok(requests_json(&counts(&zones())), fields, Shape::Object)
+        }
+        (Target::ServerZones, _) if read => {
+            let map: Map<String, Value> = zones()
+                .iter()
+                .map(|(name, c)| (name.clone(), zone_json(c)))
+                .collect();
+            ok(Value::Object(map), fields, Shape::Map)
+        }
+        (Target::ServerZone(name), _) if read => {
+            let all = zones();
+            let Some((_, c)) = all.iter().find(|(n, _)| *n == name) else {
+                return Err(NgxError::new(
+                    StatusCode::NOT_FOUND,
+                    "ServerZoneNotFound",
+                    format!(
+                        "server zone not found: no listener {name:?} (zones are named by listen address: {})",
+                        all.iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            ok(zone_json(c), fields, Shape::Object)
+        }
         (Target::Upstreams, _) if read => {
             let t = app.table.load();
             let map: Map<String, Value> = t
@@ -1196,5 +1355,102 @@ mod tests {
                 .code,
             "UpstreamConfFormatError"
         );
+    }
+
+    #[test]
+    fn status_paths_parse() {
+        assert_eq!(parse_path("9/nginx"), Ok(Target::Nginx));
+        assert_eq!(parse_path("4/nginx/"), Ok(Target::Nginx));
+        assert_eq!(parse_path("6/connections/"), Ok(Target::Connections));
+        assert_eq!(parse_path("9/http/requests"), Ok(Target::Requests));
+        assert_eq!(parse_path("9/http/server_zones/"), Ok(Target::ServerZones));
+        assert_eq!(
+            parse_path("9/http/server_zones/127.0.0.1:8080"),
+            Ok(Target::ServerZone("127.0.0.1:8080".into()))
+        );
+        assert_eq!(
+            parse_path("9/http/server_zones/%5B::1%5D:80/"),
+            Ok(Target::ServerZone("[::1]:80".into()))
+        );
+        assert_eq!(parse_path("9/nginx/x").unwrap_err().code, "PathNotFound");
+    }
+
+    fn listener(
+        accepted: u64,
+        open: u64,
+        idle: u64,
+        responses: [u64; 5],
+        discarded: u64,
+    ) -> ListenerCounts {
+        let requests = responses.iter().sum::<u64>() + discarded + 2;
+        ListenerCounts {
+            accepted,
+            open,
+            idle,
+            requests,
+            processing: 2,
+            responses,
+            discarded,
+        }
+    }
+
+    #[test]
+    fn connections_requests_and_zones_add_up_the_listeners() {
+        let a = listener(10, 4, 1, [0, 7, 1, 2, 3], 1);
+        let b = listener(5, 2, 2, [1, 0, 0, 0, 0], 0);
+        assert_eq!(
+            connections_json(&[a, b]),
+            json!({"accepted": 15, "dropped": 0, "active": 3, "idle": 3})
+        );
+        assert_eq!(
+            connections_json(&[]),
+            json!({"accepted": 0, "dropped": 0, "active": 0, "idle": 0})
+        );
+        // total = (13 answered + 1 discarded + 2 processing) + (1 + 0 + 2).
+        assert_eq!(requests_json(&[a, b]), json!({"total": 19, "current": 4}));
+        assert_eq!(
+            zone_json(&a),
+            json!({
+                "processing": 2,
+                "requests": 16,
+                "responses": {"1xx": 0, "2xx": 7, "3xx": 1, "4xx": 2, "5xx": 3, "codes": {}, "total": 13},
+                "discarded": 1,
+                "received": 0,
+                "sent": 0,
+            })
+        );
+    }
+
+    #[test]
+    fn the_nginx_object_has_the_documented_fields() {
+        let admin = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let v = nginx_json(Some(admin), 1_656_415_567_305);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "address",
+            "build",
+            "generation",
+            "load_timestamp",
+            "pid",
+            "ppid",
+            "timestamp",
+            "version",
+        ];
+        want.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(v["address"], "127.0.0.1");
+        assert_eq!(v["build"], "switchyard");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["timestamp"], "2022-06-28T11:26:07.305Z");
+        assert_eq!(v["pid"], std::process::id());
+        assert!(v["ppid"].as_u64().is_some_and(|p| p > 0), "{v}");
+        assert!(v["generation"].is_u64());
+        assert!(
+            humantime::parse_rfc3339(v["load_timestamp"].as_str().unwrap()).is_ok(),
+            "{v}"
+        );
+        assert_eq!(nginx_json(None, 0)["address"], "");
     }
 }
