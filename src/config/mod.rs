@@ -116,6 +116,9 @@ pub struct RuntimeConfig {
     pub workers: Option<usize>,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// How long the listeners keep accepting after SIGTERM/SIGINT, while
+    /// `/readyz` and `health_uri` answer 503 (default 0: they close at once).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -123,6 +126,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             workers: None,
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -219,6 +223,9 @@ impl fmt::Display for LogLevel {
 pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub routes: Vec<RouteConfig>,
+    /// `health_uri = "/healthz"`: requests for this path are answered by the
+    /// listener itself (200, or 503 while shutting down), before routing.
+    pub health_uri: Option<String>,
     pub limits: ClientLimits,
     /// `tls = { ... }`: the listener speaks HTTPS.
     pub tls: Option<ListenerTls>,
@@ -807,6 +814,7 @@ impl Config {
                     upstream: name,
                     max_body_size: None,
                 }],
+                health_uri: None,
                 limits: ClientLimits::default(),
                 tls: None,
             }],

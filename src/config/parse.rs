@@ -40,11 +40,12 @@ const ADMIN_KEYS: &[&str] = &[
     "token",
     "state_file",
 ];
-const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace"];
+const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace", "shutdown_delay"];
 const LOG_KEYS: &[&str] = &["format", "level"];
 const LISTENER_KEYS: &[&str] = &[
     "listen",
     "routes",
+    "health_uri",
     "tls",
     "client_header_timeout",
     "max_headers",
@@ -370,6 +371,9 @@ fn read_runtime(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> RuntimeConfig {
     if let Some(d) = t.duration(sink, "shutdown_grace") {
         runtime.shutdown_grace = d;
     }
+    if let Some(d) = t.duration(sink, "shutdown_delay") {
+        runtime.shutdown_delay = d;
+    }
     runtime
 }
 
@@ -464,6 +468,15 @@ fn read_listener(
         None if t.get("routes").is_none() => t.err(sink, &t.span, "listener has no routes"),
         None => {}
     }
+    let health_uri = t
+        .str(sink, "health_uri")
+        .and_then(|(s, span)| match check_health_uri(s) {
+            Ok(()) => Some(s.to_string()),
+            Err(e) => {
+                t.err(sink, &span, e);
+                None
+            }
+        });
     let d = ClientLimits::default();
     let mut limits = ClientLimits {
         header_timeout: t
@@ -498,9 +511,26 @@ fn read_listener(
     Some(ListenerConfig {
         listen: listen?,
         routes,
+        health_uri,
         limits,
         tls,
     })
+}
+
+/// `health_uri`: a path as a request line carries it, matched exactly.
+fn check_health_uri(s: &str) -> Result<(), String> {
+    if !s.starts_with('/') {
+        return Err(format!("health_uri {s:?} must start with '/'"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|&c| !c.is_ascii_graphic() || c == '?' || c == '#')
+    {
+        return Err(format!(
+            "health_uri {s:?}: a path only, matched exactly (no {c:?}: no query, fragment, space or non-ASCII)"
+        ));
+    }
+    Ok(())
 }
 
 fn read_listener_tls(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ListenerTls {

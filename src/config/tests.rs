@@ -837,6 +837,49 @@ fn a_route_host_that_is_an_ipv6_literal_is_kept_as_requests_show_it() {
 }
 
 #[test]
+fn health_uri_is_a_path_and_shutdown_delay_a_duration() {
+    let with = |listener: &str, runtime: &str| {
+        format!(
+            "[runtime]\n{runtime}\n[[listener]]\nlisten = \"127.0.0.1:8080\"\nroutes = [{{ upstream = \"a\" }}]\n{listener}\n\n\
+             [upstream.a]\nservers = [{{ addr = \"10.0.0.1:80\" }}]\n"
+        )
+    };
+    let c = parse(&with("", ""), "t.toml").unwrap();
+    assert_eq!(c.listeners[0].health_uri, None);
+    assert_eq!(c.runtime.shutdown_delay, Duration::ZERO);
+    let c = parse(
+        &with("health_uri = \"/healthz\"", "shutdown_delay = \"5s\""),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].health_uri.as_deref(), Some("/healthz"));
+    assert_eq!(c.runtime.shutdown_delay, Duration::from_secs(5));
+    assert_eq!(
+        parse(&with("health_uri = \"/\"", ""), "t.toml")
+            .unwrap()
+            .listeners[0]
+            .health_uri
+            .as_deref(),
+        Some("/")
+    );
+    for (bad, says) in [
+        ("\"healthz\"", "must start with '/'"),
+        ("\"\"", "must start with '/'"),
+        ("\"/health?full=1\"", "no '?'"),
+        ("\"/health z\"", "no ' '"),
+        ("\"/health#x\"", "no '#'"),
+        ("\"/santé\"", "non-ASCII"),
+        ("42", "health_uri"),
+    ] {
+        assert_errors(&with(&format!("health_uri = {bad}"), ""), &[(6, 14, says)]);
+    }
+    assert_errors(
+        &with("", "shutdown_delay = \"soon\""),
+        &[(2, 18, "shutdown_delay")],
+    );
+}
+
+#[test]
 fn an_https_upstream_with_an_http_check_is_a_warning_not_an_error() {
     let src = with_upstream(
         "scheme = \"https\"\nservers = [{ addr = \"10.0.0.1:443\" }]\nhealth_check = { type = \"http\" }\n",
