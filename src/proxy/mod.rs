@@ -85,6 +85,7 @@ impl Listening {
             )?)),
             None => None,
         };
+        stats.set_tls(tls.is_some());
         let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits, stats);
         Ok(Listening {
             forwarder: Arc::new(forwarder),
@@ -615,18 +616,22 @@ fn start_connection(
     // get, never this connection.
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
+        let stats = &listening.forwarder.stats;
         let stream =
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    stats.tls_handshake(false);
                     debug!(%addr, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    stats.tls_handshake(false);
                     debug!(%addr, "TLS handshake timed out");
                     return;
                 }
             };
+        stats.tls_handshake(true);
         serve_hyper(stream, &listening, client, shutdown).await;
         drop(permit);
     });

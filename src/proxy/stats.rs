@@ -3,11 +3,17 @@
 //! `/api/N/http/server_zones`, `/api/N/nginx`) show.
 //!
 //! Cheap by construction: a connection costs one relaxed atomic add when it is
-//! accepted; a request two (one when it starts, one for its response's class),
-//! plus one more only when it ends without a response. Open connections are not
-//! counted at all: they are the listener's `max_connections` slots in use.
-//! Idle ones are those parked with their accept loop (plain HTTP/1.1 path,
-//! idle past `h1::LINGER`), counted when they park and wake.
+//! accepted; a request two (one when it starts, one for its response's class)
+//! plus its duration in a histogram of atomic buckets (two clock reads, two
+//! adds), and one more add only when it ends without a response. Open
+//! connections are not counted at all: they are the listener's
+//! `max_connections` slots in use. Idle ones are those parked with their accept
+//! loop (plain HTTP/1.1 path, idle past `h1::LINGER`), counted when they park
+//! and wake. A TLS listener counts its handshakes, done and failed.
+//!
+//! A request's duration runs from its start (its head read) to its response's
+//! head, where the response is counted: switchyard's own answers and upstream
+//! attempts, retries included; not the body's streaming.
 //!
 //! What is not counted: bytes from and to clients (that would take a wrapper
 //! around every client socket), so a zone's `received` and `sent` read 0; and
@@ -19,12 +25,14 @@
 //! connection). The registry is process-wide: one process is one proxy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
+
+use crate::upstream::histogram::Histogram;
 
 /// The counters of one listener.
 #[derive(Debug)]
@@ -41,6 +49,12 @@ pub struct ListenerStats {
     discarded: AtomicU64,
     /// Connections parked idle with the accept loops.
     idle: AtomicU64,
+    /// From a request's start to its response's head.
+    duration: Histogram,
+    /// Whether the listener terminates TLS (as last built: a reload may change it).
+    tls: AtomicBool,
+    /// TLS handshakes: done, failed (or timed out).
+    handshakes: [AtomicU64; 2],
     /// The listener's `max_connections` slots: a connection holds one while open.
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -76,6 +90,9 @@ impl ListenerStats {
             responses: Default::default(),
             discarded: AtomicU64::new(0),
             idle: AtomicU64::new(0),
+            duration: Histogram::default(),
+            tls: AtomicBool::new(false),
+            handshakes: Default::default(),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
         }
@@ -115,8 +132,42 @@ impl ListenerStats {
         self.requests.fetch_add(1, Relaxed);
         Exchange {
             stats: self,
+            started: Instant::now(),
             answered: false,
         }
+    }
+
+    pub(super) fn set_tls(&self, tls: bool) {
+        self.tls.store(tls, Relaxed);
+    }
+
+    /// Counts a TLS handshake that was done (`true`) or failed.
+    pub(super) fn tls_handshake(&self, ok: bool) {
+        self.handshakes[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.load(Relaxed)
+    }
+
+    /// TLS handshakes done and failed.
+    pub fn handshakes(&self) -> (u64, u64) {
+        (
+            self.handshakes[0].load(Relaxed),
+            self.handshakes[1].load(Relaxed),
+        )
+    }
+
+    /// Requests' durations, to their response's head.
+    pub fn durations(&self) -> &Histogram {
+        &self.duration
+    }
+
+    /// A request answered with `status` at once (for other modules' tests).
+    #[cfg(test)]
+    pub fn test_answer(&self, status: u16) {
+        self.request().answered(status);
     }
 
     /// Reads the counters (each exact, together a close approximation of one
@@ -148,6 +199,7 @@ impl ListenerStats {
 /// the request counts as discarded.
 pub(super) struct Exchange<'a> {
     stats: &'a ListenerStats,
+    started: Instant,
     answered: bool,
 }
 
@@ -155,6 +207,7 @@ impl Exchange<'_> {
     pub fn answered(mut self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.stats.responses[class].fetch_add(1, Relaxed);
+        self.stats.duration.observe(self.started.elapsed());
         self.answered = true;
     }
 }
@@ -250,6 +303,34 @@ mod tests {
         s.request().answered(99);
         s.request().answered(600);
         assert_eq!(s.counts().responses, [2, 1, 0, 0, 2]);
+        // Every answer has its duration; a discarded request has none.
+        let (_, observed, _) = s.durations().read();
+        assert_eq!(observed, 5);
+    }
+
+    #[test]
+    fn a_duration_runs_from_the_start_to_the_answer() {
+        let s = stats();
+        let e = s.request();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        e.answered(200);
+        let (sum, count, buckets) = s.durations().read();
+        assert_eq!(count, 1);
+        assert!(sum >= 0.003, "{sum}");
+        // Not in the first two buckets (1 ms, 2 ms).
+        assert_eq!(buckets[0] + buckets[1], 0);
+    }
+
+    #[test]
+    fn tls_handshakes_are_counted_by_outcome() {
+        let s = stats();
+        assert!(!s.is_tls());
+        s.set_tls(true);
+        s.tls_handshake(true);
+        s.tls_handshake(true);
+        s.tls_handshake(false);
+        assert!(s.is_tls());
+        assert_eq!(s.handshakes(), (2, 1));
     }
 
     #[test]
