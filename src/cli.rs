@@ -573,7 +573,8 @@ async fn serve(
     };
     if let Some(a) = &admin_cfg {
         let server =
-            AdminServer::bind_with_reload(a, Arc::clone(&table), proxy.tls_reloader(), reload_tx)?;
+            AdminServer::bind_with_reload(a, Arc::clone(&table), proxy.tls_reloader(), reload_tx)?
+                .with_readiness(proxy.readiness());
         if let Some(addr) = server.local_addr() {
             println!("switchyard: admin API on http://{addr}");
         }

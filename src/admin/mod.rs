@@ -12,6 +12,7 @@ mod error;
 pub mod metrics;
 mod native;
 mod nginx;
+mod probes;
 pub mod status;
 mod ups_api;
 pub mod views;
@@ -259,6 +260,8 @@ pub fn router_with_reload(
         .route("/api/v1/cluster", get(native::cluster))
         .route("/api/v1/reload", post(reload_config))
         .route("/healthcheck", get(status::handle))
+        .route("/livez", get(probes::livez))
+        .route("/readyz", get(probes::readyz))
         .route(
             "/metrics",
             get(move || metrics::handle(Arc::clone(&registry))),
@@ -323,6 +326,13 @@ impl AdminServer {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// What `GET /readyz` reads: the proxy's readiness. Without it, the table
+    /// alone decides.
+    pub fn with_readiness(mut self, readiness: Arc<crate::proxy::Readiness>) -> AdminServer {
+        self.app = self.app.layer(axum::Extension(readiness));
+        self
     }
 
     /// Serves on a thread of its own, with its own single-threaded runtime, for the

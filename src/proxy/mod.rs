@@ -14,6 +14,7 @@ mod forward;
 mod h1;
 mod io;
 pub mod pool;
+pub mod readiness;
 mod rewind;
 mod router;
 pub mod stats;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,6 +42,8 @@ use crate::config::{ClientLimits, Config, ListenerConfig};
 use crate::tls::{ListenerTls, TlsReloader};
 use crate::upstream::Table;
 pub use forward::Forwarder;
+use readiness::HealthUri;
+pub use readiness::Readiness;
 pub use router::Router;
 use stats::ListenerStats;
 
@@ -65,6 +69,8 @@ struct Listening {
     limits: ClientLimits,
     /// How hyper serves a connection (made for `limits`).
     builder: auto::Builder<TokioExecutor>,
+    /// `health_uri`: answered here, before routing.
+    health: Option<Arc<HealthUri>>,
 }
 
 impl Listening {
@@ -74,6 +80,7 @@ impl Listening {
         l: &ListenerConfig,
         table: &Arc<Table>,
         stats: Arc<ListenerStats>,
+        readiness: &Arc<Readiness>,
     ) -> Result<Listening, ProxyError> {
         let router = Router::new(&l.routes, |name| table.slot(name));
         let tls = match &l.tls {
@@ -86,12 +93,17 @@ impl Listening {
             None => None,
         };
         stats.set_tls(tls.is_some());
+        let health = l
+            .health_uri
+            .as_deref()
+            .map(|path| Arc::new(HealthUri::new(path, Arc::clone(readiness))));
         let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits, stats);
         Ok(Listening {
             forwarder: Arc::new(forwarder),
             tls,
             limits: l.limits,
             builder: connection_builder(&l.limits),
+            health,
         })
     }
 }
@@ -113,12 +125,13 @@ async fn bind_one(
     l: &ListenerConfig,
     table: &Arc<Table>,
     workers: usize,
+    readiness: &Arc<Readiness>,
 ) -> Result<Bound, ProxyError> {
     // `max_connections` (the number of the listener's start: a reload keeps
     // it): one count for all the workers' sockets, kept with its counters.
     let stats = Arc::new(ListenerStats::new(l.listen, l.limits.max_connections));
     // Certificates first: a listener is not bound with files that fail.
-    let listening = Listening::new(l, table, Arc::clone(&stats))?;
+    let listening = Listening::new(l, table, Arc::clone(&stats), readiness)?;
     let (socket, extra) =
         bind_sockets(l.listen, workers)
             .await
@@ -219,6 +232,10 @@ struct Shared {
     workers: Vec<tokio::runtime::Handle>,
     reloader: TlsReloader,
     grace: Duration,
+    /// `[runtime] shutdown_delay`: listeners keep accepting this long after the
+    /// shutdown signal, while readiness says 503.
+    delay: Duration,
+    readiness: Arc<Readiness>,
     running: tokio::sync::Mutex<Running>,
 }
 
@@ -274,12 +291,13 @@ impl ProxyHandle {
                 Some(i) => {
                     used[i] = true;
                     let stats = Arc::clone(&running.listeners[i].live.load().forwarder.stats);
-                    let listening = Listening::new(l, table, stats).map_err(|e| e.to_string())?;
+                    let listening = Listening::new(l, table, stats, &self.shared.readiness)
+                        .map_err(|e| e.to_string())?;
                     p.tls.extend(listening.tls.clone());
                     p.kept.push((i, listening));
                 }
                 None => {
-                    let b = bind_one(l, table, self.shared.workers.len())
+                    let b = bind_one(l, table, self.shared.workers.len(), &self.shared.readiness)
                         .await
                         .map_err(|e| e.to_string())?;
                     p.tls.extend(b.live.load().tls.clone());
@@ -379,10 +397,11 @@ impl Proxy {
         table: Arc<Table>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Result<Proxy, ProxyError> {
+        let readiness = Arc::new(Readiness::new());
         let mut listeners = Vec::new();
         let mut tls_listeners = Vec::new();
         for l in &config.listeners {
-            let b = bind_one(l, &table, workers.len()).await?;
+            let b = bind_one(l, &table, workers.len(), &readiness).await?;
             tls_listeners.extend(b.live.load().tls.clone());
             listeners.push(b);
         }
@@ -395,6 +414,8 @@ impl Proxy {
                     workers,
                     reloader: TlsReloader::new(tls_listeners),
                     grace: config.runtime.shutdown_grace,
+                    delay: config.runtime.shutdown_delay,
+                    readiness,
                     running: tokio::sync::Mutex::new(Running::default()),
                 }),
             },
@@ -427,7 +448,13 @@ impl Proxy {
         self.handle.clone()
     }
 
-    /// Serves until `shutdown` completes; then stops accepting (new connections are
+    /// Whether the proxy should be sent traffic (`/readyz`, `health_uri`).
+    pub fn readiness(&self) -> Arc<Readiness> {
+        Arc::clone(&self.handle.shared.readiness)
+    }
+
+    /// Serves until `shutdown` completes; then says it is not ready, keeps
+    /// accepting for `shutdown_delay`, stops accepting (new connections are
     /// refused), lets in-flight requests finish within the grace period, and
     /// returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Shutdown {
@@ -450,7 +477,13 @@ impl Proxy {
                 running.listeners.push(live);
             }
         }
+        shared.readiness.set_serving();
         shutdown.await;
+        shared.readiness.set_shutting_down();
+        if !shared.delay.is_zero() {
+            info!(delay = ?shared.delay, "shutting down: not ready (503) from now on; listeners close after shutdown_delay");
+            tokio::time::sleep(shared.delay).await;
+        }
         info!("shutting down: no new connections, waiting for in-flight requests");
         let tasks: Vec<JoinHandle<usize>> = {
             let mut running = shared.running.lock().await;
@@ -648,11 +681,17 @@ async fn serve_hyper<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let forwarder = Arc::clone(&listening.forwarder);
+    let health = listening.health.clone();
     // Boxed: hyper keeps room for the service's future in every connection,
     // idle or not, so the (large) forwarding future is allocated per request
     // instead (BENCHMARKS.md, idle RSS).
-    let service =
-        service_fn(move |req| Box::pin(Arc::clone(&forwarder).handle(req, client.clone())));
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        // `health_uri`, before routing; any method, HTTP/1.1 or HTTP/2.
+        if let Some(h) = health.as_ref().filter(|h| h.matches(req.uri().path())) {
+            return Either::Left(std::future::ready(Ok(h.response())));
+        }
+        Either::Right(Box::pin(Arc::clone(&forwarder).handle(req, client.clone())))
+    });
     let conn = listening
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -47,6 +47,7 @@ use super::forward::{
     self, AttemptError, Client, Forwarder, KeySource, attempt_failed, failure, no_server,
     pick_next, request_key,
 };
+use super::readiness::{self, HealthUri};
 use super::{Listening, rewind::Rewind};
 use crate::config::{Scheme, UpstreamProtocol};
 use crate::health::passive;
@@ -274,6 +275,8 @@ struct Plan {
 
 enum Planned {
     Forward(Plan),
+    /// The listener's `health_uri`: answered here.
+    Health(Probe),
     Partial,
     Hyper,
 }
@@ -317,8 +320,9 @@ async fn exchange(
     }
     let plan = loop {
         if !buf.is_empty() {
-            match plan(forwarder, client, &buf) {
+            match plan(forwarder, listening.health.as_deref(), client, &buf) {
                 Planned::Forward(p) => break p,
+                Planned::Health(p) => return health(&mut conn, p, buf).await,
                 Planned::Hyper => return Next::Hyper(buf),
                 Planned::Partial => {}
             }
@@ -362,7 +366,7 @@ async fn exchange(
 
 /// Whether this path takes the request at the start of `buf`, and if so where
 /// it goes and what the server gets.
-fn plan(f: &Forwarder, client: &Client, buf: &[u8]) -> Planned {
+fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) -> Planned {
     let mut storage = head::header_storage();
     let head = match head::parse_request(buf, &mut storage) {
         Parsed::Request(h) => h,
@@ -375,6 +379,14 @@ fn plan(f: &Forwarder, client: &Client, buf: &[u8]) -> Planned {
         return Planned::Hyper;
     }
     let path = head.target.split('?').next().unwrap_or("/");
+    if let Some(h) = health.filter(|h| h.matches(path)) {
+        return Planned::Health(Probe {
+            head_len: head.len,
+            head_request: head.method == head::Method::Head,
+            close: head.close,
+            ok: h.ok(),
+        });
+    }
     let Some(target) = f.router.route(forward::host_without_port(head.host), path) else {
         return Planned::Hyper;
     };
@@ -804,6 +816,36 @@ async fn answer(conn: &mut Side<'_>, plan: &Plan, status: hyper::StatusCode, tex
     let ok = write_two(conn.stream, &out, body.as_bytes()).await.is_ok();
     buffers::give(out);
     ok && !close
+}
+
+/// A request for the listener's `health_uri`.
+struct Probe {
+    head_len: usize,
+    head_request: bool,
+    close: bool,
+    /// 200, or 503 (shutting down).
+    ok: bool,
+}
+
+/// Answers a `health_uri` request (not forwarded, not counted).
+async fn health(conn: &mut Side<'_>, probe: Probe, mut buf: Vec<u8>) -> Next {
+    let close = probe.close || *conn.shutdown.borrow();
+    let mut out = buffers::take();
+    readiness::write_h1(probe.ok, probe.head_request, close, &date::now(), &mut out);
+    let keep = conn.stream.write_all(&out).await.is_ok() && !close;
+    buffers::give(out);
+    buf.drain(..probe.head_len);
+    match (keep, buf.is_empty()) {
+        (true, false) => Next::KeepAlive(buf),
+        (keep, _) => {
+            buffers::give(buf);
+            if keep {
+                Next::KeepAlive(Vec::new())
+            } else {
+                Next::Close
+            }
+        }
+    }
 }
 
 /// Buffers for the exchanges in flight on this worker, reused from one request
