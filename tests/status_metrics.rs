@@ -305,7 +305,15 @@ async fn metrics_parse_and_count_the_requests_sent() {
     }
     set_down(admin, 0).await;
 
-    let r = get(admin, "/metrics").await;
+    // As Prometheus asks (without it: the classic format, tests/ops_health_metrics.rs).
+    let r = call(
+        admin,
+        Method::GET,
+        "/metrics",
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+        "",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.headers["content-type"].to_str().unwrap(),
@@ -313,7 +321,10 @@ async fn metrics_parse_and_count_the_requests_sent() {
     );
     assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
     let m = parse_prometheus(&r.body);
-    assert!(m.iter().all(|s| s.name.starts_with("switchyard_")));
+    assert!(
+        m.iter()
+            .all(|s| s.name.starts_with("switchyard_") || s.name.starts_with("process_"))
+    );
 
     let n = N as f64;
     assert_eq!(sum(&m, "switchyard_server_requests_total", &[]), n);

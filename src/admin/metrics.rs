@@ -1,10 +1,15 @@
 //! `GET /metrics`: Prometheus metrics, encoded by `prometheus-client` in the
-//! OpenMetrics text format (`application/openmetrics-text; version=1.0.0;
-//! charset=utf-8`, ending in `# EOF`), which Prometheus scrapes natively.
+//! format the scraper asks for ([`negotiate`]): the OpenMetrics text format
+//! (`application/openmetrics-text; version=1.0.0; charset=utf-8`, ending in
+//! `# EOF`) when `Accept` names it, as Prometheus' does; else the classic
+//! Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), which `curl`,
+//! `promtool check metrics` and older scrapers read (counters typed under
+//! their `_total` name, no `# EOF`, no `_created`).
 //!
-//! Nothing is counted twice: a custom [`Collector`] reads the servers' own
-//! atomics (`ServerStats`) and the table's change counter at scrape time, from
-//! one table snapshot. Every name starts with `switchyard_`:
+//! Nothing is counted twice: custom [`Collector`]s read the servers' own
+//! atomics (`ServerStats`), the table's change counter, the listeners' counters
+//! (`proxy::stats`) and `/proc/self` at scrape time. Every name starts with
+//! `switchyard_`, except the process metrics' standard `process_` names:
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -28,48 +33,139 @@
 //! | `switchyard_cluster_applied_revision` | gauge | (fleet mode: revision applied here) |
 //! | `switchyard_cluster_store_revision` | gauge | (fleet mode: newest revision seen) |
 //! | `switchyard_cluster_lag_seconds` | gauge | (fleet mode: 0 while in step) |
+//! | `switchyard_listener_requests_total` | counter | `listener` (bound address), `code` (`1xx`..`5xx`): answered requests |
+//! | `switchyard_listener_request_duration_seconds` | histogram | `listener` (from the request's head to its response's head) |
+//! | `switchyard_listener_connections` | gauge | `listener` (open now) |
+//! | `switchyard_listener_connections_accepted_total` | counter | `listener` |
+//! | `switchyard_tls_handshakes_total` | counter | `listener`, `result` (`ok`, `failed`); TLS listeners only |
+//! | `switchyard_build_info` | gauge (info) | `version`, `commit`: 1 |
+//! | `process_cpu_seconds_total` | counter | (Linux only, as the four below) |
+//! | `process_resident_memory_bytes` | gauge | |
+//! | `process_open_fds` | gauge | |
+//! | `process_start_time_seconds` | gauge | (Unix time) |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::proxy::stats::{ListenerCounts, ListenerStats};
 use crate::upstream::histogram::{BUCKETS, Histogram};
 use crate::upstream::{AdminState, Server, ServerStats, Table};
 
-/// What `/metrics` answers with.
+/// What `/metrics` answers with when OpenMetrics is asked for.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What `/metrics` answers with otherwise: the classic text format.
+pub const CLASSIC_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The version in `switchyard_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit in `switchyard_build_info`: `SWITCHYARD_COMMIT` in the build's
+/// environment (`SWITCHYARD_COMMIT=$(git rev-parse --short HEAD) cargo build`),
+/// else `unknown`.
+pub const COMMIT: &str = match option_env!("SWITCHYARD_COMMIT") {
+    Some(c) if !c.is_empty() => c,
+    _ => "unknown",
+};
+
+/// The text formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4.
+    Classic,
+}
+
+/// The format for a request's `Accept` header: OpenMetrics when it names
+/// `application/openmetrics-text` (with a `q` above 0, and not below that of
+/// an explicit `text/plain`), else the classic format — for no `Accept`,
+/// `*/*` and `text/plain` alike.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else {
+        return Format::Classic;
+    };
+    let (mut openmetrics, mut text) = (0.0_f64, 0.0_f64);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        // A `q` that does not parse is taken as the default, 1.
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            .filter(|q| (0.0..=1.0).contains(q))
+            .unwrap_or(1.0);
+        if media.eq_ignore_ascii_case("application/openmetrics-text") {
+            openmetrics = openmetrics.max(q);
+        } else if media.eq_ignore_ascii_case("text/plain") {
+            text = text.max(q);
+        }
+    }
+    if openmetrics > 0.0 && openmetrics >= text {
+        Format::OpenMetrics
+    } else {
+        Format::Classic
+    }
+}
 
 /// The states of `switchyard_server_state`, in output order.
 pub const STATES: [&str; 6] = ["up", "down", "drain", "unhealthy", "checking", "unavail"];
 
-/// The registry `/metrics` encodes: one collector over `table`.
+/// The registry `/metrics` encodes: the table, the listeners and build under
+/// `switchyard_`, and the process.
 pub fn registry(table: Arc<Table>) -> Registry {
-    let mut registry = Registry::with_prefix("switchyard");
-    registry.register_collector(Box::new(TableCollector {
+    let mut registry = Registry::default();
+    let ours = registry.sub_registry_with_prefix("switchyard");
+    ours.register_collector(Box::new(TableCollector {
         table,
         started: Instant::now(),
     }));
+    ours.register_collector(Box::new(ListenerCollector));
+    registry.register_collector(Box::new(ProcessCollector));
     registry
 }
 
-/// Encodes `registry` as the `/metrics` answer.
+/// Encodes `registry` as the OpenMetrics `/metrics` answer.
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    render_as(registry, Format::OpenMetrics)
+}
+
+/// Encodes `registry` in `format`.
+pub fn render_as(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry)?,
+        Format::Classic => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?
+        }
+    }
     Ok(out)
 }
 
-/// `GET /metrics`.
-pub async fn handle(registry: Arc<Registry>) -> Response {
-    match render(&registry) {
-        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+/// `GET /metrics`, in the format `Accept` asks for.
+pub async fn handle(registry: Arc<Registry>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = negotiate(accept);
+    let content_type = match format {
+        Format::OpenMetrics => CONTENT_TYPE,
+        Format::Classic => CLASSIC_CONTENT_TYPE,
+    };
+    match render_as(&registry, format) {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::VARY, "Accept"),
+            ],
+            body,
+        )
+            .into_response(),
         Err(_) => super::ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "MetricsError",
@@ -350,6 +446,267 @@ impl Collector for TableCollector {
     }
 }
 
+/// The listeners' counters (`proxy::stats`), and the build.
+#[derive(Debug)]
+struct ListenerCollector;
+
+/// One listener's counters; listeners sharing a name (one a reload removed and
+/// another on its address since, while the first finishes) are added up, so a
+/// series is never written twice.
+struct ListenerSample {
+    name: String,
+    counts: ListenerCounts,
+    sum: f64,
+    count: u64,
+    buckets: [u64; BUCKETS.len() + 1],
+    tls: bool,
+    handshakes: (u64, u64),
+}
+
+fn listener_samples(listeners: &[Arc<ListenerStats>]) -> Vec<ListenerSample> {
+    let mut out: Vec<ListenerSample> = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let name = l.addr().to_string();
+        let counts = l.counts();
+        let (sum, count, buckets) = l.durations().read();
+        let handshakes = l.handshakes();
+        match out.iter_mut().find(|s| s.name == name) {
+            Some(s) => {
+                let c = &mut s.counts;
+                c.accepted += counts.accepted;
+                c.open += counts.open;
+                for (a, b) in c.responses.iter_mut().zip(counts.responses) {
+                    *a += b;
+                }
+                s.sum += sum;
+                s.count += count;
+                for (a, b) in s.buckets.iter_mut().zip(buckets) {
+                    *a += b;
+                }
+                s.tls |= l.is_tls();
+                s.handshakes.0 += handshakes.0;
+                s.handshakes.1 += handshakes.1;
+            }
+            None => out.push(ListenerSample {
+                name,
+                counts,
+                sum,
+                count,
+                buckets,
+                tls: l.is_tls(),
+                handshakes,
+            }),
+        }
+    }
+    out
+}
+
+impl Collector for ListenerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let listeners = listener_samples(&crate::proxy::stats::listeners());
+        {
+            let mut m = enc.encode_descriptor(
+                "listener_requests",
+                "Requests answered by the listener, by status class (health_uri probes are not counted).",
+                None,
+                MetricType::Counter,
+            )?;
+            for l in &listeners {
+                for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
+                    m.encode_family(&[("listener", l.name.as_str()), ("code", class)])?
+                        .encode_counter::<NoExemplar, _, f64>(&l.counts.responses[i], None)?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "listener_request_duration",
+                "Time from a request's head to its response's head (upstream tries included, body streaming not).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for l in &listeners {
+                let buckets: Vec<(f64, u64)> = BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(l.buckets)
+                    .collect();
+                m.encode_family(&[("listener", l.name.as_str())])?
+                    .encode_histogram::<NoExemplar>(l.sum, l.count, &buckets, None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "listener_connections",
+                "Client connections open now (idle keep-alive ones included).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for l in &listeners {
+                m.encode_family(&[("listener", l.name.as_str())])?
+                    .encode_gauge(&l.counts.open)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "listener_connections_accepted",
+                "Client connections accepted.",
+                None,
+                MetricType::Counter,
+            )?;
+            for l in &listeners {
+                m.encode_family(&[("listener", l.name.as_str())])?
+                    .encode_counter::<NoExemplar, _, f64>(&l.counts.accepted, None)?;
+            }
+        }
+        let tls: Vec<&ListenerSample> = listeners
+            .iter()
+            .filter(|l| l.tls || l.handshakes != (0, 0))
+            .collect();
+        // Only with TLS listeners: no family without samples.
+        if !tls.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "tls_handshakes",
+                "TLS handshakes with clients, done (ok) or failed (including timed out).",
+                None,
+                MetricType::Counter,
+            )?;
+            for l in tls {
+                for (result, n) in [("ok", l.handshakes.0), ("failed", l.handshakes.1)] {
+                    m.encode_family(&[("listener", l.name.as_str()), ("result", result)])?
+                        .encode_counter::<NoExemplar, _, f64>(&n, None)?;
+                }
+            }
+        }
+        // The access log's dropped lines go here (`access_log_dropped`).
+        {
+            let mut m = enc.encode_descriptor(
+                "build",
+                "The version and commit of this switchyard: 1.",
+                None,
+                MetricType::Info,
+            )?;
+            m.encode_info(&[("version", VERSION), ("commit", COMMIT)])?;
+        }
+        Ok(())
+    }
+}
+
+/// `process_*`, the names every Prometheus client library gives them, read
+/// from `/proc/self` at scrape time (Linux; elsewhere there are none).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What `/proc/self` says of the process.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    start_time_seconds: Option<f64>,
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s times: `USER_HZ`, 100 on every
+/// Linux architecture Prometheus' own procfs reader supports (it assumes the
+/// same).
+const USER_HZ: f64 = 100.0;
+
+/// From `/proc/self/stat`: user plus system CPU time, and the start time in
+/// ticks since boot.
+fn parse_stat(stat: &str) -> Option<(f64, u64)> {
+    // The command name, in parentheses, may hold spaces and parentheses: the
+    // fields start after the last `)`. There, field 3 (state) is the first.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let start: u64 = fields.get(19)?.parse().ok()?;
+    Some(((utime + stime) as f64 / USER_HZ, start))
+}
+
+/// `btime` of `/proc/stat`: the boot time, in Unix seconds.
+fn parse_btime(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `VmRSS` of `/proc/self/status`, in bytes.
+fn parse_rss(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn read_process() -> ProcessStats {
+    if !cfg!(target_os = "linux") {
+        return ProcessStats::default();
+    }
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let stat = read("/proc/self/stat").as_deref().and_then(parse_stat);
+    let btime = read("/proc/stat").as_deref().and_then(parse_btime);
+    ProcessStats {
+        cpu_seconds: stat.map(|(cpu, _)| cpu),
+        resident_bytes: read("/proc/self/status").as_deref().and_then(parse_rss),
+        open_fds: std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as u64),
+        start_time_seconds: stat
+            .zip(btime)
+            .map(|((_, start), boot)| boot as f64 + start as f64 / USER_HZ),
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = read_process();
+        if let Some(v) = p.cpu_seconds {
+            let mut m = enc.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent, in seconds.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            m.encode_counter::<NoExemplar, _, f64>(&v, None)?;
+        }
+        if let Some(v) = p.resident_bytes {
+            let mut m = enc.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size, in bytes.",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&v)?;
+        }
+        if let Some(v) = p.open_fds {
+            let mut m = enc.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors.",
+                None,
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&v)?;
+        }
+        if let Some(v) = p.start_time_seconds {
+            let mut m = enc.encode_descriptor(
+                "process_start_time",
+                "Start time of the process since the Unix epoch, in seconds.",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +766,160 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn accept_picks_the_format() {
+        use Format::{Classic, OpenMetrics};
+        for (accept, want) in [
+            (None, Classic),
+            (Some(""), Classic),
+            (Some("*/*"), Classic),
+            (Some("text/plain"), Classic),
+            (Some("text/plain; version=0.0.4"), Classic),
+            (Some("application/json"), Classic),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; version=1.0.0"),
+                OpenMetrics,
+            ),
+            // Prometheus 2's scrape header.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            (
+                Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"),
+                Classic,
+            ),
+            (Some("application/openmetrics-text;q=0"), Classic),
+            (Some("application/openmetrics-text;q=nonsense"), OpenMetrics),
+            (
+                Some("text/plain;q=0.2,application/openmetrics-text;q=0.2"),
+                OpenMetrics,
+            ),
+        ] {
+            assert_eq!(negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn the_classic_format_types_counters_under_their_total_name() {
+        let config = Config::single_upstream(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![ServerConfig::new("127.0.0.1:1")],
+        );
+        let table = Arc::new(Table::from_config(&config).unwrap());
+        let reg = registry(table);
+        let text = render_as(&reg, Format::Classic).unwrap();
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("_created"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+        for line in [
+            "# TYPE switchyard_server_requests_total counter",
+            "# TYPE switchyard_admin_changes_total counter",
+            "# TYPE switchyard_server_header_time_seconds histogram",
+            "# TYPE switchyard_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let build = format!("switchyard_build_info{{version=\"{VERSION}\",commit=\"{COMMIT}\"}} 1");
+        assert!(
+            text.lines().any(|l| l == build),
+            "missing {build:?} in\n{text}"
+        );
+        // Every sample's family has its HELP and TYPE first.
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                    .unwrap_or(name);
+                assert!(typed.contains(family), "{line:?} has no TYPE before it");
+            }
+        }
+        if cfg!(target_os = "linux") {
+            for line in [
+                "# TYPE process_cpu_seconds_total counter",
+                "# TYPE process_resident_memory_bytes gauge",
+                "# TYPE process_open_fds gauge",
+                "# TYPE process_start_time_seconds gauge",
+            ] {
+                assert!(text.lines().any(|l| l == line), "missing {line:?}");
+            }
+        }
+        // OpenMetrics keeps its shape.
+        let om = render(&reg).unwrap();
+        assert!(om.ends_with("# EOF\n"));
+        assert!(
+            om.lines().any(|l| l == "# TYPE switchyard_build info"),
+            "{om}"
+        );
+        assert!(
+            om.lines()
+                .any(|l| l == "# TYPE process_cpu_seconds counter")
+                || !cfg!(target_os = "linux")
+        );
+    }
+
+    #[test]
+    fn proc_files_are_read_as_procfs_writes_them() {
+        // A command name with a space and a parenthesis.
+        let stat = "4242 (switch yard)) S 1 4242 4242 0 -1 4194560 1523 0 0 0 250 125 0 0 20 0 3 0 987654 123456789 2048 18446744073709551615";
+        assert_eq!(parse_stat(stat), Some((3.75, 987654)));
+        assert_eq!(parse_stat("4242 (x) S 1 2"), None);
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(
+            parse_btime("cpu  1 2 3\nintr 5\nbtime 1700000000\nprocesses 9\n"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_btime("cpu 1\n"), None);
+        assert_eq!(
+            parse_rss("Name:\tswitchyard\nVmHWM:\t   9000 kB\nVmRSS:\t   8192 kB\n"),
+            Some(8192 * 1024)
+        );
+        assert_eq!(parse_rss("VmRSS: lots\n"), None);
+        if cfg!(target_os = "linux") {
+            let p = read_process();
+            assert!(p.cpu_seconds.is_some() && p.resident_bytes.unwrap() > 0);
+            assert!(p.open_fds.unwrap() >= 3);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let start = p.start_time_seconds.unwrap();
+            assert!(
+                start <= now + 1.0 && start > now - 86_400.0 * 365.0,
+                "{start}"
+            );
+        }
+    }
+
+    #[test]
+    fn listeners_on_one_address_make_one_series() {
+        let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let a = Arc::new(ListenerStats::new(addr, 10));
+        let b = Arc::new(ListenerStats::new(addr, 10));
+        let c = Arc::new(ListenerStats::new("127.0.0.1:8081".parse().unwrap(), 10));
+        for s in [&a, &b, &c] {
+            s.test_answer(200);
+        }
+        a.test_answer(502);
+        let samples = listener_samples(&[a, b, c]);
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].name, "127.0.0.1:8080");
+        assert_eq!(samples[0].counts.responses, [0, 2, 0, 0, 1]);
+        assert_eq!(samples[0].count, 3);
+        assert_eq!(samples[0].buckets.iter().sum::<u64>(), 3);
+        assert_eq!(samples[1].counts.responses, [0, 1, 0, 0, 0]);
     }
 }

@@ -264,7 +264,9 @@ pub fn router_with_reload(
         .route("/readyz", get(probes::readyz))
         .route(
             "/metrics",
-            get(move || metrics::handle(Arc::clone(&registry))),
+            get(move |headers: axum::http::HeaderMap| {
+                metrics::handle(Arc::clone(&registry), headers)
+            }),
         )
         .route("/ups_api", any(ups_api::handle))
         .route("/api", any(nginx::handle_root))
