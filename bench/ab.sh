@@ -4,6 +4,8 @@
 #
 #   bash bench/ab.sh BEFORE_BINARY AFTER_BINARY      # DURATION=3s ROUNDS=6 WORKERS=1 PATH_=/
 #   WRK_ARGS="-s bench/upload.lua" PATH_=/upload bash bench/ab.sh A B   # 1 MiB uploads
+#   B_LISTENER='access_log = { path = "/tmp/a.json", format = "json" }' bash bench/ab.sh X X
+#     # one binary, B's listener with extra lines (the access log's cost)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -22,7 +24,8 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
 for side in a b; do
   port=$([ $side = a ] && echo 19031 || echo 19032)
-  proxy_config "$WORK/$side.toml" "$port" 19030 "$WORKERS" "keepalive = 64"
+  listener=$([ $side = b ] && echo "${B_LISTENER:-}" || true)
+  proxy_config "$WORK/$side.toml" "$port" 19030 "$WORKERS" "keepalive = 64" "$listener"
   bin=$([ $side = a ] && echo "$A" || echo "$B")
   RUST_LOG=warn "$bin" run -c "$WORK/$side.toml" >"$WORK/$side.log" 2>&1 &
   pids+=($!)

@@ -34,13 +34,14 @@ start_backend() {
 # proxy_config FILE PORT BACKEND_PORT WORKERS [UPSTREAM_LINES]: switchyard with
 # WORKERS workers on 127.0.0.1:PORT, one upstream over the backend.
 proxy_config() {
-  local file=$1 port=$2 backend=$3 workers=$4 lines=${5:-}
+  local file=$1 port=$2 backend=$3 workers=$4 lines=${5:-} listener=${6:-}
   cat >"$file" <<CONF
 [runtime]
 workers = $workers
 [[listener]]
 listen = "127.0.0.1:$port"
 routes = [{ path_prefix = "/", upstream = "backend" }]
+$listener
 [upstream.backend]
 $lines
 servers = [{ addr = "127.0.0.1:$backend" }]

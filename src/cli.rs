@@ -104,6 +104,18 @@ pub enum Command {
         admin: Option<SocketAddr>,
         #[arg(long)]
         workers: Option<usize>,
+        /// Log every request to FILE (`-`: stdout), in nginx's combined format
+        /// unless --access-log-format says otherwise.
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<PathBuf>,
+        /// `combined`, `json`, or a template of nginx variables (`$remote_addr ...`).
+        #[arg(
+            long,
+            value_name = "FORMAT",
+            default_value = "combined",
+            requires = "access_log"
+        )]
+        access_log_format: String,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -166,10 +178,34 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             to,
             admin,
             workers,
+            access_log,
+            access_log_format,
             state,
         } => {
             let servers = to.into_iter().map(ServerConfig::new).collect();
-            let cfg = Config::single_upstream(listen, servers);
+            let mut cfg = Config::single_upstream(listen, servers);
+            if let Some(path) = access_log {
+                let format = match access_log_format.as_str() {
+                    "combined" => config::AccessLogFormat::Combined,
+                    "json" => config::AccessLogFormat::Json,
+                    t => {
+                        config::template_variables(t)
+                            .map_err(|e| anyhow::anyhow!("--access-log-format: {e}"))?;
+                        config::AccessLogFormat::Template(t.to_string())
+                    }
+                };
+                let target = if path.as_os_str() == "-" {
+                    config::AccessLogTarget::Stdout
+                } else {
+                    config::AccessLogTarget::File(path)
+                };
+                for l in &mut cfg.listeners {
+                    l.access_log = Some(config::AccessLogConfig {
+                        path: target.clone(),
+                        format: format.clone(),
+                    });
+                }
+            }
             let (rt, workers) = runtimes(workers)?;
             rt.block_on(serve(cfg, None, admin, state, &workers, || ()))
         }
@@ -440,6 +476,29 @@ async fn reload_on_hangup(reloader: crate::tls::TlsReloader) {
     std::future::pending::<()>().await;
 }
 
+/// `SIGUSR1` reopens the access logs (logrotate's convention, as nginx's).
+fn reopen_access_logs_on_usr1() -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGUSR1; reopen access logs through the admin API");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                let n = crate::proxy::access_log::reopen_all();
+                info!(access_logs = n, "SIGUSR1: access logs reopened");
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -584,7 +643,13 @@ async fn serve(
         info!(file = %path.display(), "changes are saved to the state file");
     }
     ready();
+    let usr1 = reopen_access_logs_on_usr1();
     let outcome = proxy.run(shutdown_signal()).await;
+    if let Some(h) = usr1 {
+        h.abort();
+    }
+    // Lines still buffered go out before the process ends.
+    crate::proxy::access_log::flush_all(std::time::Duration::from_secs(2));
     checker.abort();
     if let Some(h) = hup {
         h.abort();

@@ -39,6 +39,7 @@
 //! | `switchyard_listener_connections_accepted_total` | counter | `listener` |
 //! | `switchyard_tls_handshakes_total` | counter | `listener`, `result` (`ok`, `failed`); TLS listeners only |
 //! | `switchyard_build_info` | gauge (info) | `version`, `commit`: 1 |
+//! | `switchyard_access_log_dropped_total` | counter | (lines of every access log dropped: queue full, file not writable) |
 //! | `process_cpu_seconds_total` | counter | (Linux only, as the four below) |
 //! | `process_resident_memory_bytes` | gauge | |
 //! | `process_open_fds` | gauge | |
@@ -666,6 +667,14 @@ fn read_process() -> ProcessStats {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dropped = crate::proxy::access_log::dropped_total();
+        let mut m = enc.encode_descriptor(
+            "switchyard_access_log_dropped",
+            "Access-log lines dropped: queue full, or the file could not be opened or written.",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoExemplar, _, u64>(&dropped, None)?;
         let p = read_process();
         if let Some(v) = p.cpu_seconds {
             let mut m = enc.encode_descriptor(

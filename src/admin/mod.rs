@@ -150,6 +150,13 @@ async fn tls_reload(State(app): State<AppState>) -> Response {
     }
 }
 
+/// `POST /api/v1/logs/reopen`: every access log opens its file again (after
+/// logrotate moved it), as `SIGUSR1` does.
+async fn reopen_logs() -> Response {
+    let n = crate::proxy::access_log::reopen_all();
+    axum::Json(serde_json::json!({ "reopened": n })).into_response()
+}
+
 /// Re-reads the configuration file and applies what changed (see
 /// [`crate::reload`]): 200 with what changed, 422 with every problem (nothing
 /// changed), 409 when the process runs without a file.
@@ -259,6 +266,7 @@ pub fn router_with_reload(
         .route("/api/v1/tls/reload", post(tls_reload))
         .route("/api/v1/cluster", get(native::cluster))
         .route("/api/v1/reload", post(reload_config))
+        .route("/api/v1/logs/reopen", post(reopen_logs))
         .route("/healthcheck", get(status::handle))
         .route("/livez", get(probes::livez))
         .route("/readyz", get(probes::readyz))

@@ -229,6 +229,93 @@ pub struct ListenerConfig {
     pub limits: ClientLimits,
     /// `tls = { ... }`: the listener speaks HTTPS.
     pub tls: Option<ListenerTls>,
+    /// `access_log = { path, format }`: off when absent.
+    pub access_log: Option<AccessLogConfig>,
+    /// Make an `X-Request-ID` when the client sent none (`request_id`, default true).
+    pub request_id: bool,
+    /// Add an RFC 7239 `Forwarded` header (`forwarded`, default false).
+    pub forwarded: bool,
+}
+
+/// Where an access log goes and how its lines look.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccessLogConfig {
+    /// A file, or `-` for stdout.
+    pub path: AccessLogTarget,
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// `combined` (nginx's), `json`, or a template of nginx variables.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AccessLogFormat {
+    Combined,
+    Json,
+    Template(String),
+}
+
+/// The nginx variables an access-log template may use.
+pub const ACCESS_LOG_VARIABLES: &[&str] = &[
+    "remote_addr",
+    "remote_user",
+    "time_local",
+    "time_iso8601",
+    "request",
+    "request_method",
+    "request_uri",
+    "server_protocol",
+    "host",
+    "status",
+    "bytes_sent",
+    "body_bytes_sent",
+    "request_time",
+    "upstream",
+    "upstream_addr",
+    "upstream_status",
+    "upstream_response_time",
+    "upstream_connect_time",
+    "upstream_tries",
+    "request_id",
+    "http_user_agent",
+    "http_referer",
+];
+
+/// The variable names a template uses, in order (`$name` or `${name}`), or the
+/// first one that is not in [`ACCESS_LOG_VARIABLES`].
+pub fn template_variables(template: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        rest = &rest[i + 1..];
+        let name = if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner
+                .find('}')
+                .ok_or_else(|| "a ${ is not closed".to_string())?;
+            let n = &inner[..end];
+            rest = &inner[end + 1..];
+            n
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let n = &rest[..end];
+            rest = &rest[end..];
+            n
+        };
+        if !ACCESS_LOG_VARIABLES.contains(&name) {
+            return Err(format!(
+                "unknown variable ${name} (known: {})",
+                ACCESS_LOG_VARIABLES.join(", ")
+            ));
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
 }
 
 /// What a listener tolerates from clients (the defences against slow or hostile
@@ -817,6 +904,9 @@ impl Config {
                 health_uri: None,
                 limits: ClientLimits::default(),
                 tls: None,
+                access_log: None,
+                request_id: true,
+                forwarded: false,
             }],
             upstreams,
         }

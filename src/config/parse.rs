@@ -12,9 +12,9 @@ use super::addr;
 use super::fields::{Sink, Table, as_table};
 use super::upstream::read_upstream;
 use super::{
-    AccessRule, AdminConfig, CertificatePair, ClientLimits, ClusterConfig, Config, ConfigErrors,
-    ListenerConfig, ListenerTls, LogConfig, LogFormat, LogLevel, RouteConfig, RuntimeConfig,
-    TlsVersion, UpstreamConfig,
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, AccessRule, AdminConfig, CertificatePair,
+    ClientLimits, ClusterConfig, Config, ConfigErrors, ListenerConfig, ListenerTls, LogConfig,
+    LogFormat, LogLevel, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
 };
 
 const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "log", "listener", "upstream"];
@@ -52,6 +52,9 @@ const LISTENER_KEYS: &[&str] = &[
     "max_header_size",
     "max_uri_length",
     "max_connections",
+    "access_log",
+    "request_id",
+    "forwarded",
 ];
 const LISTENER_TLS_KEYS: &[&str] = &["certificates", "min_version"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
@@ -508,13 +511,66 @@ fn read_listener(
     let tls = t
         .table(sink, "tls", "tls")
         .map(|tls| read_listener_tls(&tls, sink));
+    let access_log = t
+        .table(sink, "access_log", "access_log")
+        .and_then(|a| read_access_log(&a, sink));
+    let request_id = t.bool(sink, "request_id").is_none_or(|(b, _)| b);
+    let forwarded = t.bool(sink, "forwarded").is_some_and(|(b, _)| b);
     Some(ListenerConfig {
         listen: listen?,
         routes,
         health_uri,
         limits,
         tls,
+        access_log,
+        request_id,
+        forwarded,
     })
+}
+
+const ACCESS_LOG_KEYS: &[&str] = &["path", "format"];
+
+fn read_access_log(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> Option<AccessLogConfig> {
+    t.check_keys(sink, ACCESS_LOG_KEYS);
+    let path = match t.str(sink, "path") {
+        Some(("-", _)) => AccessLogTarget::Stdout,
+        Some(("", span)) => {
+            t.err(sink, &span, "path is empty: a file, or \"-\" for stdout");
+            return None;
+        }
+        Some((p, _)) => AccessLogTarget::File(PathBuf::from(p)),
+        None => {
+            if t.get("path").is_none() {
+                t.missing(sink, "path");
+            }
+            return None;
+        }
+    };
+    let format = match t.str(sink, "format") {
+        None => AccessLogFormat::Combined,
+        Some(("combined", _)) => AccessLogFormat::Combined,
+        Some(("json", _)) => AccessLogFormat::Json,
+        Some((template, span)) if template.contains('$') => {
+            match crate::config::template_variables(template) {
+                Ok(_) => AccessLogFormat::Template(template.to_string()),
+                Err(e) => {
+                    t.err(sink, &span, format!("access_log format: {e}"));
+                    return None;
+                }
+            }
+        }
+        Some((other, span)) => {
+            t.err(
+                sink,
+                &span,
+                format!(
+                    "access_log format {other:?}: \"combined\", \"json\" or a template with $variables"
+                ),
+            );
+            return None;
+        }
+    };
+    Some(AccessLogConfig { path, format })
 }
 
 /// `health_uri`: a path as a request line carries it, matched exactly.

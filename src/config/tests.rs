@@ -891,3 +891,40 @@ fn an_https_upstream_with_an_http_check_is_a_warning_not_an_error() {
     let tcp = parse(&src.replace("\"http\"", "\"tcp\""), "t.toml").unwrap();
     assert!(tcp.warnings().is_empty());
 }
+
+#[test]
+fn access_log_formats_and_their_mistakes() {
+    let with = |v: &str| {
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:8080\"\nroutes = [{{ upstream = \"a\" }}]\naccess_log = {v}\n\n\
+             [upstream.a]\nservers = [{{ addr = \"10.0.0.1:80\" }}]\n"
+        )
+    };
+    let c = parse(&with("{ path = \"/var/log/a.log\" }"), "t.toml").unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.access_log,
+        Some(AccessLogConfig {
+            path: AccessLogTarget::File("/var/log/a.log".into()),
+            format: AccessLogFormat::Combined,
+        })
+    );
+    assert!(l.request_id && !l.forwarded);
+    let c = parse(
+        &with("{ path = \"-\", format = \"$status ${request_time}\" }"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.listeners[0].access_log.as_ref().map(|a| &a.path),
+        Some(&AccessLogTarget::Stdout)
+    );
+    let errs = |v: &str| match parse(&with(v), "t.toml") {
+        Ok(_) => panic!("{v} accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(errs("{ path = \"a\", format = \"$nope\" }").contains("unknown variable $nope"));
+    assert!(errs("{ path = \"a\", format = \"xml\" }").contains("access_log format \"xml\""));
+    assert!(errs("{ format = \"json\" }").contains("path"));
+    assert!(errs("{ path = \"a\", colour = true }").contains("colour"));
+}

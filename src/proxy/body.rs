@@ -94,6 +94,30 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A server's response.
     Upstream(UpstreamResponse),
+    /// Either of the above on a listener with an access log: the record is
+    /// written when the body ends or is dropped, with the bytes sent.
+    Logged(Box<LoggedBody>),
+}
+
+/// A response body whose request goes to the access log once it is over.
+#[derive(Debug)]
+pub struct LoggedBody {
+    pub inner: ProxyBody,
+    pub record: Option<Box<super::access_log::Record>>,
+    pub log: Arc<super::access_log::AccessLog>,
+    /// Bytes of the response head (as hyper writes it, estimated).
+    pub head_bytes: u64,
+    pub body_bytes: u64,
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            let status = r.status;
+            r.finish(status, self.head_bytes, self.body_bytes);
+            self.log.write(r);
+        }
+    }
 }
 
 impl ProxyBody {
@@ -201,6 +225,15 @@ impl Body for ProxyBody {
         let r = match self.get_mut() {
             ProxyBody::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(r) => r,
+            ProxyBody::Logged(l) => {
+                let polled = Pin::new(&mut l.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    l.body_bytes += data.len() as u64;
+                }
+                return polled;
+            }
         };
         if r.ended {
             return Poll::Ready(None);
@@ -239,6 +272,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Upstream(r) => r.ended || r.body.is_end_stream(),
+            ProxyBody::Logged(l) => l.inner.is_end_stream(),
         }
     }
 
@@ -247,6 +281,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Upstream(r) => r.body.size_hint(),
+            ProxyBody::Logged(l) => l.inner.size_hint(),
         }
     }
 }

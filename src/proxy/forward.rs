@@ -19,7 +19,8 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
-use super::body::{ProxyBody, UpstreamBody, UpstreamResponse};
+use super::access_log::{AccessLog, Record};
+use super::body::{LoggedBody, ProxyBody, UpstreamBody, UpstreamResponse};
 use super::io::UpstreamIo;
 use super::pool::Sender;
 use super::router::Router;
@@ -31,6 +32,9 @@ use crate::upstream::{Lease, Server, Table, Tried, Upstream, UpstreamSettings};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones that clients still send.
@@ -55,6 +59,59 @@ pub struct Forwarder {
     pub(super) proto: HeaderValue,
     /// The listener's counters (requests and how they ended).
     pub(super) stats: Arc<super::stats::ListenerStats>,
+    /// Where finished requests are logged, when the listener has an access log.
+    pub(super) access_log: Option<Arc<AccessLog>>,
+    /// Make an `X-Request-ID` when the client sent none.
+    pub(super) request_id: bool,
+    /// Add an RFC 7239 `Forwarded` header.
+    pub(super) forwarded: bool,
+}
+
+/// A new request id: 128 random bits in hex.
+pub(super) fn new_request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    for (i, byte) in a
+        .to_be_bytes()
+        .iter()
+        .chain(b.to_be_bytes().iter())
+        .enumerate()
+    {
+        out[2 * i] = HEX[(byte >> 4) as usize];
+        out[2 * i + 1] = HEX[(byte & 15) as usize];
+    }
+    out
+}
+
+/// The RFC 7239 `Forwarded` element for a client: `for=IP;host=H;proto=P`
+/// (an IPv6 address quoted and bracketed, a host quoted when it must be).
+pub(super) fn forwarded_element(
+    ip: std::net::IpAddr,
+    host: Option<&[u8]>,
+    proto: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    match ip {
+        std::net::IpAddr::V4(v4) => out.extend_from_slice(format!("for={v4}").as_bytes()),
+        std::net::IpAddr::V6(v6) => out.extend_from_slice(format!("for=\"[{v6}]\"").as_bytes()),
+    }
+    if let Some(h) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')) {
+        out.extend_from_slice(b";host=");
+        let token = h
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        if !token {
+            out.push(b'"');
+        }
+        out.extend_from_slice(h);
+        if !token {
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto);
+    out
 }
 
 /// Why one attempt on one server failed.
@@ -476,7 +533,18 @@ impl Forwarder {
             limits,
             proto,
             stats,
+            access_log: None,
+            request_id: true,
+            forwarded: false,
         }
+    }
+
+    /// The listener's access log, request id and `Forwarded` settings.
+    pub fn with_listener_options(mut self, l: &crate::config::ListenerConfig) -> Self {
+        self.access_log = l.access_log.as_ref().map(AccessLog::open);
+        self.request_id = l.request_id;
+        self.forwarded = l.forwarded;
+        self
     }
 
     /// Answers one request (hyper's path), counted in the listener's stats.
@@ -486,12 +554,42 @@ impl Forwarder {
         client: Client,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let exchange = self.stats.request();
-        let resp = self.respond(req, client).await;
+        let mut req = req;
+        if self.request_id && !req.headers().contains_key(&X_REQUEST_ID) {
+            let id = new_request_id();
+            if let Ok(v) = HeaderValue::from_bytes(&id) {
+                req.headers_mut().insert(X_REQUEST_ID.clone(), v);
+            }
+        }
+        let mut record = self.access_log.as_ref().map(|_| record_of(&req, &client));
+        let resp = self.respond(req, client, &mut record).await;
         exchange.answered(resp.status().as_u16());
-        Ok(resp)
+        Ok(match (record, &self.access_log) {
+            (Some(mut r), Some(log)) => {
+                r.status = resp.status().as_u16();
+                let (parts, body) = resp.into_parts();
+                let head_bytes = head_bytes(&parts);
+                Response::from_parts(
+                    parts,
+                    ProxyBody::Logged(Box::new(LoggedBody {
+                        inner: body,
+                        record: Some(r),
+                        log: Arc::clone(log),
+                        head_bytes,
+                        body_bytes: 0,
+                    })),
+                )
+            }
+            _ => resp,
+        })
     }
 
-    async fn respond(&self, req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+        record: &mut Option<Box<Record>>,
+    ) -> Response<ProxyBody> {
         let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
             return text_response(
                 StatusCode::NOT_FOUND,
@@ -529,8 +627,45 @@ impl Forwarder {
         };
         // A body of unknown length is counted as it streams.
         let limit = target.max_body_size.filter(|_| declared.is_none());
-        forward(self, target.slot, &upstream, req, client, limit).await
+        forward(self, target.slot, &upstream, req, client, limit, record).await
     }
+}
+
+/// The access-log record of a request that starts now.
+fn record_of<B>(req: &Request<B>, client: &Client) -> Box<Record> {
+    let mut r = Record::start(client.addr);
+    let text = |name: &HeaderName| {
+        req.headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    r.method = req.method().as_str().to_string();
+    r.uri = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string());
+    r.protocol = match req.version() {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    r.host = request_host(req).unwrap_or_default().to_string();
+    r.request_id = text(&X_REQUEST_ID);
+    r.user_agent = text(&header::USER_AGENT);
+    r.referer = text(&header::REFERER);
+    r
+}
+
+/// About how many bytes hyper writes for this response head (HTTP/1.1).
+fn head_bytes(parts: &hyper::http::response::Parts) -> u64 {
+    let status_line = 9 + 3 + 1 + parts.status.canonical_reason().map_or(0, str::len) + 2;
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    (status_line + headers + 2) as u64
 }
 
 fn too_large(limit: u64) -> Response<ProxyBody> {
@@ -547,6 +682,7 @@ async fn forward(
     mut req: Request<Incoming>,
     client: Client,
     body_limit: Option<u64>,
+    record: &mut Option<Box<Record>>,
 ) -> Response<ProxyBody> {
     let table = &forwarder.table;
     let key = request_key(upstream, &req, client.addr.ip());
@@ -600,6 +736,23 @@ async fn forward(
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), forwarder.proto.clone());
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if forwarder.forwarded {
+        let element = forwarded_element(
+            client.addr.ip(),
+            parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+            forwarder.proto.as_bytes(),
+        );
+        let value = match parts.headers.get(&FORWARDED) {
+            Some(prev) => [prev.as_bytes(), b", ", &element].concat(),
+            None => element,
+        };
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
+            parts.headers.insert(FORWARDED.clone(), v);
+        }
+    }
     parts.version = Version::HTTP_11;
     parts.uri = parts
         .uri
@@ -654,8 +807,28 @@ async fn forward(
             }
             break;
         };
-        match attempt(lease.server(), settings, req, upgrade, replay.as_ref()).await {
+        if let Some(r) = record.as_mut() {
+            r.tried(&upstream.name, &lease.server().addr);
+        }
+        let mut connect_time = None;
+        let outcome = attempt(
+            lease.server(),
+            settings,
+            req,
+            upgrade,
+            replay.as_ref(),
+            &mut connect_time,
+        )
+        .await;
+        if let Some(r) = record.as_mut() {
+            r.upstream_connect_time = connect_time;
+        }
+        match outcome {
             Ok((resp, sender, sent_at)) => {
+                if let Some(r) = record.as_mut() {
+                    r.upstream_status = Some(resp.status().as_u16());
+                    r.upstream_response_time = Some(sent_at.elapsed());
+                }
                 return respond(upstream, lease, resp, sender, sent_at, client_upgrade);
             }
             Err((error, unsent)) => {
@@ -762,6 +935,7 @@ async fn attempt(
     mut req: Request<UpstreamBody>,
     upgrade: bool,
     replay: Option<&Replay>,
+    connect_time: &mut Option<Duration>,
 ) -> Result<(Response<Incoming>, Sender, Instant), (AttemptError, Unsent)> {
     loop {
         let pooled = if upgrade {
@@ -775,11 +949,19 @@ async fn attempt(
             // Boxed: the connect path (TCP, TLS, handshake) is a large future that
             // would otherwise sit inside every request's future, which hyper
             // moves several times per request; a new connection is the rare case.
-            None => match Box::pin(connect_pooled(server, settings, upgrade)).await {
-                Ok(s) => s,
-                Err(e) => return Err((e, Some(req))),
-            },
+            None => {
+                let began = Instant::now();
+                let connected = Box::pin(connect_pooled(server, settings, upgrade)).await;
+                *connect_time = Some(began.elapsed());
+                match connected {
+                    Ok(s) => s,
+                    Err(e) => return Err((e, Some(req))),
+                }
+            }
         };
+        if reused && connect_time.is_none() {
+            *connect_time = Some(Duration::ZERO);
+        }
         if sender.is_h2() {
             req = h2_form(req, settings.scheme);
         }

@@ -9,6 +9,7 @@
 //! upstream table's snapshots and counts into its atomics; it never changes the
 //! table (that is the admin side's job, through `Table::apply`).
 
+pub mod access_log;
 pub mod body;
 mod forward;
 mod h1;
@@ -97,7 +98,8 @@ impl Listening {
             .health_uri
             .as_deref()
             .map(|path| Arc::new(HealthUri::new(path, Arc::clone(readiness))));
-        let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits, stats);
+        let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits, stats)
+            .with_listener_options(l);
         Ok(Listening {
             forwarder: Arc::new(forwarder),
             tls,

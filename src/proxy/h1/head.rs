@@ -29,7 +29,7 @@ pub enum Method {
 }
 
 impl Method {
-    fn as_bytes(self) -> &'static [u8] {
+    pub fn as_bytes(self) -> &'static [u8] {
         match self {
             Method::Get => b"GET",
             Method::Head => b"HEAD",
@@ -95,7 +95,7 @@ enum Kind {
 }
 
 /// Names this path treats specially, all lower case.
-const SPECIAL: [(&str, Kind); 13] = [
+const SPECIAL: [(&str, Kind); 14] = [
     ("host", Kind::Host),
     ("content-length", Kind::ContentLength),
     ("connection", Kind::Connection),
@@ -103,6 +103,7 @@ const SPECIAL: [(&str, Kind); 13] = [
     ("proxy-connection", Kind::Dropped),
     ("x-real-ip", Kind::Dropped),
     ("x-forwarded-proto", Kind::Dropped),
+    ("x-forwarded-host", Kind::Dropped),
     ("x-forwarded-for", Kind::ForwardedFor),
     ("transfer-encoding", Kind::Refused),
     ("upgrade", Kind::Refused),
@@ -227,10 +228,13 @@ pub fn write_upstream_request(
     out.extend_from_slice(b"\r\n");
     put_header(out, b"x-real-ip", client_ip);
     put_header(out, b"x-forwarded-proto", proto);
-    out.extend_from_slice(b"\r\n");
+    if !head.host.is_empty() {
+        put_header(out, b"x-forwarded-host", head.host.as_bytes());
+    }
+    // The caller adds its own lines (request id, Forwarded), then ends the head.
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -416,6 +420,7 @@ mod tests {
             Parsed::Request(head) => {
                 let mut out = Vec::new();
                 write_upstream_request(&head, b"10.0.0.9", b"http", &mut out);
+                out.extend_from_slice(b"\r\n");
                 Some((head.len, String::from_utf8(out).unwrap(), head.close))
             }
             _ => None,
@@ -434,7 +439,7 @@ mod tests {
             out,
             "GET /a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\n\
              x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-real-ip: 10.0.0.9\r\n\
-             x-forwarded-proto: http\r\n\r\n"
+             x-forwarded-proto: http\r\nx-forwarded-host: example.com:8080\r\n\r\n"
         );
         let (_, _, close) =
             request("HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Close\r\n\r\n").unwrap();

@@ -43,6 +43,7 @@ use tracing::debug;
 
 use self::chunked::ChunkedScan;
 use self::head::{ClientSide, Framing, Parsed, ParsedResponse, RequestHead, ResponseHead};
+use super::access_log::Record;
 use super::forward::{
     self, AttemptError, Client, Forwarder, KeySource, attempt_failed, failure, no_server,
     pick_next, request_key,
@@ -271,6 +272,8 @@ struct Plan {
     key: Option<u64>,
     /// The request as the server gets it.
     request: Vec<u8>,
+    /// Its access-log record, when the listener has an access log.
+    record: Option<Box<Record>>,
 }
 
 enum Planned {
@@ -318,7 +321,7 @@ async fn exchange(
     if buf.capacity() == 0 {
         buf = buffers::take();
     }
-    let plan = loop {
+    let mut plan = loop {
         if !buf.is_empty() {
             match plan(forwarder, listening.health.as_deref(), client, &buf) {
                 Planned::Forward(p) => break p,
@@ -349,7 +352,11 @@ async fn exchange(
         }
     };
     buf.drain(..plan.head_len);
-    let keep = forward(&mut conn, forwarder, &plan).await && !plan.close;
+    let mut record = plan.record.take();
+    let keep = forward(&mut conn, forwarder, &plan, &mut record).await && !plan.close;
+    if let (Some(r), Some(log)) = (record, &forwarder.access_log) {
+        log.write(r);
+    }
     buffers::give(plan.request);
     match (keep, buf.is_empty()) {
         (true, false) => Next::KeepAlive(buf),
@@ -405,6 +412,30 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
         f.proto.as_bytes(),
         &mut request,
     );
+    let sent_id = head.header("x-request-id");
+    let made_id = (sent_id.is_none() && f.request_id).then(forward::new_request_id);
+    if let Some(id) = &made_id {
+        head::put_header(&mut request, b"x-request-id", id);
+    }
+    if f.forwarded {
+        let host = Some(head.host.as_bytes()).filter(|h| !h.is_empty());
+        let element = forward::forwarded_element(client.addr.ip(), host, f.proto.as_bytes());
+        head::put_header(&mut request, b"forwarded", &element);
+    }
+    request.extend_from_slice(b"\r\n");
+    let record = f.access_log.as_ref().map(|_| {
+        let text = |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).into_owned());
+        let mut r = Record::start(client.addr);
+        r.method = String::from_utf8_lossy(head.method.as_bytes()).into_owned();
+        r.uri = head.target.to_string();
+        r.host = forward::host_without_port(head.host)
+            .unwrap_or_default()
+            .to_string();
+        r.request_id = text(made_id.as_ref().map(|id| &id[..]).or(sent_id)).unwrap_or_default();
+        r.user_agent = text(head.header("user-agent")).unwrap_or_default();
+        r.referer = text(head.header("referer")).unwrap_or_default();
+        r
+    });
     Planned::Forward(Plan {
         head_len: head.len,
         head_request: head.method == head::Method::Head,
@@ -413,12 +444,18 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
         upstream,
         key,
         request,
+        record,
     })
 }
 
 /// Tries servers as the upstream's retry policy allows and relays the first
 /// response. Returns whether the client connection stays open.
-async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
+async fn forward(
+    conn: &mut Side<'_>,
+    f: &Forwarder,
+    plan: &Plan,
+    record: &mut Option<Box<Record>>,
+) -> bool {
     let exchange = f.stats.request();
     let upstream = &plan.upstream;
     let settings = &upstream.settings;
@@ -434,7 +471,7 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
             if tried.is_empty() {
                 let (status, text) = no_server(upstream);
                 exchange.answered(status.as_u16());
-                return answer(conn, plan, status, &text).await;
+                return answer(conn, plan, status, &text, record).await;
             }
             break;
         };
@@ -443,10 +480,36 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
             close: plan.close || *conn.shutdown.borrow(),
             date: date::now,
         };
-        match attempt(lease.server(), settings, plan, client, conn.response_timer).await {
+        if let Some(r) = record.as_mut() {
+            r.tried(&upstream.name, &lease.server().addr);
+        }
+        let mut connect_time = None;
+        let outcome = attempt(
+            lease.server(),
+            settings,
+            plan,
+            client,
+            conn.response_timer,
+            &mut connect_time,
+        )
+        .await;
+        if let Some(r) = record.as_mut() {
+            r.upstream_connect_time = connect_time;
+        }
+        match outcome {
             Ok(response) => {
                 exchange.answered(response.head.status);
-                return relay(conn, lease, settings, response).await;
+                if let Some(r) = record.as_mut() {
+                    r.upstream_status = Some(response.head.status);
+                    r.upstream_response_time = Some(response.header_time);
+                }
+                let mut sent = (0, 0);
+                let status = response.head.status;
+                let keep = relay(conn, lease, settings, response, &mut sent).await;
+                if let Some(r) = record.as_mut() {
+                    r.finish(status, sent.0, sent.1);
+                }
+                return keep;
             }
             Err(e) => {
                 attempt_failed(upstream, lease.server(), &e);
@@ -456,7 +519,7 @@ async fn forward(conn: &mut Side<'_>, f: &Forwarder, plan: &Plan) -> bool {
     }
     let (status, text) = failure(upstream, tried.len(), last_error.as_ref());
     exchange.answered(status.as_u16());
-    answer(conn, plan, status, &text).await
+    answer(conn, plan, status, &text, record).await
 }
 
 /// A server's response, its head read.
@@ -524,15 +587,23 @@ async fn attempt(
     plan: &Plan,
     client: ClientSide,
     timer: &mut Option<Pin<Box<Sleep>>>,
+    connect_time: &mut Option<Duration>,
 ) -> Result<Response, AttemptError> {
     loop {
         let pooled = server.runtime.pool.checkout_raw();
         let reused = pooled.is_some();
         let mut stream = match pooled {
-            Some(s) => s,
+            Some(s) => {
+                connect_time.get_or_insert(Duration::ZERO);
+                s
+            }
             None => {
                 let limit = settings.timeouts.connect;
-                Box::pin(forward::open_tcp(server, Instant::now() + limit, limit)).await?
+                let began = Instant::now();
+                let opened =
+                    Box::pin(forward::open_tcp(server, Instant::now() + limit, limit)).await;
+                *connect_time = Some(began.elapsed());
+                opened?
             }
         };
         server.runtime.stats.requests.fetch_add(1, Relaxed);
@@ -679,6 +750,7 @@ async fn relay(
     lease: Lease,
     settings: &UpstreamSettings,
     response: Response,
+    sent: &mut (u64, u64),
 ) -> bool {
     let Response {
         stream: mut upstream,
@@ -701,10 +773,12 @@ async fn relay(
     // Bytes past the response: the connection is out of step; not reused.
     let mut clean = end.is_none_or(|e| e == read.len());
     let written = write_two(conn.stream, &client_head, first).await;
+    let head_len = client_head.len() as u64;
     buffers::give(client_head);
     if written.is_err() {
         return give_up(read);
     }
+    *sent = (head_len, first.len() as u64);
     if end.is_none() {
         let read_timeout = settings.timeouts.read;
         loop {
@@ -751,6 +825,7 @@ async fn relay(
             if conn.stream.write_all(&read[..part]).await.is_err() {
                 return give_up(read);
             }
+            sent.1 += part as u64;
             if done {
                 break;
             }
@@ -797,7 +872,13 @@ async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()>
 }
 
 /// An answer of switchyard's own (502, 504), as the hyper path words it.
-async fn answer(conn: &mut Side<'_>, plan: &Plan, status: hyper::StatusCode, text: &str) -> bool {
+async fn answer(
+    conn: &mut Side<'_>,
+    plan: &Plan,
+    status: hyper::StatusCode,
+    text: &str,
+    record: &mut Option<Box<Record>>,
+) -> bool {
     let close = plan.close || *conn.shutdown.borrow();
     let mut out = buffers::take();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -814,6 +895,9 @@ async fn answer(conn: &mut Side<'_>, plan: &Plan, status: hyper::StatusCode, tex
     out.extend_from_slice(b"\r\n\r\n");
     let body = if plan.head_request { "" } else { text };
     let ok = write_two(conn.stream, &out, body.as_bytes()).await.is_ok();
+    if let Some(r) = record.as_mut() {
+        r.finish(status.as_u16(), out.len() as u64, body.len() as u64);
+    }
     buffers::give(out);
     ok && !close
 }

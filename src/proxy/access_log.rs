@@ -1,0 +1,590 @@
+//! Access logs: one line per proxied request, written off the request path.
+//!
+//! A request that is logged carries a [`Record`] (allocated only when its
+//! listener has an access log). Both HTTP paths fill in the same fields — what
+//! the client asked, which servers were tried, what the last one answered and
+//! when — and hand the finished record to the listener's [`AccessLog`]. The
+//! record goes through a bounded channel to a thread of its own, which formats
+//! it (`combined`, `json`, or a template of nginx variables) into a buffer
+//! flushed at least every second and on shutdown. A full channel, a full disk or
+//! a deleted directory never holds a request up: the line is dropped, counted
+//! ([`dropped_total`]), and a warning is logged at most once a minute.
+//! [`reopen_all`] (SIGUSR1, `POST /api/v1/logs/reopen`) makes every writer open
+//! its file again, for logrotate.
+//!
+//! Owns: records, their formats, the writer threads. Does not decide what a
+//! request's status is (the paths do) or where a request goes.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::warn;
+
+use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
+
+/// Lines waiting for the writer; more are dropped (and counted).
+const QUEUE: usize = 16 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Lines dropped by every access log of the process.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The access logs open now, so that one file is written by one writer
+/// (listeners and reloads share it) and all can be reopened.
+static OPEN: Mutex<Vec<Weak<AccessLog>>> = Mutex::new(Vec::new());
+
+/// Lines dropped so far (queue full, write failed, file not open).
+pub fn dropped_total() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Asks every open access log to open its file again; how many there are.
+pub fn reopen_all() -> usize {
+    let logs = live();
+    for l in &logs {
+        l.shared.reopen.store(true, Ordering::Relaxed);
+        let _ = l.tx.try_send(Msg::Wake);
+    }
+    logs.len()
+}
+
+/// Writes out what every access log holds, waiting at most `within` (shutdown).
+pub fn flush_all(within: Duration) {
+    let deadline = Instant::now() + within;
+    for l in live() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if l.tx.try_send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+fn live() -> Vec<Arc<AccessLog>> {
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|w| w.strong_count() > 0);
+    open.iter().filter_map(Weak::upgrade).collect()
+}
+
+enum Msg {
+    Line(Box<Record>),
+    Flush(std::sync::mpsc::Sender<()>),
+    Wake,
+}
+
+struct Shared {
+    reopen: AtomicBool,
+}
+
+/// One access log (a file or stdout, in one format), shared by the listeners
+/// that name it.
+pub struct AccessLog {
+    config: AccessLogConfig,
+    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl AccessLog {
+    /// The access log `config` names: the one already open, or a new one (its
+    /// writer thread started; a file that cannot be opened yet is retried).
+    pub fn open(config: &AccessLogConfig) -> Arc<AccessLog> {
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|w| w.strong_count() > 0);
+        if let Some(existing) = open
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|l| l.config == *config)
+        {
+            return existing;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            reopen: AtomicBool::new(false),
+        });
+        let log = Arc::new(AccessLog {
+            config: config.clone(),
+            tx,
+            shared: Arc::clone(&shared),
+        });
+        let writer = Writer::new(config.clone(), shared);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run(rx));
+        if let Err(e) = spawned {
+            warn!(error = %e, "access log: cannot start its writer thread; lines will be dropped");
+        }
+        open.push(Arc::downgrade(&log));
+        log
+    }
+
+    /// Hands a finished record to the writer (never waits).
+    pub fn write(&self, record: Box<Record>) {
+        match self.tx.try_send(Msg::Line(record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What one request leaves in the access log.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub time: Option<SystemTime>,
+    pub start: Option<Instant>,
+    pub remote_addr: Option<SocketAddr>,
+    pub method: String,
+    pub uri: String,
+    pub protocol: &'static str,
+    pub host: String,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub body_bytes_sent: u64,
+    pub request_time: Duration,
+    pub upstream: String,
+    /// The last server tried.
+    pub upstream_addr: String,
+    pub upstream_status: Option<u16>,
+    pub upstream_response_time: Option<Duration>,
+    pub upstream_connect_time: Option<Duration>,
+    pub tries: u32,
+    pub request_id: String,
+    pub user_agent: String,
+    pub referer: String,
+}
+
+impl Record {
+    /// A record for a request that starts now.
+    pub fn start(remote: SocketAddr) -> Box<Record> {
+        Box::new(Record {
+            time: Some(SystemTime::now()),
+            start: Some(Instant::now()),
+            remote_addr: Some(remote),
+            protocol: "HTTP/1.1",
+            ..Record::default()
+        })
+    }
+
+    /// A server is tried (again).
+    pub fn tried(&mut self, upstream: &str, server: &str) {
+        if self.upstream.is_empty() {
+            self.upstream = upstream.to_string();
+        }
+        self.upstream_addr.clear();
+        self.upstream_addr.push_str(server);
+        self.tries += 1;
+        self.upstream_status = None;
+    }
+
+    /// Ends the record: the status the client got and the bytes sent to it.
+    pub fn finish(&mut self, status: u16, head_bytes: u64, body_bytes: u64) {
+        self.status = status;
+        self.body_bytes_sent = body_bytes;
+        self.bytes_sent = head_bytes + body_bytes;
+        self.request_time = self.start.map_or(Duration::ZERO, |s| s.elapsed());
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// nginx's `$time_local`: `03/Dec/2026:12:00:00 +0000` (UTC).
+fn time_local(t: SystemTime) -> String {
+    let iso = humantime::format_rfc3339_seconds(t).to_string(); // 2026-12-03T12:00:00Z
+    let (date, time) = iso.split_once('T').unwrap_or((&iso, "00:00:00Z"));
+    let mut parts = date.splitn(3, '-');
+    let (y, m, d) = (
+        parts.next().unwrap_or("1970"),
+        parts.next().unwrap_or("01"),
+        parts.next().unwrap_or("01"),
+    );
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = m
+        .parse::<usize>()
+        .ok()
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
+        .unwrap_or(&"Jan");
+    format!("{d}/{month}/{y}:{} +0000", time.trim_end_matches('Z'))
+}
+
+fn time_iso8601(t: SystemTime) -> String {
+    let iso = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}+00:00", iso.trim_end_matches('Z'))
+}
+
+/// A value of `record` by nginx variable name (`-` where there is none).
+fn variable(r: &Record, name: &str) -> String {
+    let t = r.time.unwrap_or(SystemTime::UNIX_EPOCH);
+    match name {
+        "remote_addr" => r.remote_addr.map_or("-".into(), |a| a.ip().to_string()),
+        "remote_user" => "-".into(),
+        "time_local" => time_local(t),
+        "time_iso8601" => time_iso8601(t),
+        "request" => format!("{} {} {}", r.method, r.uri, r.protocol),
+        "request_method" => r.method.clone(),
+        "request_uri" => r.uri.clone(),
+        "server_protocol" => r.protocol.into(),
+        "host" => or_dash(&r.host).into(),
+        "status" => r.status.to_string(),
+        "bytes_sent" => r.bytes_sent.to_string(),
+        "body_bytes_sent" => r.body_bytes_sent.to_string(),
+        "request_time" => secs(r.request_time),
+        "upstream" => or_dash(&r.upstream).into(),
+        "upstream_addr" => or_dash(&r.upstream_addr).into(),
+        "upstream_status" => r.upstream_status.map_or("-".into(), |s| s.to_string()),
+        "upstream_response_time" => r.upstream_response_time.map_or("-".into(), secs),
+        "upstream_connect_time" => r.upstream_connect_time.map_or("-".into(), secs),
+        "upstream_tries" => r.tries.to_string(),
+        "request_id" => or_dash(&r.request_id).into(),
+        "http_user_agent" => or_dash(&r.user_agent).into(),
+        "http_referer" => or_dash(&r.referer).into(),
+        _ => "-".into(),
+    }
+}
+
+/// A compiled format.
+enum Format {
+    Combined,
+    Json,
+    /// Literal text and variable names, alternating (text first).
+    Template(Vec<(String, Option<String>)>),
+}
+
+impl Format {
+    fn new(f: &AccessLogFormat) -> Format {
+        match f {
+            AccessLogFormat::Combined => Format::Combined,
+            AccessLogFormat::Json => Format::Json,
+            AccessLogFormat::Template(t) => Format::Template(compile(t)),
+        }
+    }
+
+    fn line(&self, r: &Record, out: &mut String) {
+        match self {
+            Format::Combined => {
+                let _ = write!(
+                    out,
+                    "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\"",
+                    variable(r, "remote_addr"),
+                    variable(r, "time_local"),
+                    escape(&variable(r, "request")),
+                    r.status,
+                    r.body_bytes_sent,
+                    escape(or_dash(&r.referer)),
+                    escape(or_dash(&r.user_agent)),
+                );
+            }
+            Format::Json => {
+                let opt_secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+                let v = serde_json::json!({
+                    "time": variable(r, "time_iso8601"),
+                    "remote_addr": r.remote_addr.map(|a| a.ip().to_string()),
+                    "method": r.method,
+                    "uri": r.uri,
+                    "protocol": r.protocol,
+                    "host": r.host,
+                    "status": r.status,
+                    "bytes_sent": r.bytes_sent,
+                    "body_bytes_sent": r.body_bytes_sent,
+                    "request_time": r.request_time.as_secs_f64(),
+                    "upstream": (!r.upstream.is_empty()).then_some(&r.upstream),
+                    "upstream_addr": (!r.upstream_addr.is_empty()).then_some(&r.upstream_addr),
+                    "upstream_status": r.upstream_status,
+                    "upstream_response_time": opt_secs(r.upstream_response_time),
+                    "upstream_connect_time": opt_secs(r.upstream_connect_time),
+                    "tries": r.tries,
+                    "request_id": r.request_id,
+                    "user_agent": r.user_agent,
+                    "referer": r.referer,
+                });
+                out.push_str(&v.to_string());
+            }
+            Format::Template(parts) => {
+                for (text, var) in parts {
+                    out.push_str(text);
+                    if let Some(v) = var {
+                        out.push_str(&escape(&variable(r, v)));
+                    }
+                }
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// Bytes a client sent that must not break a line or forge a field: control
+/// characters, `"` and `\` escaped as nginx escapes them (`\xHH`).
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+fn compile(template: &str) -> Vec<(String, Option<String>)> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        text.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let (name, after) = if let Some(inner) = rest.strip_prefix('{') {
+            match inner.find('}') {
+                Some(end) => (&inner[..end], &inner[end + 1..]),
+                None => ("", inner),
+            }
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        parts.push((std::mem::take(&mut text), Some(name.to_string())));
+        rest = after;
+    }
+    text.push_str(rest);
+    parts.push((text, None));
+    parts
+}
+
+/// The writer thread's state.
+struct Writer {
+    config: AccessLogConfig,
+    format: Format,
+    shared: Arc<Shared>,
+    out: Option<Box<dyn std::io::Write + Send>>,
+    buf: String,
+    last_warning: Option<Instant>,
+    last_open_try: Option<Instant>,
+}
+
+impl Writer {
+    fn new(config: AccessLogConfig, shared: Arc<Shared>) -> Writer {
+        let format = Format::new(&config.format);
+        Writer {
+            config,
+            format,
+            shared,
+            out: None,
+            buf: String::with_capacity(64 * 1024),
+            last_warning: None,
+            last_open_try: None,
+        }
+    }
+
+    fn warn(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            self.last_warning = Some(Instant::now());
+            warn!(
+                path = %self.describe(),
+                error = %error,
+                dropped_total = dropped_total(),
+                "access log: {what}; lines are dropped (and counted) until it works again"
+            );
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.config.path {
+            AccessLogTarget::Stdout => "-".into(),
+            AccessLogTarget::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn open(&mut self) {
+        self.last_open_try = Some(Instant::now());
+        self.out = match &self.config.path {
+            AccessLogTarget::Stdout => Some(Box::new(std::io::stdout())),
+            AccessLogTarget::File(p) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
+                Ok(f) => Some(Box::new(f)),
+                Err(e) => {
+                    self.warn("cannot open the file", &e);
+                    None
+                }
+            },
+        };
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let lines = self.buf.matches('\n').count() as u64;
+        if self.out.is_none()
+            && self
+                .last_open_try
+                .is_none_or(|t| t.elapsed() >= FLUSH_EVERY)
+        {
+            self.open();
+        }
+        let result = match &mut self.out {
+            Some(out) => out
+                .write_all(self.buf.as_bytes())
+                .and_then(|()| out.flush()),
+            None => Err(std::io::Error::other("the file is not open")),
+        };
+        if let Err(e) = result {
+            DROPPED.fetch_add(lines, Ordering::Relaxed);
+            self.warn("cannot write", &e);
+            // A file that failed is opened again at the next flush.
+            if matches!(self.config.path, AccessLogTarget::File(_)) {
+                self.out = None;
+            }
+        }
+        self.buf.clear();
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        self.open();
+        loop {
+            if self.shared.reopen.swap(false, Ordering::Relaxed) {
+                self.flush();
+                self.open();
+            }
+            match rx.recv_timeout(FLUSH_EVERY) {
+                Ok(Msg::Line(r)) => {
+                    self.format.line(&r, &mut self.buf);
+                    if self.buf.len() >= 60 * 1024 {
+                        self.flush();
+                    }
+                }
+                Ok(Msg::Flush(done)) => {
+                    self.flush();
+                    let _ = done.send(());
+                }
+                Ok(Msg::Wake) => {}
+                Err(RecvTimeoutError::Timeout) => self.flush(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_300_000)), // 2026-12-03 12:13:20Z
+            remote_addr: Some("10.0.0.9:5555".parse().unwrap()),
+            method: "GET".into(),
+            uri: "/a?b=1".into(),
+            protocol: "HTTP/1.1",
+            host: "example.com".into(),
+            status: 200,
+            bytes_sent: 120,
+            body_bytes_sent: 3,
+            request_time: Duration::from_millis(12),
+            upstream: "web".into(),
+            upstream_addr: "127.0.0.1:9001".into(),
+            upstream_status: Some(200),
+            upstream_response_time: Some(Duration::from_millis(10)),
+            upstream_connect_time: None,
+            tries: 1,
+            request_id: "abc".into(),
+            user_agent: "curl/8 \"x\"".into(),
+            referer: String::new(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn combined_is_nginxs_combined_format() {
+        let mut out = String::new();
+        Format::Combined.line(&sample(), &mut out);
+        assert_eq!(
+            out,
+            "10.0.0.9 - - [03/Dec/2026:12:13:20 +0000] \"GET /a?b=1 HTTP/1.1\" 200 3 \"-\" \"curl/8 \\x22x\\x22\"\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_every_field() {
+        let mut out = String::new();
+        Format::Json.line(&sample(), &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["upstream_addr"], "127.0.0.1:9001");
+        assert_eq!(v["request_time"], 0.012);
+        assert_eq!(v["upstream_connect_time"], serde_json::Value::Null);
+        assert_eq!(v["time"], "2026-12-03T12:13:20+00:00");
+        for key in [
+            "time",
+            "remote_addr",
+            "method",
+            "uri",
+            "protocol",
+            "host",
+            "status",
+            "bytes_sent",
+            "request_time",
+            "upstream",
+            "upstream_addr",
+            "upstream_status",
+            "upstream_response_time",
+            "upstream_connect_time",
+            "tries",
+            "request_id",
+            "user_agent",
+            "referer",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing: {v}");
+        }
+    }
+
+    #[test]
+    fn templates_use_nginx_variable_names() {
+        let f = Format::new(&AccessLogFormat::Template(
+            "$remote_addr ${upstream_addr} $status $request_time $upstream_connect_time end".into(),
+        ));
+        let mut out = String::new();
+        f.line(&sample(), &mut out);
+        assert_eq!(out, "10.0.0.9 127.0.0.1:9001 200 0.012 - end\n");
+    }
+
+    #[test]
+    fn a_record_counts_its_tries_and_keeps_the_last_server() {
+        let mut r = Record::start("127.0.0.1:1".parse().unwrap());
+        r.tried("web", "127.0.0.1:9001");
+        r.upstream_status = Some(502);
+        r.tried("web", "127.0.0.1:9002");
+        r.finish(200, 100, 5);
+        assert_eq!((r.tries, r.upstream_addr.as_str()), (2, "127.0.0.1:9002"));
+        assert_eq!(r.upstream_status, None);
+        assert_eq!((r.bytes_sent, r.body_bytes_sent), (105, 5));
+    }
+}
