@@ -157,6 +157,64 @@ async fn without_shutdown_delay_the_listeners_close_at_once() {
     assert!(signalled.elapsed() < Duration::from_secs(2));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_readyz_waits_for_the_store_once() {
+    if !support::etcd::available() {
+        return;
+    }
+    let app = named("app").await;
+    let mut etcd = support::etcd::Etcd::start();
+    etcd.stop();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let text = format!(
+        "{}\n[cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/switchyard/readyz-{}-{nanos}\"\ntimeout = \"1s\"\n",
+        config(app.addr, ""),
+        etcd.endpoint(),
+        std::process::id()
+    );
+    // Started while etcd is down: serving from the configuration, not ready.
+    let sy = Switchyard::run_config_with_admin(&text, 1);
+    let (admin, data) = (sy.admin(), sy.addr());
+    let r = get(admin, "/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(
+        r.body
+            .starts_with("not ready: not in step with the cluster store yet: "),
+        "{}",
+        r.body
+    );
+    assert_eq!(get(admin, "/livez").await.status, StatusCode::OK);
+    assert_eq!(get(data, "/api/x").await.status, StatusCode::OK);
+    // etcd comes: ready once the table is in step.
+    etcd.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(admin, "/readyz").await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}: {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // etcd goes again: the instance knows, and stays ready (latched).
+    etcd.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&get(admin, "/api/v1/cluster").await.body).unwrap();
+        if v["connected"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still connected: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(get(data, "/api/x").await.status, StatusCode::OK);
+}
+
 /// One request on a new HTTP/2 (prior knowledge) connection.
 async fn h2_get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
