@@ -580,7 +580,6 @@ impl Collector for ListenerCollector {
                 }
             }
         }
-        // The access log's dropped lines go here (`access_log_dropped`).
         {
             let mut m = enc.encode_descriptor(
                 "build",
