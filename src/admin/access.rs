@@ -26,6 +26,25 @@ pub struct Denied {
     pub message: String,
 }
 
+/// What one client may do, as `GET /api/v1/whoami` tells it: the dashboard
+/// shows its buttons only where a change would be let through.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// The client's address, as the rules see it.
+    pub client: String,
+    /// Changes from this client pass `read_only` and the write rules (the
+    /// token, when one is set, is still needed on each change).
+    pub write: bool,
+    /// Why not, when `write` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub read_only: bool,
+    /// Changes need `Authorization: Bearer TOKEN`.
+    pub token_required: bool,
+    /// This request carried the valid token.
+    pub token_valid: bool,
+}
+
 /// Whether `method` changes anything.
 pub fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -87,6 +106,29 @@ impl Access {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
+    }
+
+    /// What `client` may do, the request's own token taken into account. Reads
+    /// are allowed (the request that asks got through the rules).
+    pub fn capabilities(&self, client: IpAddr, headers: &HeaderMap) -> Capabilities {
+        let client = client.to_canonical();
+        let reason = if self.read_only {
+            Some("the admin API is read-only (read_only = true)".to_string())
+        } else if let Some(rules) = &self.write_rules
+            && !matches(rules, client)
+        {
+            Some(format!("{client} may read but not change the table"))
+        } else {
+            None
+        };
+        Capabilities {
+            client: client.to_string(),
+            write: reason.is_none(),
+            reason,
+            read_only: self.read_only,
+            token_required: self.token.is_some(),
+            token_valid: self.has_token(headers),
+        }
     }
 
     /// Decides a request from `client`.
@@ -256,6 +298,41 @@ mod tests {
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(a.check(ip("127.0.0.1"), &Method::POST, &h).is_err());
         assert!(a.check(ip("127.0.0.1"), &Method::GET, &h).is_ok());
+    }
+
+    #[test]
+    fn capabilities_follow_the_rules_that_decide_a_write() {
+        let h = HeaderMap::new();
+        let open = access(&[], None, None).capabilities(ip("127.0.0.1"), &h);
+        assert!(open.write && !open.token_required && !open.token_valid);
+        assert_eq!(open.reason, None);
+
+        let mut ro = access(&[], None, None);
+        ro.read_only = true;
+        let c = ro.capabilities(ip("127.0.0.1"), &h);
+        assert!(!c.write && c.read_only);
+        assert!(c.reason.unwrap().contains("read_only"));
+
+        let a = access(
+            &["allow 127.0.0.0/8"],
+            Some(&["allow 127.0.0.1/32"]),
+            Some("sixteen-chars-token"),
+        );
+        let reader = a.capabilities(ip("127.0.0.2"), &h);
+        assert!(!reader.write && reader.token_required);
+        assert_eq!(reader.client, "127.0.0.2");
+        // Judged as a write would be: IPv4-mapped clients as IPv4.
+        let writer = a.capabilities(ip("::ffff:127.0.0.1"), &h);
+        assert!(writer.write && !writer.token_valid);
+        assert_eq!(writer.client, "127.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        assert!(!a.capabilities(ip("127.0.0.1"), &h).token_valid);
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer sixteen-chars-token".parse().unwrap(),
+        );
+        assert!(a.capabilities(ip("127.0.0.1"), &h).token_valid);
     }
 
     #[test]

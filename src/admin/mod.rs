@@ -265,6 +265,7 @@ pub fn router_with_reload(
         .route("/api/v1/events", get(native::events))
         .route("/api/v1/tls/reload", post(tls_reload))
         .route("/api/v1/cluster", get(native::cluster))
+        .route("/api/v1/whoami", get(native::whoami))
         .route("/api/v1/reload", post(reload_config))
         .route("/api/v1/logs/reopen", post(reopen_logs))
         .route("/healthcheck", get(status::handle))

@@ -542,6 +542,16 @@ pub(super) async fn cluster(State(app): State<AppState>) -> Response {
     }
 }
 
+/// `GET /api/v1/whoami`: what this client may do (the dashboard asks, to show
+/// its buttons only to those whose changes would be let through).
+pub(super) async fn whoami(
+    State(app): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Json<super::access::Capabilities> {
+    Json(app.access.capabilities(client.ip(), &headers))
+}
+
 pub(super) async fn list_upstreams(State(app): State<AppState>) -> Json<Vec<UpstreamView>> {
     let t = app.table.load();
     let now = now();
