@@ -652,6 +652,36 @@ async fn https_get(addr: SocketAddr, der: &[u8], path: &str) -> StatusCode {
     status
 }
 
+/// Where `promtool` is installed (not on CI: the strict reader above is the
+/// check there), `promtool check metrics` must pass the text without a word.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}",
+        out.status
+    );
+}
+
 async fn scrape(admin: SocketAddr, accept: Option<&str>) -> support::Reply {
     let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
     let r = call(admin, Method::GET, "/metrics", &headers, "").await;
@@ -732,6 +762,7 @@ async fn metrics_in_both_formats_count_the_traffic_sent() {
             "{accept:?}"
         );
         let m = parse_strict(&r.body, false);
+        promtool_check(&r.body);
         let lis = [("listener", l.as_str())];
         let code = |c| [("listener", l.as_str()), ("code", c)];
         let family = "switchyard_listener_requests_total";
