@@ -565,7 +565,8 @@ async fn a_body_over_one_mebibyte_is_413_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_path_is_404_with_a_json_error() {
     let r = rig().await;
-    for path in ["/api/v1/nope", "/", "/api/v1/upstreams/default/x"] {
+    // (`/` is the dashboard page.)
+    for path in ["/api/v1/nope", "/nope", "/api/v1/upstreams/default/x"] {
         let reply = Call::get(path).send(r.admin).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}: {reply}");
         assert!(is_json(&reply), "{path}: {reply:?}");

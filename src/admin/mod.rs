@@ -5,9 +5,11 @@
 //! ([`ups_api`]) and the NGINX Plus API ([`nginx`]) — parses its input into `upstream::Command`s and hands them to
 //! `Table::apply_as`; none of them touches the table any other way. The status
 //! page ([`status`]) and `/metrics` ([`metrics`]) only read. Access control
-//! ([`access`]) runs before any handler.
+//! ([`access`]) runs before any handler. `GET /` is the dashboard ([`dashboard`]),
+//! a page that uses the same API.
 
 pub mod access;
+mod dashboard;
 mod error;
 pub mod metrics;
 mod native;
@@ -281,6 +283,7 @@ pub fn router_with_reload(
         .route("/api", any(nginx::handle_root))
         .route("/api/", any(nginx::handle_root))
         .route("/api/{*rest}", any(nginx::handle))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(middleware::from_fn_with_state(state.clone(), guard))
