@@ -499,25 +499,42 @@ fn reopen_access_logs_on_usr1() -> Option<tokio::task::JoinHandle<()>> {
     None
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled: a signal that arrives after the readiness lines
+/// but before the serve loop then stops the process gracefully instead of
+/// killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, signal = name, "cannot listen for the signal");
+                None
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+        };
+        let mut term = install(SignalKind::terminate(), "SIGTERM");
+        let mut int = install(SignalKind::interrupt(), "SIGINT");
+        async fn recv(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        async move {
+            tokio::select! {
+                _ = recv(&mut term) => {}
+                _ = recv(&mut int) => {}
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Builds the table from the config and the saved state. A state file that
@@ -611,6 +628,7 @@ async fn serve(
             state.discard_bad_state,
         )?),
     };
+    let shutdown = shutdown_signal();
     let proxy = Proxy::bind_with_workers(&cfg, Arc::clone(&table), workers.handles()).await?;
     let checker = crate::health::active::spawn(Arc::clone(&table));
     for (addr, tls) in proxy.local_addrs().into_iter().zip(proxy.tls_flags()) {
@@ -644,7 +662,7 @@ async fn serve(
     }
     ready();
     let usr1 = reopen_access_logs_on_usr1();
-    let outcome = proxy.run(shutdown_signal()).await;
+    let outcome = proxy.run(shutdown).await;
     if let Some(h) = usr1 {
         h.abort();
     }

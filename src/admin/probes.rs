@@ -4,7 +4,7 @@
 //!
 //! - `/livez`: 200 while the process runs (the admin API answering is the
 //!   proof; it has its own thread and runtime).
-//! - `/readyz`: 200 once the listeners accept and the table is loaded (and,
+//! - `/readyz`: 200 once the listeners are bound and the table is loaded (and,
 //!   with `[cluster]`, has been in step with the store), 503 with the reason
 //!   otherwise — from the moment SIGTERM arrives (see
 //!   [`crate::proxy::readiness`]).

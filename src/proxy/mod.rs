@@ -408,6 +408,9 @@ impl Proxy {
             listeners.push(b);
         }
         stats::loaded();
+        // Bound: the kernel queues connections from now on, and the accept
+        // loops start with `run`.
+        readiness.set_serving();
         Ok(Proxy {
             listeners,
             handle: ProxyHandle {
@@ -479,7 +482,6 @@ impl Proxy {
                 running.listeners.push(live);
             }
         }
-        shared.readiness.set_serving();
         shutdown.await;
         shared.readiness.set_shutting_down();
         if !shared.delay.is_zero() {

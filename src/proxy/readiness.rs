@@ -2,8 +2,9 @@
 //! admin listener and a listener's `health_uri` answer.
 //!
 //! One [`Readiness`] per [`super::Proxy`]: `Starting` while the listeners are
-//! bound but not accepting yet, `Serving` once their accept loops run,
-//! `ShuttingDown` from the moment the shutdown signal (SIGTERM, SIGINT) arrives
+//! being bound, `Serving` once they all are (the kernel queues connections
+//! from then on; the accept loops start right after), `ShuttingDown` from the
+//! moment the shutdown signal (SIGTERM, SIGINT) arrives
 //! — before `[runtime] shutdown_delay` and the listeners closing, so that an
 //! outer balancer probing either endpoint stops sending first.
 //!
@@ -30,9 +31,9 @@ use crate::upstream::Table;
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Listeners bound, not accepting yet.
+    /// Listeners being bound.
     Starting,
-    /// Accepting and serving.
+    /// Listeners bound: serving.
     Serving,
     /// The shutdown signal arrived.
     ShuttingDown,
@@ -64,7 +65,7 @@ impl Readiness {
         }
     }
 
-    /// The listeners accept: ready (unless shutting down already).
+    /// The listeners are bound: ready (unless shutting down already).
     pub fn set_serving(&self) {
         let _ = self
             .phase
@@ -84,7 +85,7 @@ impl Readiness {
     /// table in step with the store (once; see the module's doc).
     pub fn check(&self, table: &Table) -> Result<(), String> {
         match self.phase() {
-            Phase::Starting => return Err("listeners are not accepting yet".into()),
+            Phase::Starting => return Err("listeners are not bound yet".into()),
             Phase::ShuttingDown => return Err("shutting down".into()),
             Phase::Serving => {}
         }
@@ -213,7 +214,7 @@ mod tests {
         );
         let table = Table::from_config(&config).unwrap();
         let r = Readiness::new();
-        assert!(r.check(&table).unwrap_err().contains("not accepting"));
+        assert!(r.check(&table).unwrap_err().contains("not bound"));
         r.set_serving();
         assert_eq!(r.check(&table), Ok(()));
         r.set_shutting_down();
