@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
-use super::access_log::{AccessLog, Record};
+use super::access_log::{AccessLog, Record, Text};
 use super::body::{LoggedBody, ProxyBody, UpstreamBody, UpstreamResponse};
 use super::io::UpstreamIo;
 use super::pool::Sender;
@@ -634,26 +634,21 @@ impl Forwarder {
 /// The access-log record of a request that starts now.
 fn record_of<B>(req: &Request<B>, client: &Client) -> Box<Record> {
     let mut r = Record::start(client.addr);
-    let text = |name: &HeaderName| {
-        req.headers()
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default()
-    };
-    r.method = req.method().as_str().to_string();
-    r.uri = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string());
+    let header = |name: &HeaderName| req.headers().get(name).map_or(&b""[..], |v| v.as_bytes());
+    r.set(Text::Method, req.method().as_str().as_bytes());
+    match req.uri().path_and_query() {
+        Some(pq) => r.set(Text::Uri, pq.as_str().as_bytes()),
+        None => r.set(Text::Uri, req.uri().to_string().as_bytes()),
+    }
     r.protocol = match req.version() {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
     };
-    r.host = request_host(req).unwrap_or_default().to_string();
-    r.request_id = text(&X_REQUEST_ID);
-    r.user_agent = text(&header::USER_AGENT);
-    r.referer = text(&header::REFERER);
+    r.set(Text::Host, request_host(req).unwrap_or_default().as_bytes());
+    r.set(Text::RequestId, header(&X_REQUEST_ID));
+    r.set(Text::UserAgent, header(&header::USER_AGENT));
+    r.set(Text::Referer, header(&header::REFERER));
     r
 }
 

@@ -43,7 +43,7 @@ use tracing::debug;
 
 use self::chunked::ChunkedScan;
 use self::head::{ClientSide, Framing, Parsed, ParsedResponse, RequestHead, ResponseHead};
-use super::access_log::Record;
+use super::access_log::{Record, Text};
 use super::forward::{
     self, AttemptError, Client, Forwarder, KeySource, attempt_failed, failure, no_server,
     pick_next, request_key,
@@ -424,16 +424,18 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
     }
     request.extend_from_slice(b"\r\n");
     let record = f.access_log.as_ref().map(|_| {
-        let text = |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).into_owned());
         let mut r = Record::start(client.addr);
-        r.method = String::from_utf8_lossy(head.method.as_bytes()).into_owned();
-        r.uri = head.target.to_string();
-        r.host = forward::host_without_port(head.host)
-            .unwrap_or_default()
-            .to_string();
-        r.request_id = text(made_id.as_ref().map(|id| &id[..]).or(sent_id)).unwrap_or_default();
-        r.user_agent = text(head.header("user-agent")).unwrap_or_default();
-        r.referer = text(head.header("referer")).unwrap_or_default();
+        r.set(Text::Method, head.method.as_bytes());
+        r.set(Text::Uri, head.target.as_bytes());
+        let host = forward::host_without_port(head.host).unwrap_or_default();
+        r.set(Text::Host, host.as_bytes());
+        let id = made_id.as_ref().map(|id| &id[..]).or(sent_id);
+        r.set(Text::RequestId, id.unwrap_or_default());
+        r.set(
+            Text::UserAgent,
+            head.header("user-agent").unwrap_or_default(),
+        );
+        r.set(Text::Referer, head.header("referer").unwrap_or_default());
         r
     });
     Planned::Forward(Plan {
