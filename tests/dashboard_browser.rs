@@ -225,6 +225,19 @@ impl Browser {
         v.as_str().unwrap_or("").to_string()
     }
 
+    /// A field of the fleet panel, or `None` while the panel is hidden.
+    async fn fleet(&self, field: &str) -> Option<String> {
+        let v = self
+            .js(
+                "const f = document.getElementById('fleet');
+                 const d = f.querySelector(`[data-field=\"fleet_${arguments[0]}\"]`);
+                 return f.hidden || !d ? null : d.textContent;",
+                vec![json!(field)],
+            )
+            .await;
+        v.as_str().map(String::from)
+    }
+
     /// The page's own timings (`window.__dash.perf`).
     async fn perf(&self) -> Value {
         self.js("return window.__dash.perf", vec![]).await
@@ -485,6 +498,13 @@ async fn the_page_follows_the_table_and_its_buttons_change_it() {
     browser
         .js("window.__no_reload = 42; return null", vec![])
         .await;
+    assert_eq!(
+        browser
+            .js("return document.getElementById('fleet').hidden", vec![])
+            .await,
+        json!(true),
+        "no [cluster]: no fleet panel"
+    );
 
     // A change made elsewhere shows within 2 s, without a reload.
     let r = Call::patch(
@@ -1005,6 +1025,53 @@ if (go) {{
         "{refused} refusals logged; stderr:\n{}",
         sy.stderr()
     );
+    browser.close().await;
+}
+
+/// With `[cluster]`, the fleet panel shows the store and whether this instance
+/// is connected to it, and says so when it is not any more.
+#[tokio::test]
+async fn the_fleet_panel_follows_the_cluster() {
+    let _turn = ONE_BROWSER.lock().await;
+    if !support::etcd::available() {
+        return;
+    }
+    let Some(browser) = Browser::start("the_fleet_panel_follows_the_cluster").await else {
+        return;
+    };
+    let mut etcd = support::etcd::Etcd::start();
+    let alpha = support::named("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\nstate_file = \"{state}\"\n\
+         [cluster]\nstore = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/dash\"\ntimeout = \"1s\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ upstream = \"app\" }}]\n\
+         [upstream.app]\nservers = [{{ addr = \"{a}\" }}]\n",
+        state = dir.path().join("state.json").display(),
+        endpoint = etcd.endpoint(),
+        a = alpha.addr,
+    );
+    let sy = Switchyard::run_config_with_admin(&text, 1);
+    browser.open_dashboard(sy.admin()).await;
+    wait_until(
+        "the fleet panel, connected",
+        Duration::from_secs(10),
+        || async { (browser.fleet("connected").await.as_deref() == Some("yes")).then_some(()) },
+    )
+    .await;
+    let store = browser.fleet("store").await.unwrap();
+    assert!(
+        store.contains(&etcd.endpoint()) && store.contains("/dash"),
+        "{store}"
+    );
+    etcd.stop();
+    wait_until(
+        "the fleet panel to say disconnected",
+        Duration::from_secs(20),
+        || async { (browser.fleet("connected").await.as_deref() == Some("no")).then_some(()) },
+    )
+    .await;
+    browser.assert_no_errors().await;
     browser.close().await;
 }
 
