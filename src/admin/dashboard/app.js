@@ -292,7 +292,8 @@
       lastOk = now;
       sample(data, now);
       render(data);
-      if (clusterOn) await pollCluster();
+      // The fleet panel is extra: its failure does not make the table stale.
+      if (clusterOn) await pollCluster().catch(() => {});
     } catch (e) {
       dash.pollErrors++;
       dash.lastPollError = String(e.message || e);
