@@ -629,6 +629,9 @@ async fn serve(
         )?),
     };
     let shutdown = shutdown_signal();
+    // Before the listeners print their lines: a SIGUSR1 from then on reopens
+    // the access logs instead of ending the process (its default action).
+    let usr1 = reopen_access_logs_on_usr1();
     let proxy = Proxy::bind_with_workers(&cfg, Arc::clone(&table), workers.handles()).await?;
     let checker = crate::health::active::spawn(Arc::clone(&table));
     for (addr, tls) in proxy.local_addrs().into_iter().zip(proxy.tls_flags()) {
@@ -661,7 +664,6 @@ async fn serve(
         info!(file = %path.display(), "changes are saved to the state file");
     }
     ready();
-    let usr1 = reopen_access_logs_on_usr1();
     let outcome = proxy.run(shutdown).await;
     if let Some(h) = usr1 {
         h.abort();
