@@ -183,7 +183,9 @@ impl Record {
     /// A record for a request that starts now.
     pub fn start(remote: SocketAddr) -> Box<Record> {
         Box::new(Record {
-            time: Some(SystemTime::now()),
+            // The writer stamps the time when it takes the line (within
+            // DRAIN_EVERY of the request's end): one clock read fewer here.
+            time: None,
             start: Some(Instant::now()),
             remote_addr: Some(remote),
             protocol: "HTTP/1.1",
@@ -262,7 +264,7 @@ fn time_iso8601(t: SystemTime) -> String {
 
 /// A value of `record` by nginx variable name (`-` where there is none).
 fn variable(r: &Record, name: &str) -> String {
-    let t = r.time.unwrap_or(SystemTime::UNIX_EPOCH);
+    let t = r.time.unwrap_or_else(SystemTime::now);
     match name {
         "remote_addr" => r.remote_addr.map_or("-".into(), |a| a.ip().to_string()),
         "remote_user" => "-".into(),
@@ -353,12 +355,10 @@ impl Format {
                 json_field(out, "host", r.get(Text::Host));
                 let _ = write!(
                     out,
-                    ",\"status\":{},\"bytes_sent\":{},\"body_bytes_sent\":{},\"request_time\":{}",
-                    r.status,
-                    r.bytes_sent,
-                    r.body_bytes_sent,
-                    r.request_time.as_secs_f64()
+                    ",\"status\":{},\"bytes_sent\":{},\"body_bytes_sent\":{},\"request_time\":",
+                    r.status, r.bytes_sent, r.body_bytes_sent,
                 );
+                seconds_into(out, r.request_time);
                 json_opt(out, "upstream", r.get(Text::Upstream));
                 json_opt(out, "upstream_addr", r.get(Text::UpstreamAddr));
                 out.push_str(",\"upstream_status\":");
@@ -374,9 +374,7 @@ impl Format {
                 ] {
                     let _ = write!(out, ",\"{name}\":");
                     match d {
-                        Some(d) => {
-                            let _ = write!(out, "{:?}", d.as_secs_f64());
-                        }
+                        Some(d) => seconds_into(out, d),
                         None => out.push_str("null"),
                     }
                 }
@@ -407,7 +405,20 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// Seconds with microseconds, as a JSON number (`0.001234`), without float
+/// formatting.
+fn seconds_into(out: &mut String, d: Duration) {
+    let _ = write!(out, "{}.{:06}", d.as_secs(), d.subsec_micros());
+}
+
 fn escape_into(out: &mut String, s: &str) {
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
+    {
+        out.push_str(s);
+        return;
+    }
     for b in s.bytes() {
         if b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f {
             let _ = write!(out, "\\x{b:02X}");
@@ -436,6 +447,11 @@ fn json_opt(out: &mut String, name: &str, value: &str) {
 
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -455,6 +471,8 @@ fn json_string(out: &mut String, s: &str) {
 /// The two time spellings, made once per second rather than once per line.
 #[derive(Default)]
 struct Clock {
+    /// The time of lines that carry none (read once per batch).
+    now: Option<SystemTime>,
     second: u64,
     local: String,
     iso: String,
@@ -462,7 +480,7 @@ struct Clock {
 
 impl Clock {
     fn refresh(&mut self, t: Option<SystemTime>) {
-        let t = t.unwrap_or(SystemTime::UNIX_EPOCH);
+        let t = t.or(self.now).unwrap_or_else(SystemTime::now);
         let second = t
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -606,6 +624,7 @@ impl Writer {
 
     /// Formats what the queue holds, writing out whenever the buffer fills.
     fn drain(&mut self) {
+        self.clock.now = Some(SystemTime::now());
         while let Some(r) = self.shared.lines.pop() {
             self.format.line(&r, &mut self.clock, &mut self.buf);
             if self.buf.len() >= 60 * 1024 {
