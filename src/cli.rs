@@ -171,7 +171,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let workers = workers.or(cfg.runtime.workers);
             let (rt, workers) = runtimes(workers)?;
-            rt.block_on(serve(cfg, Some(config), None, state, &workers, || ()))
+            rt.block_on(serve(cfg, Some(config), None, state, &workers, |_| ()))
         }
         Command::Proxy {
             listen,
@@ -207,7 +207,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let (rt, workers) = runtimes(workers)?;
-            rt.block_on(serve(cfg, None, admin, state, &workers, || ()))
+            rt.block_on(serve(cfg, None, admin, state, &workers, |_| ()))
         }
         Command::Demo {
             listen,
@@ -476,6 +476,12 @@ async fn reload_on_hangup(reloader: crate::tls::TlsReloader) {
     std::future::pending::<()>().await;
 }
 
+/// Where the proxy's first listener and the admin API ended up listening.
+struct Bound {
+    listener: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
 /// `SIGUSR1` reopens the access logs (logrotate's convention, as nginx's).
 fn reopen_access_logs_on_usr1() -> Option<tokio::task::JoinHandle<()>> {
     #[cfg(unix)]
@@ -578,7 +584,7 @@ async fn serve(
     admin: Option<SocketAddr>,
     state: StateArgs,
     workers: &Workers,
-    ready: impl FnOnce(),
+    ready: impl FnOnce(Bound),
 ) -> Result<ExitCode> {
     for warning in cfg.warnings() {
         tracing::warn!("{warning}");
@@ -651,19 +657,24 @@ async fn serve(
             (None, hup)
         }
     };
+    let mut bound = Bound {
+        listener: proxy.local_addrs().first().copied(),
+        admin: None,
+    };
     if let Some(a) = &admin_cfg {
         let server =
             AdminServer::bind_with_reload(a, Arc::clone(&table), proxy.tls_reloader(), reload_tx)?
                 .with_readiness(proxy.readiness());
         if let Some(addr) = server.local_addr() {
             println!("switchyard: admin API on http://{addr}");
+            bound.admin = Some(addr);
         }
         server.spawn()?;
     }
     if let Some(path) = &state_file {
         info!(file = %path.display(), "changes are saved to the state file");
     }
-    ready();
+    ready(bound);
     let outcome = proxy.run(shutdown).await;
     if let Some(h) = usr1 {
         h.abort();
@@ -717,7 +728,10 @@ async fn demo(
         backends[0], backends[1], backends[2]
     );
     println!("--- configuration in use ---\n{}---", text.trim_start());
-    serve(cfg, None, Some(admin), state, workers, move || {
+    serve(cfg, None, Some(admin), state, workers, move |bound| {
+        // The addresses as bound: port 0 asks the system for one.
+        let listen = bound.listener.unwrap_or(listen);
+        let admin = bound.admin.unwrap_or(admin);
         let ctl = format!("switchyard ctl --admin http://{admin}");
         println!("Try:");
         println!("  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done   # alpha twice as often as bravo");
@@ -729,6 +743,7 @@ async fn demo(
         println!("  curl -s http://{admin}/healthcheck                         # the status page");
         println!("  curl -s -X POST http://{}/_demo/recover", backends[1]);
         println!("  curl -s http://{admin}/api/9/http/upstreams/demo/servers  # NGINX Plus API");
+        println!("  open http://{admin}/ in a browser                         # the live dashboard");
         println!("Changes are saved in {state_note}; restart the demo and they are still there.");
         println!("Ctrl-C stops the demo (in-flight requests finish first).");
     })

@@ -330,3 +330,18 @@ async fn denials_answer_in_the_seed_shape() {
     assert_error(&r, StatusCode::FORBIDDEN, "E006");
     assert_eq!(list(admin, "foo.com").await[0]["down"], false);
 }
+
+#[test]
+fn the_demos_try_lines_name_the_ports_it_really_bound() {
+    // The demo started on port 0 everywhere: its suggestions must not say :0.
+    let sy = Switchyard::demo();
+    let admin = sy.admin();
+    let proxy = sy.addr();
+    let within = std::time::Duration::from_secs(30);
+    let loop_line = sy.wait_line("  for i in 1 2 3 4 5 6; do curl -s http://", within);
+    assert!(loop_line.starts_with(&format!("{proxy}/;")), "{loop_line}");
+    let seed = sy.wait_line("  curl -s 'http://", within);
+    assert!(seed.starts_with(&format!("{admin}/ups_api")), "{seed}");
+    let dashboard = sy.wait_line("  open http://", within);
+    assert!(dashboard.starts_with(&format!("{admin}/ ")), "{dashboard}");
+}
