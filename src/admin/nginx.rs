@@ -44,7 +44,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::ups_api::{decode_component, parse_pairs};
 use super::views::{duration, parse_duration};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, with_default_port};
 use crate::proxy::stats::ListenerCounts;
 use crate::upstream::{
     AdminState, Command, Health, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
@@ -514,22 +514,6 @@ pub fn lenient_uint(v: &Value) -> Option<u64> {
             s.parse().ok()
         }
         _ => None,
-    }
-}
-
-/// `server` as NGINX Plus reads it: without a port, the port is 80
-/// (`192.168.1.1` is `192.168.1.1:80`, `[::1]` is `[::1]:80`, `name` is
-/// `name:80`). Anything else (with a port, an IPv6 address without brackets,
-/// empty) is left for the address check to judge.
-pub fn with_default_port(addr: &str) -> String {
-    let bare = match addr.strip_prefix('[') {
-        Some(rest) => rest.ends_with(']'),
-        None => !addr.is_empty() && !addr.contains(':'),
-    };
-    if bare {
-        format!("{addr}:80")
-    } else {
-        addr.to_string()
     }
 }
 

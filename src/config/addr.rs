@@ -5,6 +5,23 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::HostMatch;
 
+/// A server address as nginx and NGINX Plus read it: without a port, the port
+/// is 80
+/// (`192.168.1.1` is `192.168.1.1:80`, `[::1]` is `[::1]:80`, `name` is
+/// `name:80`). The NGINX Plus door and `switchyard import nginx` both use it. Anything else (with a port, an IPv6 address without brackets,
+/// empty) is left for the address check to judge.
+pub fn with_default_port(addr: &str) -> String {
+    let bare = match addr.strip_prefix('[') {
+        Some(rest) => rest.ends_with(']'),
+        None => !addr.is_empty() && !addr.contains(':'),
+    };
+    if bare {
+        format!("{addr}:80")
+    } else {
+        addr.to_string()
+    }
+}
+
 /// Splits `host:port`, requiring brackets around an IPv6 host, and checks the port.
 fn split_host_port(s: &str) -> Result<(&str, u16), String> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {

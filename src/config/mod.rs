@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use addr::with_default_port;
 pub use parse::parse;
 
 /// The `[log]` section of the file at `path` alone, to set up logging before the

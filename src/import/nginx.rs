@@ -25,6 +25,7 @@ use super::emit::{self, Fields, string};
 use super::lexer::{self, Directive};
 use super::lua::{self, Value};
 use super::{ImportError, Imported, Note};
+use crate::config::with_default_port;
 
 /// Deeper than this, an `include` is taken for a loop.
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -239,6 +240,8 @@ fn reason(name: &str) -> &'static str {
 
 /// Settings that nginx inherits from `http` to `server` to `location`.
 #[derive(Debug, Clone, Default)]
+/// Values are as they go into the TOML, except the certificate paths, which
+/// are kept as written (they are resolved against the configuration directory).
 struct Inherited {
     connect_timeout: Option<(String, String)>,
     read_timeout: Option<(String, String)>,
@@ -284,7 +287,7 @@ impl Inherited {
                 }
                 "proxy_next_upstream_tries" => arg.parse::<u64>().ok().map(|n| n.to_string()),
                 "client_max_body_size" => size(arg).map(|n| n.to_string()),
-                _ => Some(string(arg)),
+                _ => Some(arg.clone()),
             };
             match value {
                 Some(v) => *slot = Some((v, place)),
@@ -333,23 +336,6 @@ fn size(text: &str) -> Option<u64> {
     n.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-/// A server address as switchyard writes it: with a port (80 when nginx's has none).
-fn with_port(addr: &str) -> String {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return if rest.contains("]:") {
-            addr.to_string()
-        } else {
-            format!("{addr}:80")
-        };
-    }
-    match addr.rsplit_once(':') {
-        Some((_, port)) if port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty() => {
-            addr.to_string()
-        }
-        _ => format!("{addr}:80"),
-    }
-}
-
 /// A `listen` value as a socket address, or why not.
 fn listen_addr(value: &str) -> Result<(String, Option<&'static str>), &'static str> {
     if value.starts_with("unix:") {
@@ -361,7 +347,7 @@ fn listen_addr(value: &str) -> Result<(String, Option<&'static str>), &'static s
     if let Some(port) = value.strip_prefix("*:") {
         return Ok((format!("0.0.0.0:{port}"), None));
     }
-    let full = with_port(value);
+    let full = with_default_port(value);
     if full.parse::<std::net::SocketAddr>().is_ok() {
         return Ok((full, None));
     }
@@ -547,7 +533,7 @@ impl Translator {
             self.report(x, "UNIX sockets are not supported; server left out");
             return None;
         }
-        let mut fields: Fields = vec![("addr", string(&with_port(addr)))];
+        let mut fields: Fields = vec![("addr", string(&with_default_port(addr)))];
         for p in &x.args[1..] {
             let (k, v) = p.split_once('=').unwrap_or((p.as_str(), ""));
             let value = match k {
@@ -681,7 +667,7 @@ impl Translator {
             let cert = match (ssl, &inh.certificate, &inh.certificate_key) {
                 (false, _, _) => None,
                 (true, Some((c, _)), Some((k, _))) => {
-                    let file = |v: &str| base.join(unquote(v)).display().to_string();
+                    let file = |v: &str| base.join(v).display().to_string();
                     Some((file(c), file(k)))
                 }
                 (true, _, _) => {
@@ -1259,14 +1245,6 @@ fn hash_key(key: &str) -> Option<String> {
     }
 }
 
-/// A value already spelled as a TOML string, back to its text.
-fn unquote(v: &str) -> String {
-    toml::from_str::<toml::Table>(&format!("v = {v}"))
-        .ok()
-        .and_then(|t| t.get("v").and_then(|x| x.as_str().map(str::to_string)))
-        .unwrap_or_else(|| v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1288,11 +1266,11 @@ mod tests {
 
     #[test]
     fn addresses_get_ports_as_nginx_gives_them() {
-        assert_eq!(with_port("10.0.0.1"), "10.0.0.1:80");
-        assert_eq!(with_port("10.0.0.1:8080"), "10.0.0.1:8080");
-        assert_eq!(with_port("[::1]"), "[::1]:80");
-        assert_eq!(with_port("[::1]:81"), "[::1]:81");
-        assert_eq!(with_port("app.internal"), "app.internal:80");
+        assert_eq!(with_default_port("10.0.0.1"), "10.0.0.1:80");
+        assert_eq!(with_default_port("10.0.0.1:8080"), "10.0.0.1:8080");
+        assert_eq!(with_default_port("[::1]"), "[::1]:80");
+        assert_eq!(with_default_port("[::1]:81"), "[::1]:81");
+        assert_eq!(with_default_port("app.internal"), "app.internal:80");
         assert_eq!(listen_addr("8080").unwrap().0, "0.0.0.0:8080");
         assert_eq!(listen_addr("*:443").unwrap().0, "0.0.0.0:443");
         assert_eq!(listen_addr("[::]:80").unwrap().0, "[::]:80");
