@@ -180,29 +180,11 @@ impl Gateway {
         path: &str,
         req: &Q,
     ) -> Result<R, EtcdError> {
-        let body =
-            Bytes::from(serde_json::to_vec(req).map_err(|e| EtcdError::Decode(e.to_string()))?);
+        let body = encode(req)?;
         let mut renewed = false;
         loop {
             let token = self.token(renewed).await?;
-            let answer = async {
-                let resp = self.send(path, body.clone(), token.as_deref()).await?;
-                let status = resp.status();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| EtcdError::Transport(root_cause(&e)))?
-                    .to_bytes();
-                if status != StatusCode::OK {
-                    return Err(status_error(status, &bytes));
-                }
-                serde_json::from_slice::<R>(&bytes).map_err(|e| EtcdError::Decode(e.to_string()))
-            };
-            let answer = tokio::time::timeout(self.inner.timeout, answer)
-                .await
-                .unwrap_or_else(|_| Err(self.timed_out()));
-            match answer {
+            match self.exchange(path, body.clone(), token.as_deref()).await {
                 Err(e)
                     if e.is_unauthenticated() && !renewed && self.inner.credentials.is_some() =>
                 {
@@ -213,10 +195,35 @@ impl Gateway {
         }
     }
 
+    /// One POST and its decoded answer, within the timeout (no token renewal).
+    async fn exchange<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+        token: Option<&str>,
+    ) -> Result<R, EtcdError> {
+        let answer = async {
+            let resp = self.send(path, body, token).await?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| EtcdError::Transport(root_cause(&e)))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(status_error(status, &bytes));
+            }
+            serde_json::from_slice::<R>(&bytes).map_err(|e| EtcdError::Decode(e.to_string()))
+        };
+        tokio::time::timeout(self.inner.timeout, answer)
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out()))
+    }
+
     /// Opens a watch and waits for etcd to confirm it.
     pub(crate) async fn watch(&self, req: &WatchRequest) -> Result<WatchStream, EtcdError> {
-        let body =
-            Bytes::from(serde_json::to_vec(req).map_err(|e| EtcdError::Decode(e.to_string()))?);
+        let body = encode(req)?;
         let mut renewed = false;
         loop {
             let token = self.token(renewed).await?;
@@ -286,27 +293,9 @@ impl Gateway {
         if !renew && let Some(t) = self.lock_token().clone() {
             return Ok(Some(t));
         }
-        let answer = async {
-            let body = Bytes::from(
-                serde_json::to_vec(credentials).map_err(|e| EtcdError::Decode(e.to_string()))?,
-            );
-            let resp = self.send("/v3/auth/authenticate", body, None).await?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| EtcdError::Transport(root_cause(&e)))?
-                .to_bytes();
-            if status != StatusCode::OK {
-                return Err(status_error(status, &bytes));
-            }
-            serde_json::from_slice::<AuthenticateResponse>(&bytes)
-                .map_err(|e| EtcdError::Decode(e.to_string()))
-        };
-        let answer = tokio::time::timeout(self.inner.timeout, answer)
-            .await
-            .unwrap_or_else(|_| Err(self.timed_out()));
+        let answer = self
+            .exchange::<AuthenticateResponse>("/v3/auth/authenticate", encode(credentials)?, None)
+            .await;
         let token = match answer {
             Ok(a) => a.token,
             Err(EtcdError::Status { code, message }) => {
@@ -369,6 +358,13 @@ impl Gateway {
         }
         Err(EtcdError::Connect(refused.join("; ")))
     }
+}
+
+/// A request as the gateway reads it.
+fn encode<Q: Serialize>(req: &Q) -> Result<Bytes, EtcdError> {
+    serde_json::to_vec(req)
+        .map(Bytes::from)
+        .map_err(|e| EtcdError::Decode(e.to_string()))
 }
 
 /// The error a non-200 answer carries.
