@@ -358,17 +358,7 @@ async fn exchange(
         log.write(r);
     }
     buffers::give(plan.request);
-    match (keep, buf.is_empty()) {
-        (true, false) => Next::KeepAlive(buf),
-        (keep, _) => {
-            buffers::give(buf);
-            if keep {
-                Next::KeepAlive(Vec::new())
-            } else {
-                Next::Close
-            }
-        }
-    }
+    next(keep, buf)
 }
 
 /// Whether this path takes the request at the start of `buf`, and if so where
@@ -913,14 +903,9 @@ struct Probe {
     ok: bool,
 }
 
-/// Answers a `health_uri` request (not forwarded, not counted).
-async fn health(conn: &mut Side<'_>, probe: Probe, mut buf: Vec<u8>) -> Next {
-    let close = probe.close || *conn.shutdown.borrow();
-    let mut out = buffers::take();
-    readiness::write_h1(probe.ok, probe.head_request, close, &date::now(), &mut out);
-    let keep = conn.stream.write_all(&out).await.is_ok() && !close;
-    buffers::give(out);
-    buf.drain(..probe.head_len);
+/// What the connection does after an exchange: `buf` holds the bytes the
+/// client sent beyond it (a pipelined request), kept for the next one.
+fn next(keep: bool, buf: Vec<u8>) -> Next {
     match (keep, buf.is_empty()) {
         (true, false) => Next::KeepAlive(buf),
         (keep, _) => {
@@ -932,6 +917,17 @@ async fn health(conn: &mut Side<'_>, probe: Probe, mut buf: Vec<u8>) -> Next {
             }
         }
     }
+}
+
+/// Answers a `health_uri` request (not forwarded, not counted).
+async fn health(conn: &mut Side<'_>, probe: Probe, mut buf: Vec<u8>) -> Next {
+    let close = probe.close || *conn.shutdown.borrow();
+    let mut out = buffers::take();
+    readiness::write_h1(probe.ok, probe.head_request, close, &date::now(), &mut out);
+    let keep = conn.stream.write_all(&out).await.is_ok() && !close;
+    buffers::give(out);
+    buf.drain(..probe.head_len);
+    next(keep, buf)
 }
 
 /// Buffers for the exchanges in flight on this worker, reused from one request
