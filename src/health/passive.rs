@@ -85,7 +85,6 @@ pub fn record_success(server: &Server) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::pool::Pool;
     use crate::upstream::{AdminState, ServerRuntime};
     use std::sync::Arc;
     use std::time::Duration;
@@ -102,7 +101,7 @@ mod tests {
             slow_start: Duration::ZERO,
             backup: false,
             state: AdminState::Up,
-            runtime: Arc::new(ServerRuntime::new(Pool::new(0, Duration::from_secs(1)))),
+            runtime: Arc::new(ServerRuntime::new(crate::config::KeepaliveConfig::default())),
         }
     }
 
