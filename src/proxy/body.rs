@@ -1,9 +1,9 @@
-//! Bodies on both sides of the proxy. Both stream frame by frame: nothing here
-//! holds more than one frame, so backpressure passes straight through.
+//! Response bodies on their way to the client (the request's side is
+//! `request_body`). They stream frame by frame: nothing here holds more than
+//! one frame, so backpressure passes straight through.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -12,80 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::Sender;
-use crate::health::passive;
-use crate::upstream::{Lease, Server};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A request body on its way to a server: the client's own stream, the same
-/// with a size limit (a route's `max_body_size` on a body of unknown length), or
-/// nothing (for a retry of a request that had no body).
-#[derive(Debug)]
-pub enum UpstreamBody {
-    Empty,
-    Client(Incoming),
-    Limited {
-        body: Incoming,
-        left: u64,
-        /// Set when the client sent more than the limit, so the request can be
-        /// answered 413 rather than as a failed upstream exchange.
-        exceeded: Arc<AtomicBool>,
-    },
-}
-
-/// The client sent a body larger than its route allows.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than the route's max_body_size")]
-pub struct BodyTooLarge;
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Limited {
-                body,
-                left,
-                exceeded,
-            } => {
-                let frame = ready!(Pin::new(body).poll_frame(cx));
-                if let Some(Ok(f)) = &frame
-                    && let Some(data) = f.data_ref()
-                {
-                    match left.checked_sub(data.len() as u64) {
-                        Some(l) => *left = l,
-                        None => {
-                            exceeded.store(true, std::sync::atomic::Ordering::Relaxed);
-                            return Poll::Ready(Some(Err(BodyTooLarge.into())));
-                        }
-                    }
-                }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Client(b) | UpstreamBody::Limited { body: b, .. } => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Client(b) | UpstreamBody::Limited { body: b, .. } => b.size_hint(),
-        }
-    }
-}
+use super::exchange::{Attempt, Fault};
+use super::pool::{self, Sender};
+pub use super::request_body::BoxError;
 
 /// A response body on its way to the client.
 #[derive(Debug)]
@@ -129,41 +58,33 @@ impl ProxyBody {
     }
 }
 
-/// A server's response body, with what must outlive it: the lease that counts
-/// the request as active (so `drain` waits for bodies too) and the connection,
-/// which goes back to the pool only once the body has been read to the end.
+/// A server's response body, with what must outlive it: the try it came from
+/// (whose lease counts the request as active, so `drain` waits for bodies too)
+/// and the connection, which goes back to the pool only once the body has been
+/// read to the end.
 #[derive(Debug)]
 pub struct UpstreamResponse {
     body: Incoming,
-    lease: Option<Lease>,
+    attempt: Option<Attempt>,
     conn: Option<Sender>,
     ended: bool,
     read_timeout: Duration,
     /// Armed lazily: a body that is always ready never allocates a timer.
     timer: Option<Pin<Box<Sleep>>>,
     progressed: bool,
-    /// When the request was sent, for the response-time histogram.
-    sent_at: Instant,
 }
 
 impl UpstreamResponse {
-    pub fn new(
-        body: Incoming,
-        lease: Lease,
-        conn: Sender,
-        read_timeout: Duration,
-        sent_at: Instant,
-    ) -> Self {
+    pub fn new(body: Incoming, attempt: Attempt, conn: Sender, read_timeout: Duration) -> Self {
         let ended = body.is_end_stream();
         let mut this = UpstreamResponse {
             body,
-            lease: Some(lease),
+            attempt: Some(attempt),
             conn: Some(conn),
             ended,
             read_timeout,
             timer: None,
             progressed: false,
-            sent_at,
         };
         if ended {
             this.finish();
@@ -171,33 +92,24 @@ impl UpstreamResponse {
         this
     }
 
-    fn server(&self) -> Option<&Arc<Server>> {
-        self.lease.as_ref().map(Lease::server)
-    }
-
     /// The exchange is over: the connection may serve the next request.
     fn finish(&mut self) {
         self.ended = true;
-        if let Some(server) = self.server() {
-            server
-                .runtime
-                .stats
-                .response_time
-                .observe(self.sent_at.elapsed());
+        if let Some(mut attempt) = self.attempt.take() {
+            attempt.finished();
+            if let (Some(conn), Some(pool)) = (self.conn.take(), pool::of(attempt.server())) {
+                pool.checkin(conn);
+            }
         }
-        if let (Some(conn), Some(server)) = (self.conn.take(), self.server()) {
-            server.runtime.pool.checkin(conn);
-        }
-        self.lease = None;
     }
 
-    /// The exchange broke: the connection is dropped (closed), the failure counted.
-    fn fail(&mut self) {
+    /// The server broke the exchange: the connection is dropped (closed), the
+    /// failure counted against it.
+    fn fail(&mut self, error: &dyn std::fmt::Display) {
         self.conn = None;
-        if let Some(server) = self.server() {
-            passive::record_failure(server, crate::clock::now_ms());
+        if let Some(mut attempt) = self.attempt.take() {
+            attempt.failed(Fault::Server, error);
         }
-        self.lease = None;
     }
 }
 
@@ -248,7 +160,7 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                r.fail();
+                r.fail(&e);
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
@@ -262,8 +174,9 @@ impl Body for ProxyBody {
                 if let Some(t) = &mut r.timer {
                     ready!(t.as_mut().poll(cx));
                 }
-                r.fail();
-                Poll::Ready(Some(Err(BodyReadTimeout(r.read_timeout).into())))
+                let error = BodyReadTimeout(r.read_timeout);
+                r.fail(&error);
+                Poll::Ready(Some(Err(error.into())))
             }
         }
     }

@@ -11,11 +11,17 @@
 
 pub mod access_log;
 pub mod body;
+mod connect;
+mod error;
+mod exchange;
 mod forward;
 mod h1;
 mod io;
+mod listener;
 pub mod pool;
 pub mod readiness;
+mod request;
+pub mod request_body;
 mod rewind;
 mod router;
 pub mod stats;
@@ -28,87 +34,24 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
-use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::{ClientLimits, Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig};
 use crate::tls::{ListenerTls, TlsReloader};
 use crate::upstream::Table;
-pub use forward::Forwarder;
-use readiness::HealthUri;
+pub use error::ProxyError;
+pub use listener::Forwarder;
+use listener::Listening;
 pub use readiness::Readiness;
 pub use router::Router;
 use stats::ListenerStats;
 
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("listener {addr}: TLS: {reason}")]
-    Tls { addr: SocketAddr, reason: String },
-}
-
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a listener serves with; swapped whole by a reload, read per connection.
-struct Listening {
-    forwarder: Arc<Forwarder>,
-    tls: Option<Arc<ListenerTls>>,
-    limits: ClientLimits,
-    /// How hyper serves a connection (made for `limits`).
-    builder: auto::Builder<TokioExecutor>,
-    /// `health_uri`: answered here, before routing.
-    health: Option<Arc<HealthUri>>,
-}
-
-impl Listening {
-    /// Builds what `l` asks for (TLS files are read here); requests count into
-    /// `stats` (the listener's, kept across reloads).
-    fn new(
-        l: &ListenerConfig,
-        table: &Arc<Table>,
-        stats: Arc<ListenerStats>,
-        readiness: &Arc<Readiness>,
-    ) -> Result<Listening, ProxyError> {
-        let router = Router::new(&l.routes, |name| table.slot(name));
-        let tls = match &l.tls {
-            Some(t) => Some(Arc::new(ListenerTls::new(l.listen, t).map_err(
-                |reason| ProxyError::Tls {
-                    addr: l.listen,
-                    reason,
-                },
-            )?)),
-            None => None,
-        };
-        stats.set_tls(tls.is_some());
-        let health = l
-            .health_uri
-            .as_deref()
-            .map(|path| Arc::new(HealthUri::new(path, Arc::clone(readiness))));
-        let forwarder = Forwarder::new(router, Arc::clone(table), tls.is_some(), l.limits, stats)
-            .with_listener_options(l);
-        Ok(Listening {
-            forwarder: Arc::new(forwarder),
-            tls,
-            limits: l.limits,
-            builder: connection_builder(&l.limits),
-            health,
-        })
-    }
-}
 
 /// One bound listener, not serving yet.
 struct Bound {
@@ -513,25 +456,6 @@ impl Proxy {
     }
 }
 
-fn connection_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_size);
-    // hyper keeps up to 100 headers on the stack; another limit costs a heap
-    // allocation per request, so it is set only when asked for.
-    if limits.max_headers != ClientLimits::default().max_headers {
-        builder.http1().max_headers(limits.max_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    builder
-}
-
 /// Accepts on one listener until told to stop; returns how many connections were
 /// still open when the grace period ran out. Also keeps this worker's parked
 /// idle connections of the listener (`h1::Parked`): wakes them into tasks when
@@ -598,7 +522,7 @@ async fn serve_listener(
                 stats.unparked(1);
                 if let Some(idle) = woken {
                     let conn = idle.wake(connections.subscribe(), park.clone());
-                    tokio::spawn(h1::serve(conn));
+                    tokio::spawn(serve_cleartext(conn));
                 }
             },
             _ = sweep.tick() => {
@@ -637,9 +561,9 @@ fn start_connection(
     park: tokio::sync::mpsc::UnboundedSender<h1::Parked>,
 ) {
     let _ = stream.set_nodelay(true);
-    let client = forward::Client::new(addr);
+    let client = request::Client::new(addr);
     let Some(tls) = listening.tls.as_ref().map(|t| t.current()) else {
-        tokio::spawn(h1::serve(h1::Conn {
+        tokio::spawn(serve_cleartext(h1::Conn {
             stream,
             client,
             listening,
@@ -669,43 +593,19 @@ fn start_connection(
                 }
             };
         stats.tls_handshake(true);
-        serve_hyper(stream, &listening, client, shutdown).await;
+        forward::serve_hyper(stream, &listening, client, shutdown).await;
         drop(permit);
     });
 }
 
-/// Serves a client connection with hyper (HTTP/1.1 or HTTP/2) until it closes;
-/// when `shutdown` turns, hyper finishes the requests in flight and closes.
-async fn serve_hyper<I>(
-    io: I,
-    listening: &Listening,
-    client: forward::Client,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let forwarder = Arc::clone(&listening.forwarder);
-    let health = listening.health.clone();
-    // Boxed: hyper keeps room for the service's future in every connection,
-    // idle or not, so the (large) forwarding future is allocated per request
-    // instead (BENCHMARKS.md, idle RSS).
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        // `health_uri`, before routing; any method, HTTP/1.1 or HTTP/2.
-        if let Some(h) = health.as_ref().filter(|h| h.matches(req.uri().path())) {
-            return Either::Left(std::future::ready(Ok(h.response())));
-        }
-        Either::Right(Box::pin(Arc::clone(&forwarder).handle(req, client.clone())))
-    });
-    let conn = listening
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    if !*shutdown.borrow() {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = shutdown.changed() => {}
-        }
+/// A cleartext connection: the plain HTTP/1.1 path, then hyper for the rest of
+/// its life if that path hands it over (a request it does not take).
+async fn serve_cleartext(conn: h1::Conn) {
+    if let Some(h) = h1::serve(conn).await {
+        // Boxed: the hyper connection's future is large, and most cleartext
+        // connections never get here.
+        Box::pin(forward::serve_hyper(h.io, &h.listening, h.client, h.shutdown)).await;
+        drop(h.permit);
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
+

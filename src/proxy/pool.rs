@@ -1,7 +1,8 @@
 //! Keep-alive connections to one server.
 //!
 //! Each server owns its pool (it lives in the server's runtime, so it survives
-//! snapshot swaps and goes away with the server). That gives drain and remove a
+//! snapshot swaps and goes away with the server; the runtime holds it as
+//! [`IdleConnections`] and knows nothing of what is inside, see [`of`]). That gives drain and remove a
 //! direct handle: [`Pool::clear`] closes a server's idle connections the moment it
 //! stops taking traffic. The idle stack is a lock-free queue, so checking a
 //! connection in or out takes no lock on the request path. Its storage grows
@@ -42,7 +43,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper::{Request, Response};
 
-use super::body::UpstreamBody;
+use super::request_body::UpstreamBody;
+use crate::upstream::{IdleConnections, Server};
 
 /// The sending half of a connection to a server.
 #[derive(Debug)]
@@ -132,6 +134,28 @@ impl std::fmt::Debug for Pool {
             .field("idle", &self.idle_len())
             .field("idle_timeout", &self.idle_timeout)
             .finish()
+    }
+}
+
+/// The pool of `server`, made on first use with its upstream's keep-alive
+/// settings. `None` only if something else was stored there (never).
+#[inline]
+pub fn of(server: &Server) -> Option<&Pool> {
+    server
+        .runtime
+        .pool
+        .get_or_init(|k| Pool::new(k.max_idle, k.idle_timeout))
+}
+
+impl IdleConnections for Pool {
+    fn clear(&self) {
+        Pool::clear(self);
+    }
+    fn sweep(&self) {
+        Pool::sweep(self);
+    }
+    fn idle_len(&self) -> usize {
+        Pool::idle_len(self)
     }
 }
 

@@ -28,6 +28,8 @@ mod table;
 pub use command::{Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
 pub use events::Event;
 pub use pick_stats::{PickSlot, PickStats};
-pub use server::{AdminState, Health, Server, ServerRuntime, ServerStats};
+pub use server::{
+    AdminState, Connections, Health, IdleConnections, Server, ServerRuntime, ServerStats,
+};
 pub use snapshot::{Lease, Snapshot, Tried};
 pub use table::{BatchError, OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};

@@ -1,16 +1,22 @@
 //! One server of an upstream: its settings and admin state (immutable, inside a
 //! snapshot) and its runtime (counters and connection pool, shared by every
 //! snapshot that contains the server, so a swap loses nothing).
+//!
+//! The pool's contents are the proxy's business: the server only holds them
+//! ([`Connections`]), so that they live and die with it and the table can let
+//! them go when the server stops taking traffic. Nothing here names a type of
+//! the proxy.
 
+use std::any::Any;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::pick_stats::{PickSlot, PickStats};
-use crate::proxy::pool::Pool;
+use crate::config::KeepaliveConfig;
 
 /// What an operator asked for. Orthogonal to health: a check never writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,23 +155,78 @@ impl Server {
     }
 }
 
+/// What the table asks of a server's idle connections, whatever they are:
+/// how many there are, and to let them go.
+pub trait IdleConnections: Any + Send + Sync + std::fmt::Debug {
+    /// Closes every idle connection (server removed, drained or set down).
+    fn clear(&self);
+    /// Closes idle connections that timed out or that the server closed.
+    fn sweep(&self);
+    fn idle_len(&self) -> usize;
+}
+
+/// A server's idle connections, made by their user on first use (a server
+/// that never takes traffic costs none) with the upstream's keep-alive
+/// settings of the moment the server was made.
+#[derive(Debug)]
+pub struct Connections {
+    keepalive: KeepaliveConfig,
+    held: OnceLock<Box<dyn IdleConnections>>,
+}
+
+impl Connections {
+    pub fn new(keepalive: KeepaliveConfig) -> Connections {
+        Connections {
+            keepalive,
+            held: OnceLock::new(),
+        }
+    }
+
+    /// The pool, made by `make` if there is none yet. `None` if a pool of
+    /// another type was made first (one user per process, so never in practice).
+    #[inline]
+    pub fn get_or_init<P: IdleConnections>(
+        &self,
+        make: impl FnOnce(&KeepaliveConfig) -> P,
+    ) -> Option<&P> {
+        let held = self.held.get_or_init(|| Box::new(make(&self.keepalive)));
+        (&**held as &dyn Any).downcast_ref::<P>()
+    }
+
+    pub fn clear(&self) {
+        if let Some(p) = self.held.get() {
+            p.clear();
+        }
+    }
+
+    pub fn sweep(&self) {
+        if let Some(p) = self.held.get() {
+            p.sweep();
+        }
+    }
+
+    pub fn idle_len(&self) -> usize {
+        self.held.get().map_or(0, |p| p.idle_len())
+    }
+}
+
 /// State of a server that outlives snapshots.
 #[derive(Debug)]
 #[repr(C)]
 pub struct ServerRuntime {
     /// First: its hot line starts the allocation.
     pub stats: ServerStats,
-    pub pool: Pool,
+    pub pool: Connections,
     /// Woken when the last request in flight ends (`active` reaches 0), for
     /// operators waiting on a drain.
     pub idle: tokio::sync::Notify,
 }
 
 impl ServerRuntime {
-    pub fn new(pool: Pool) -> Self {
+    pub fn new(keepalive: KeepaliveConfig) -> Self {
         ServerRuntime {
             stats: ServerStats::default(),
-            pool,
+            pool: Connections::new(keepalive),
             idle: tokio::sync::Notify::new(),
         }
     }

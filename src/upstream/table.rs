@@ -23,7 +23,6 @@ use crate::config::{
     Scheme, Timeouts, UpstreamProtocol, UpstreamTls,
 };
 use crate::logging::or_dash;
-use crate::proxy::pool::Pool;
 use crate::state::{StateDoc, StateError, StateStore};
 
 /// How an upstream is reached, apart from its servers.
@@ -245,10 +244,7 @@ fn new_server(id: u32, spec: &ServerSpec, keepalive: KeepaliveConfig) -> Server 
         } else {
             AdminState::Up
         },
-        runtime: Arc::new(ServerRuntime::new(Pool::new(
-            keepalive.max_idle,
-            keepalive.idle_timeout,
-        ))),
+        runtime: Arc::new(ServerRuntime::new(keepalive)),
     }
 }
 

@@ -379,7 +379,7 @@ pub fn parse_response(
         let name = h.name;
         // Hop-by-hop (RFC 9110 §7.6.1) as the hyper path counts them;
         // `transfer-encoding` is written again when the body is chunked.
-        let hop = crate::proxy::forward::is_hop_by_hop(name)
+        let hop = crate::proxy::request::is_hop_by_hop(name)
             || named
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));

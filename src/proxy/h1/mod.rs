@@ -16,8 +16,9 @@
 //! servers. Anything else hands the connection, with the bytes read so far, to
 //! hyper for the rest of its life (`serve_hyper`), so every other feature and
 //! every error answer stays hyper's. Retries, timeouts, passive health,
-//! statistics and the leases that drain waits for follow the same rules as the
-//! hyper path (`forward`), whose helpers this path shares.
+//! statistics and the leases that drain waits for are the exchange core's
+//! (`exchange`), the same as the hyper path's: this path brings its transport
+//! ([`RawTransport`]) and its framing.
 //!
 //! It reads the upstream table's snapshots and never changes them.
 
@@ -39,20 +40,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::{Instant, Sleep, timeout, timeout_at};
-use tracing::debug;
 
 use self::chunked::ChunkedScan;
 use self::head::{ClientSide, Framing, Parsed, ParsedResponse, RequestHead, ResponseHead};
 use super::access_log::{Record, Text};
-use super::forward::{
-    self, AttemptError, Client, Forwarder, KeySource, attempt_failed, failure, no_server,
-    pick_next, request_key,
-};
+use super::connect::open_tcp;
+use super::exchange::{self, Answered, Attempt, AttemptError, Fault, Route, SendError, Transport};
+use super::listener::{Forwarder, Listening};
+use super::pool;
 use super::readiness::{self, HealthUri};
-use super::{Listening, rewind::Rewind};
+use super::request::{
+    Client, KeySource, cookie_in, forwarded_element, host_without_port, new_request_id,
+    request_key,
+};
+use super::rewind::Rewind;
 use crate::config::{Scheme, UpstreamProtocol};
-use crate::health::passive;
-use crate::upstream::{Lease, Server, Tried, Upstream, UpstreamSettings};
+use crate::upstream::{Server, Upstream, UpstreamSettings};
 
 /// A client connection on a cleartext listener.
 pub(super) struct Conn {
@@ -96,9 +99,9 @@ fn armed(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<&mut Sleep> {
 pub const LINGER: Duration = Duration::from_millis(20);
 
 /// Serves `conn` until the client closes it, it idles past `header_timeout`,
-/// the listener shuts down, or it is handed to hyper; an idle connection parks
-/// after [`LINGER`].
-pub(super) async fn serve(mut conn: Conn) {
+/// the listener shuts down, or it is handed to hyper (returned); an idle
+/// connection parks after [`LINGER`].
+pub(super) async fn serve(mut conn: Conn) -> Option<Handoff> {
     let mut pending = Vec::new();
     let mut timers = Timers::default();
     loop {
@@ -114,7 +117,7 @@ pub(super) async fn serve(mut conn: Conn) {
             tokio::select! {
                 biased;
                 r = conn.stream.readable() => if r.is_err() {
-                    return;
+                    return None;
                 },
                 () = lingered => {
                     if linger < header_timeout {
@@ -122,7 +125,7 @@ pub(super) async fn serve(mut conn: Conn) {
                         let park = conn.park.clone();
                         let _ = park.send(Parked::new(conn, left));
                     }
-                    return;
+                    return None;
                 }
             }
         }
@@ -133,7 +136,7 @@ pub(super) async fn serve(mut conn: Conn) {
         let read = std::mem::take(&mut pending);
         match exchange(&mut conn, &mut timers, read, deadline).await {
             Next::KeepAlive(rest) => pending = rest,
-            Next::Close => return,
+            Next::Close => return None,
             Next::Hyper(read) => {
                 let Conn {
                     stream,
@@ -143,16 +146,29 @@ pub(super) async fn serve(mut conn: Conn) {
                     permit,
                     ..
                 } = conn;
-                let io = Rewind::new(read, stream);
-                Box::pin(super::serve_hyper(io, &listening, client, shutdown)).await;
-                drop(permit);
-                return;
+                return Some(Handoff {
+                    io: Rewind::new(read, stream),
+                    listening,
+                    client,
+                    shutdown,
+                    permit,
+                });
             }
         }
         if *conn.shutdown.borrow() {
-            return;
+            return None;
         }
     }
+}
+
+/// A connection this path gives to hyper for the rest of its life, with the
+/// bytes it has read of it.
+pub(super) struct Handoff {
+    pub io: Rewind<TcpStream>,
+    pub listening: Arc<Listening>,
+    pub client: Client,
+    pub shutdown: watch::Receiver<bool>,
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// An idle connection parked with its listener's accept loop: as little as it
@@ -292,7 +308,7 @@ impl KeySource for RequestHead<'_, '_> {
         RequestHead::header(self, name)
     }
     fn cookie(&self, name: &str) -> Option<&[u8]> {
-        forward::cookie_in(self.header_all("cookie"), name)
+        cookie_in(self.header_all("cookie"), name)
     }
 }
 
@@ -384,7 +400,7 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
             ok: h.ok(),
         });
     }
-    let Some(target) = f.router.route(forward::host_without_port(head.host), path) else {
+    let Some(target) = f.router.route(host_without_port(head.host), path) else {
         return Planned::Hyper;
     };
     let Some(upstream) = f.table.load().by_slot(target.slot).cloned() else {
@@ -403,13 +419,13 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
         &mut request,
     );
     let sent_id = head.header("x-request-id");
-    let made_id = (sent_id.is_none() && f.request_id).then(forward::new_request_id);
+    let made_id = (sent_id.is_none() && f.request_id).then(new_request_id);
     if let Some(id) = &made_id {
         head::put_header(&mut request, b"x-request-id", id);
     }
     if f.forwarded {
         let host = Some(head.host.as_bytes()).filter(|h| !h.is_empty());
-        let element = forward::forwarded_element(client.addr.ip(), host, f.proto.as_bytes());
+        let element = forwarded_element(client.addr.ip(), host, f.proto.as_bytes());
         head::put_header(&mut request, b"forwarded", &element);
     }
     request.extend_from_slice(b"\r\n");
@@ -417,7 +433,7 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
         let mut r = Record::start(client.addr);
         r.set(Text::Method, head.method.as_bytes());
         r.set(Text::Uri, head.target.as_bytes());
-        let host = forward::host_without_port(head.host).unwrap_or_default();
+        let host = host_without_port(head.host).unwrap_or_default();
         r.set(Text::Host, host.as_bytes());
         let id = made_id.as_ref().map(|id| &id[..]).or(sent_id);
         r.set(Text::RequestId, id.unwrap_or_default());
@@ -440,8 +456,9 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
     })
 }
 
-/// Tries servers as the upstream's retry policy allows and relays the first
-/// response. Returns whether the client connection stays open.
+/// Tries servers as the upstream's retry policy allows (the exchange core)
+/// and relays the first response. Returns whether the client connection stays
+/// open.
 async fn forward(
     conn: &mut Side<'_>,
     f: &Forwarder,
@@ -450,68 +467,99 @@ async fn forward(
 ) -> bool {
     let exchange = f.stats.request();
     let upstream = &plan.upstream;
-    let settings = &upstream.settings;
-    let started = (!settings.retry.timeout.is_zero()).then(Instant::now);
-    let mut tried = Tried::default();
-    let mut last_error = None;
-    let tries = settings.retry.tries.max(1) as usize;
-    while tried.len() < tries {
-        if !tried.is_empty() && started.is_some_and(|t| t.elapsed() >= settings.retry.timeout) {
-            break;
-        }
-        let Some(lease) = pick_next(&f.table, upstream, plan.slot, plan.key, &mut tried) else {
-            if tried.is_empty() {
-                let (status, text) = no_server(upstream);
-                exchange.answered(status.as_u16());
-                return answer(conn, plan, status, &text, record).await;
-            }
-            break;
-        };
-        let client = ClientSide {
+    let route = Route {
+        table: &f.table,
+        upstream,
+        slot: plan.slot,
+        key: plan.key,
+    };
+    let mut transport = RawTransport {
+        plan,
+        client: ClientSide {
             head_request: plan.head_request,
             close: plan.close || *conn.shutdown.borrow(),
             date: date::now,
-        };
-        if let Some(r) = record.as_mut() {
-            r.tried(&upstream.name, &lease.server().addr);
-        }
-        let mut connect_time = None;
-        let outcome = attempt(
-            lease.server(),
-            settings,
-            plan,
-            client,
-            conn.response_timer,
-            &mut connect_time,
-        )
-        .await;
-        if let Some(r) = record.as_mut() {
-            r.upstream_connect_time = connect_time;
-        }
-        match outcome {
-            Ok(response) => {
-                exchange.answered(response.head.status);
-                if let Some(r) = record.as_mut() {
-                    r.upstream_status = Some(response.head.status);
-                    r.upstream_response_time = Some(response.header_time);
-                }
-                let mut sent = (0, 0);
-                let status = response.head.status;
-                let keep = relay(conn, lease, settings, response, &mut sent).await;
-                if let Some(r) = record.as_mut() {
-                    r.finish(status, sent.0, sent.1);
-                }
-                return keep;
+        },
+        timer: conn.response_timer,
+    };
+    match exchange::run(&route, &mut transport, record).await {
+        Ok(answered) => {
+            let status = answered.response.head.status;
+            exchange.answered(status);
+            let mut sent = (0, 0);
+            let keep = relay(conn, &upstream.settings, answered, &mut sent).await;
+            if let Some(r) = record.as_mut() {
+                r.finish(status, sent.0, sent.1);
             }
-            Err(e) => {
-                attempt_failed(upstream, lease.server(), &e);
-                last_error = Some(e);
-            }
+            keep
+        }
+        Err((status, text)) => {
+            exchange.answered(status.as_u16());
+            answer(conn, plan, status, &text, record).await
         }
     }
-    let (status, text) = failure(upstream, tried.len(), last_error.as_ref());
-    exchange.answered(status.as_u16());
-    answer(conn, plan, status, &text, record).await
+}
+
+/// This path's transport: the planned request's bytes, written on a raw
+/// pooled or new connection, and the response head read and parsed here.
+struct RawTransport<'a, 'b> {
+    plan: &'a Plan,
+    client: ClientSide,
+    /// The connection's response-head timer, moved forward per request.
+    timer: &'b mut Option<Pin<Box<Sleep>>>,
+}
+
+impl Transport for RawTransport<'_, '_> {
+    type Conn = TcpStream;
+    type Response = Response;
+
+    fn checkout(&mut self, server: &Server) -> Option<TcpStream> {
+        pool::of(server)?.checkout_raw()
+    }
+
+    async fn connect(
+        &mut self,
+        server: &Arc<Server>,
+        settings: &UpstreamSettings,
+    ) -> Result<TcpStream, AttemptError> {
+        let limit = settings.timeouts.connect;
+        open_tcp(server, Instant::now() + limit, limit).await
+    }
+
+    async fn send(
+        &mut self,
+        mut stream: TcpStream,
+        server: &Server,
+        settings: &UpstreamSettings,
+        sent_at: Instant,
+    ) -> Result<Response, SendError> {
+        let (read, head, client_head, body) = send(
+            &mut stream,
+            server,
+            settings,
+            self.plan,
+            self.client,
+            sent_at,
+            self.timer,
+        )
+        .await?;
+        Ok(Response {
+            stream,
+            read,
+            head,
+            client_head,
+            body,
+        })
+    }
+
+    fn can_send(&self) -> bool {
+        // The request is bytes, kept until the exchange is over.
+        true
+    }
+
+    fn status(response: &Response) -> u16 {
+        response.head.status
+    }
 }
 
 /// A server's response, its head read.
@@ -524,10 +572,6 @@ struct Response {
     client_head: Vec<u8>,
     /// How much of the body came with the head.
     body: BodyStart,
-    sent_at: Instant,
-    /// From `sent_at` to the head: the response time too when the whole body
-    /// came with it (one clock read fewer for a small response).
-    header_time: Duration,
 }
 
 /// Where a response body stands after the bytes read with its head.
@@ -563,66 +607,6 @@ impl BodyStart {
     }
 }
 
-/// Why one send on one connection failed.
-enum SendError {
-    /// Nothing came back and the connection broke: a reused connection the
-    /// server had closed is tried again on another.
-    Broken(io::Error),
-    Failed(AttemptError),
-}
-
-/// One server's turn: the request on a pooled connection (again on another one
-/// if that turns out stale) or on a new one, up to the response head.
-async fn attempt(
-    server: &Server,
-    settings: &UpstreamSettings,
-    plan: &Plan,
-    client: ClientSide,
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    connect_time: &mut Option<Duration>,
-) -> Result<Response, AttemptError> {
-    loop {
-        let pooled = server.runtime.pool.checkout_raw();
-        let reused = pooled.is_some();
-        let mut stream = match pooled {
-            Some(s) => {
-                connect_time.get_or_insert(Duration::ZERO);
-                s
-            }
-            None => {
-                let limit = settings.timeouts.connect;
-                let began = Instant::now();
-                let opened =
-                    Box::pin(forward::open_tcp(server, Instant::now() + limit, limit)).await;
-                *connect_time = Some(began.elapsed());
-                opened?
-            }
-        };
-        server.runtime.stats.requests.fetch_add(1, Relaxed);
-        let sent_at = Instant::now();
-        match send(&mut stream, server, settings, plan, client, sent_at, timer).await {
-            Ok((read, head, client_head, body)) => {
-                let header_time = sent_at.elapsed();
-                server.runtime.stats.header_time.observe(header_time);
-                return Ok(Response {
-                    stream,
-                    read,
-                    head,
-                    client_head,
-                    body,
-                    sent_at,
-                    header_time,
-                });
-            }
-            Err(SendError::Broken(e)) if reused => {
-                debug!(server = %server.addr, error = %e, "stale keep-alive connection, sending again");
-            }
-            Err(SendError::Broken(e)) => return Err(AttemptError::Io(e)),
-            Err(SendError::Failed(e)) => return Err(e),
-        }
-    }
-}
-
 /// Most bytes of a server's response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -641,7 +625,7 @@ async fn send(
     let sent = match stream.try_write(&plan.request) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(SendError::Broken(e)),
+        Err(e) => return Err(SendError::Stale(AttemptError::Io(e))),
     };
     let rest = &plan.request[sent..];
     let written = if rest.is_empty() {
@@ -655,7 +639,7 @@ async fn send(
                 .bytes_sent
                 .fetch_add(plan.request.len() as u64, Relaxed);
         }
-        Ok(Err(e)) => return Err(SendError::Broken(e)),
+        Ok(Err(e)) => return Err(SendError::Stale(AttemptError::Io(e))),
         Err(_) => {
             return Err(SendError::Failed(AttemptError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -679,7 +663,7 @@ async fn send(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed before the response",
                 );
-                return failed(read, client_head, SendError::Broken(e));
+                return failed(read, client_head, SendError::Stale(AttemptError::Io(e)));
             }
             Ok(Ok(0)) => {
                 let e = AttemptError::Response(
@@ -691,7 +675,7 @@ async fn send(
                 stats.bytes_received.fetch_add(n as u64, Relaxed);
             }
             Ok(Err(e)) if read.is_empty() => {
-                return failed(read, client_head, SendError::Broken(e));
+                return failed(read, client_head, SendError::Stale(AttemptError::Io(e)));
             }
             Ok(Err(e)) => return failed(read, client_head, SendError::Failed(AttemptError::Io(e))),
             Err(_) => {
@@ -739,28 +723,23 @@ fn failed<T>(read: Vec<u8>, client_head: Vec<u8>, e: SendError) -> Result<T, Sen
 /// client connection stays open.
 async fn relay(
     conn: &mut Side<'_>,
-    lease: Lease,
     settings: &UpstreamSettings,
-    response: Response,
+    answered: Answered<Response>,
     sent: &mut (u64, u64),
 ) -> bool {
-    let Response {
-        stream: mut upstream,
-        mut read,
-        head,
-        client_head,
-        body: BodyStart {
-            end,
-            mut left,
-            mut scan,
-        },
-        sent_at,
+    let Answered {
+        response:
+            Response {
+                stream: mut upstream,
+                mut read,
+                head,
+                client_head,
+                body,
+            },
+        mut attempt,
         header_time,
-    } = response;
-    let server = Arc::clone(lease.server());
-    server.runtime.stats.count_response(head.status);
-    passive::record_success(&server);
-
+    } = answered;
+    let end = body.end;
     let first = &read[head.len..end.unwrap_or(read.len())];
     // Bytes past the response: the connection is out of step; not reused.
     let mut clean = end.is_none_or(|e| e == read.len());
@@ -771,72 +750,103 @@ async fn relay(
         return give_up(read);
     }
     *sent = (head_len, first.len() as u64);
-    if end.is_none() {
-        let read_timeout = settings.timeouts.read;
+    if end.is_some() {
+        // The whole body came with the head: its response time is the head's
+        // (one clock read fewer for a small response).
+        attempt.finished_in(header_time);
+    } else {
+        let mut stream = BodyStream {
+            upstream: &mut upstream,
+            framing: head.framing,
+            left: body.left,
+            scan: body.scan,
+            read_timeout: settings.timeouts.read,
+        };
+        match stream.relay(conn.stream, &mut read, &mut attempt, sent).await {
+            Some(c) => clean = c,
+            None => return give_up(read),
+        }
+        attempt.finished();
+    }
+    buffers::give(read);
+    if head.reusable
+        && clean
+        && let Some(pool) = pool::of(attempt.server())
+    {
+        pool.checkin_raw(upstream);
+    }
+    drop(attempt);
+    // A body delimited by the server's close: the client's head said
+    // `connection: close`, and the close is what ends the body for it too.
+    head.framing != Framing::UntilClose
+}
+
+/// The rest of a response body, after what came with its head.
+struct BodyStream<'a> {
+    upstream: &'a mut TcpStream,
+    framing: Framing,
+    /// Bytes still to come of a body of known length.
+    left: u64,
+    scan: ChunkedScan,
+    read_timeout: Duration,
+}
+
+impl BodyStream<'_> {
+    /// Copies the body to `client` as it comes, up to its end. Returns whether
+    /// the server's connection is still in step (nothing read past the body),
+    /// or `None` when the exchange broke: a server's fault is counted on
+    /// `attempt`; a client that went away is not.
+    async fn relay(
+        &mut self,
+        client: &mut TcpStream,
+        read: &mut Vec<u8>,
+        attempt: &mut Attempt,
+        sent: &mut (u64, u64),
+    ) -> Option<bool> {
+        let stats = &attempt.server().runtime.stats;
         loop {
             read.clear();
             read.reserve(buffers::BODY);
-            let n = match timeout(read_timeout, upstream.read_buf(&mut read)).await {
-                Ok(Ok(0)) if head.framing == Framing::UntilClose => break,
+            let n = match timeout(self.read_timeout, self.upstream.read_buf(read)).await {
+                Ok(Ok(0)) if self.framing == Framing::UntilClose => return Some(true),
                 Ok(Ok(n)) if n > 0 => n,
                 outcome => {
                     let error = match outcome {
                         Ok(Ok(_)) => "connection closed before the end of the body".to_string(),
                         Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("no body data for {read_timeout:?} (read_timeout)"),
+                        Err(_) => format!("no body data for {:?} (read_timeout)", self.read_timeout),
                     };
-                    debug!(server = %server.addr, %error, "response body broken");
-                    passive::record_failure(&server, crate::clock::now_ms());
-                    return give_up(read);
+                    attempt.failed(Fault::Server, &format!("response body broken: {error}"));
+                    return None;
                 }
             };
-            server
-                .runtime
-                .stats
-                .bytes_received
-                .fetch_add(n as u64, Relaxed);
+            stats.bytes_received.fetch_add(n as u64, Relaxed);
             // How much of this read is body, and whether the body ends with it.
-            let (part, done) = match head.framing {
+            let (part, done) = match self.framing {
                 Framing::Length(_) => {
-                    let take = left.min(n as u64);
-                    left -= take;
-                    (take as usize, left == 0)
+                    let take = self.left.min(n as u64);
+                    self.left -= take;
+                    (take as usize, self.left == 0)
                 }
-                Framing::Chunked => match scan.feed(&read) {
+                Framing::Chunked => match self.scan.feed(read) {
                     Ok(Some(e)) => (e, true),
                     Ok(None) => (n, false),
                     Err(e) => {
-                        debug!(server = %server.addr, error = %e, "bad response body");
-                        passive::record_failure(&server, crate::clock::now_ms());
-                        return give_up(read);
+                        attempt.failed(Fault::Server, &format!("bad response body: {e}"));
+                        return None;
                     }
                 },
                 Framing::Empty | Framing::UntilClose => (n, false),
             };
-            clean = part == n;
-            if conn.stream.write_all(&read[..part]).await.is_err() {
-                return give_up(read);
+            if client.write_all(&read[..part]).await.is_err() {
+                return None;
             }
             sent.1 += part as u64;
             if done {
-                break;
+                return Some(part == n);
             }
         }
     }
-    buffers::give(read);
-    let response_time = if end.is_some() {
-        header_time
-    } else {
-        sent_at.elapsed()
-    };
-    server.runtime.stats.response_time.observe(response_time);
-    if head.reusable && clean {
-        server.runtime.pool.checkin_raw(upstream);
-    }
-    drop(lease);
-    // A body delimited by the server's close: the client's head said
-    // `connection: close`, and the close is what ends the body for it too.
-    head.framing != Framing::UntilClose
 }
 
 /// The exchange broke after the client got the head (or the client went away):

@@ -1,0 +1,15 @@
+//! Why the proxy could not start or reload a listener.
+
+use std::net::SocketAddr;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener {addr}: TLS: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
+}
