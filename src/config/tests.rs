@@ -481,7 +481,7 @@ fn columns_count_characters_not_bytes() {
     );
     let e = errors(&src);
     assert_eq!((e[0].line, e[0].column), (6, 37), "{e:?}");
-    assert_eq!(fields::line_col("é\nab€c", 8), (2, 4));
+    assert_eq!(read::line_col("é\nab€c", 8), (2, 4));
 }
 
 #[test]
@@ -492,7 +492,7 @@ fn host_names_are_checked_not_resolved() {
         "10.0.0.1:80",
         "xn--bcher-kva.example:8080",
     ] {
-        assert_eq!(addr::server_addr(ok), Ok(()), "{ok}");
+        assert_eq!(addr::check_server_addr(ok), Ok(()), "{ok}");
     }
     for bad in [
         "a.b",
@@ -503,7 +503,7 @@ fn host_names_are_checked_not_resolved() {
         "[::1:80",
         "a:b:80",
     ] {
-        assert!(addr::server_addr(bad).is_err(), "{bad}");
+        assert!(addr::check_server_addr(bad).is_err(), "{bad}");
     }
 }
 
@@ -799,18 +799,15 @@ fn the_log_section_is_read_alone_before_the_rest_of_the_file() {
     // The rest of the file is broken; logging still gets its settings.
     let broken_elsewhere = "[log]\nformat = \"json\"\n[upstream.a]\nservers = []\n";
     assert_eq!(
-        parse::log_section(broken_elsewhere),
+        read::log_section(broken_elsewhere),
         Some(LogConfig {
             format: Some(LogFormat::Json),
             level: None
         })
     );
-    assert_eq!(
-        parse::log_section("[runtime]\n"),
-        Some(LogConfig::default())
-    );
-    assert_eq!(parse::log_section("[log]\nlevel = \"loud\"\n"), None);
-    assert_eq!(parse::log_section("[log\n"), None);
+    assert_eq!(read::log_section("[runtime]\n"), Some(LogConfig::default()));
+    assert_eq!(read::log_section("[log]\nlevel = \"loud\"\n"), None);
+    assert_eq!(read::log_section("[log\n"), None);
 }
 
 #[test]

@@ -1,507 +1,488 @@
-//! `[upstream.NAME]`: servers, balancing, timeouts, retries and health checks.
+//! `[upstream.NAME]`: how a group of servers is balanced, reached and retried,
+//! and the rules between those settings (a hash needs a key, `h2` needs TLS,
+//! backups do not mix with hashing). Every door that takes an upstream's
+//! settings checks them here. Types and rules only: the TOML reader is
+//! `read::upstream`; servers and health checks have files of their own.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use toml::de::DeValue;
+use super::health_check::HealthCheckConfig;
+use super::server::ServerConfig;
 
-use super::addr;
-use super::fields::{Sink, Span, Table, as_table, int_value};
-use super::{
-    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy, Scheme,
-    ServerConfig, Timeouts, UpstreamConfig, UpstreamProtocol, UpstreamTls,
-};
+/// The fewest servers a request may be tried on (the first one).
+pub const MIN_TRIES: u32 = 1;
 
-const UPSTREAM_KEYS: &[&str] = &[
-    "balance",
-    "hash_key",
-    "keepalive",
-    "keepalive_timeout",
-    "connect_timeout",
-    "read_timeout",
-    "send_timeout",
-    "retry",
-    "scheme",
-    "protocol",
-    "tls_server_name",
-    "tls_ca",
-    "tls_verify",
-    "tls_client_cert",
-    "tls_client_key",
-    "servers",
-    "health_check",
-];
-const SERVER_KEYS: &[&str] = &[
-    "addr",
-    "weight",
-    "max_fails",
-    "fail_timeout",
-    "max_conns",
-    "slow_start",
-    "backup",
-    "down",
-];
-const RETRY_KEYS: &[&str] = &["tries", "timeout", "non_idempotent"];
-const HEALTH_KEYS: &[&str] = &[
-    "type",
-    "http_req",
-    "method",
-    "path",
-    "host",
-    "headers",
-    "interval",
-    "jitter",
-    "timeout",
-    "fall",
-    "rise",
-    "valid_statuses",
-    "body",
-    "body_regex",
-    "port",
-    "concurrency",
-    "mandatory",
-];
-const U32: i128 = u32::MAX as i128;
-
-pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) -> UpstreamConfig {
-    t.check_keys(sink, UPSTREAM_KEYS);
-
-    let mut balance = Balance::RoundRobin;
-    let mut balance_span = t.span.clone();
-    let mut balance_known = t.get("balance").is_none();
-    if let Some((s, span)) = t.str(sink, "balance") {
-        match Balance::parse(s) {
-            Some(b) => {
-                balance = b;
-                balance_known = true;
-            }
-            None => {
-                let valid: Vec<_> = Balance::ALL.iter().map(|b| b.as_str()).collect();
-                let msg = format!(
-                    "unknown balance method {s:?} (expected one of: {})",
-                    valid.join(", ")
-                );
-                t.err(sink, &span, msg);
-            }
-        }
-        balance_span = span;
-    }
-
-    let hash_key = t.str(sink, "hash_key").and_then(|(s, span)| match HashKey::parse(s) {
-        Some(k) => Some((k, span)),
-        None => {
-            let msg = format!(
-                "bad hash_key {s:?} (expected \"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")"
-            );
-            t.err(sink, &span, msg);
-            None
-        }
-    });
-    match (&hash_key, balance) {
-        (None, Balance::Hash) if t.get("hash_key").is_none() => t.err(
-            sink,
-            &balance_span,
-            "balance \"hash\" needs a hash_key (\"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")",
-        ),
-        (Some((_, span)), b) if b != Balance::Hash && balance_known => {
-            let msg = format!(
-                "hash_key is only used with balance = \"hash\" (balance is {:?})",
-                b.as_str()
-            );
-            t.err(sink, span, msg);
-        }
-        _ => {}
-    }
-
-    let mut scheme = Scheme::Http;
-    if let Some((s, span)) = t.str(sink, "scheme") {
-        match s {
-            "http" => {}
-            "https" => scheme = Scheme::Https,
-            _ => t.err(
-                sink,
-                &span,
-                format!("unknown scheme {s:?} (expected \"http\" or \"https\")"),
-            ),
-        }
-    }
-    let mut protocol = UpstreamProtocol::Http1;
-    if let Some((p, span)) = t.str(sink, "protocol") {
-        match (UpstreamProtocol::parse(p), scheme) {
-            (Some(UpstreamProtocol::H2), Scheme::Http) => t.err(
-                sink,
-                &span,
-                "protocol \"h2\" is agreed through TLS: it needs scheme = \"https\" (use \"h2c\" for cleartext HTTP/2)",
-            ),
-            (Some(UpstreamProtocol::H2c), Scheme::Https) => t.err(
-                sink,
-                &span,
-                "protocol \"h2c\" is cleartext HTTP/2: with scheme = \"https\" use \"h2\"",
-            ),
-            (Some(v), _) => protocol = v,
-            (None, _) => t.err(
-                sink,
-                &span,
-                format!("unknown protocol {p:?} (expected \"http1\", \"h2\" or \"h2c\")"),
-            ),
-        }
-    }
-    let tls = read_upstream_tls(t, sink);
-
-    let servers = read_servers(t, sink, balance);
-
-    let mut keepalive = KeepaliveConfig::default();
-    if let Some(n) = t.int(sink, "keepalive", 0, U32) {
-        keepalive.max_idle = n;
-    }
-    if let Some(d) = t.duration(sink, "keepalive_timeout") {
-        keepalive.idle_timeout = d;
-    }
-    let mut timeouts = Timeouts::default();
-    for (key, slot) in [
-        ("connect_timeout", &mut timeouts.connect),
-        ("read_timeout", &mut timeouts.read),
-        ("send_timeout", &mut timeouts.send),
-    ] {
-        if let Some(d) = t.duration(sink, key) {
-            *slot = d;
-        }
-    }
-
-    let retry = t
-        .table(sink, "retry", "retry")
-        .map(|r| read_retry(&r, sink))
-        .unwrap_or_default();
-    let health_check = t
-        .table(sink, "health_check", "health_check")
-        .map(|h| read_health_check(&h, sink));
-
-    UpstreamConfig {
-        name: name.to_string(),
-        balance,
-        hash_key: hash_key.map(|(k, _)| k),
-        servers,
-        keepalive,
-        timeouts,
-        retry,
-        health_check,
-        scheme,
-        protocol,
-        tls,
-    }
+/// Why an upstream's settings are refused. The text is the one users see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("unknown balance method {0:?} (expected one of: {list})", list = Balance::names().join(", "))]
+    UnknownBalance(String),
+    #[error(
+        "bad hash_key {0:?} (expected \"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")"
+    )]
+    BadHashKey(String),
+    #[error(
+        "balance \"hash\" needs a hash_key (\"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")"
+    )]
+    HashWithoutKey,
+    #[error("hash_key is only used with balance = \"hash\" (balance is {:?})", .0.as_str())]
+    KeyWithoutHash(Balance),
+    #[error("backup servers cannot be used with balance {:?}", .0.as_str())]
+    BackupWithHash(Balance),
+    #[error("unknown scheme {0:?} (expected \"http\" or \"https\")")]
+    UnknownScheme(String),
+    #[error("unknown protocol {0:?} (expected \"http1\", \"h2\" or \"h2c\")")]
+    UnknownProtocol(String),
+    #[error(
+        "protocol \"h2\" is agreed through TLS: it needs scheme = \"https\" (use \"h2c\" for cleartext HTTP/2)"
+    )]
+    H2WithoutTls,
+    #[error("protocol \"h2c\" is cleartext HTTP/2: with scheme = \"https\" use \"h2\"")]
+    H2cWithTls,
+    #[error("bad tls_server_name {0:?} (expected a DNS name or an IP address)")]
+    BadServerName(String),
+    #[error("{0} must name a file")]
+    EmptyPath(&'static str),
+    #[error("{0} needs {1} too (a client certificate and its key)")]
+    HalfClientCert(&'static str, &'static str),
+    #[error("tls_verify = false ignores tls_ca: keep one of the two")]
+    VerifyOffWithCa,
 }
 
-/// The `tls_*` keys of an upstream. Only read here; the files are loaded when
-/// the upstream is built.
-fn read_upstream_tls(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> UpstreamTls {
-    let mut tls = UpstreamTls::default();
-    let path = |sink: &mut Sink<'_>, key: &str| {
-        t.str(sink, key).and_then(|(s, span)| {
-            if s.is_empty() {
-                t.err(sink, &span, format!("{key} must name a file"));
-                None
-            } else {
-                Some(PathBuf::from(s))
-            }
-        })
-    };
-    tls.ca = path(sink, "tls_ca");
-    tls.client_cert = path(sink, "tls_client_cert");
-    tls.client_key = path(sink, "tls_client_key");
-    if let Some((name, span)) = t.str(sink, "tls_server_name") {
-        if rustls_pki_types::ServerName::try_from(name).is_err() {
-            t.err(
-                sink,
-                &span,
-                format!("bad tls_server_name {name:?} (expected a DNS name or an IP address)"),
-            );
-        }
-        tls.server_name = Some(name.to_string());
+/// A hash key with hashing, and hashing with a key.
+pub fn check_hash_key(balance: Balance, hash_key: Option<&HashKey>) -> Result<(), UpstreamError> {
+    match (hash_key, balance) {
+        (None, Balance::Hash) => Err(UpstreamError::HashWithoutKey),
+        (Some(_), b) if b != Balance::Hash => Err(UpstreamError::KeyWithoutHash(b)),
+        _ => Ok(()),
     }
-    if let Some((v, _)) = t.bool(sink, "tls_verify") {
-        tls.verify = v;
-    }
-    for (have, other) in [
-        ("tls_client_cert", "tls_client_key"),
-        ("tls_client_key", "tls_client_cert"),
-    ] {
-        if let (Some(v), None) = (t.get(have), t.get(other)) {
-            t.err(
-                sink,
-                &v.span(),
-                format!("{have} needs {other} too (a client certificate and its key)"),
-            );
-        }
-    }
-    if let (Some(v), Some(_)) = (t.get("tls_verify"), t.get("tls_ca"))
-        && matches!(v.get_ref(), DeValue::Boolean(false))
-    {
-        t.err(
-            sink,
-            &v.span(),
-            "tls_verify = false ignores tls_ca: keep one of the two",
-        );
-    }
-    tls
-}
-
-fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec<ServerConfig> {
-    let Some((list, list_span)) = t.array(sink, "servers") else {
-        if t.get("servers").is_none() {
-            t.err(sink, &t.span, "upstream has no servers");
-        }
-        return Vec::new();
-    };
-    if list.is_empty() {
-        t.err(sink, &list_span, "upstream has no servers");
-    }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut servers = Vec::new();
-    for (i, v) in list.iter().enumerate() {
-        let addr = match v.get_ref() {
-            DeValue::Table(m) => m.get("addr").and_then(|a| a.get_ref().as_str()),
-            _ => None,
-        };
-        let ctx = match addr {
-            Some(a) => format!("{}server {a:?}: ", t.ctx),
-            None => format!("{}server #{}: ", t.ctx, i + 1),
-        };
-        let key = format!("server #{}", i + 1);
-        let Some(s) = as_table(t, sink, &key, v, "server", ctx) else {
-            continue;
-        };
-        let (server, addr_span, backup_span) = read_server(&s, sink);
-        let Some(addr_span) = addr_span else {
-            // No usable addr: already reported, and nothing to compare or keep.
-            check_backup(&s, sink, &server, backup_span, balance);
-            continue;
-        };
-        if let Some(first) = seen.get(&server.addr.to_ascii_lowercase()) {
-            let msg = format!(
-                "duplicate server {:?} (also at line {})",
-                server.addr,
-                sink.line_of(*first)
-            );
-            t.err(sink, &addr_span, msg);
-        } else {
-            seen.insert(server.addr.to_ascii_lowercase(), addr_span.start);
-        }
-        check_backup(&s, sink, &server, backup_span, balance);
-        servers.push(server);
-    }
-    servers
 }
 
 /// nginx refuses backup servers with hashing: a key's server must not change
 /// merely because another server went down, which a backup would make it do.
-fn check_backup(
-    s: &Table<'_, '_>,
-    sink: &mut Sink<'_>,
-    server: &ServerConfig,
-    backup_span: Option<Span>,
-    balance: Balance,
-) {
-    if let (Some(span), true, Balance::Hash | Balance::IpHash) =
-        (backup_span, server.backup, balance)
-    {
-        let msg = format!(
-            "backup servers cannot be used with balance {:?}",
-            balance.as_str()
-        );
-        s.err(sink, &span, msg);
+pub fn check_backup(balance: Balance, backup: bool) -> Result<(), UpstreamError> {
+    match balance {
+        Balance::Hash | Balance::IpHash if backup => Err(UpstreamError::BackupWithHash(balance)),
+        _ => Ok(()),
     }
 }
 
-/// The server, where its `addr` is (`None` when it has no valid one), and where
-/// its `backup` flag is if given. Every field is checked even when `addr` is bad,
-/// so that all of a server's problems are reported together.
-fn read_server(
-    s: &Table<'_, '_>,
-    sink: &mut Sink<'_>,
-) -> (ServerConfig, Option<Span>, Option<Span>) {
-    s.check_keys(sink, SERVER_KEYS);
-    let addr = s.str(sink, "addr");
-    let mut ok = addr.is_some();
-    if let Some((a, span)) = &addr
-        && let Err(e) = addr::server_addr(a)
-    {
-        s.err(sink, span, format!("bad address: {e}"));
-        ok = false;
+/// The HTTP version fits the scheme: `h2` is agreed in the TLS handshake, `h2c`
+/// is its cleartext form.
+pub fn check_protocol(scheme: Scheme, protocol: UpstreamProtocol) -> Result<(), UpstreamError> {
+    match (protocol, scheme) {
+        (UpstreamProtocol::H2, Scheme::Http) => Err(UpstreamError::H2WithoutTls),
+        (UpstreamProtocol::H2c, Scheme::Https) => Err(UpstreamError::H2cWithTls),
+        _ => Ok(()),
     }
-    if s.get("addr").is_none() {
-        s.missing(sink, "addr");
-    }
-    let (addr, addr_span) = addr.unwrap_or_default();
-    let mut server = ServerConfig::new(addr);
-    if let Some(w) = s.int(sink, "weight", 1, 1000) {
-        server.weight = w;
-    }
-    if let Some(n) = s.int(sink, "max_fails", 0, U32) {
-        server.max_fails = n;
-    }
-    if let Some(n) = s.int(sink, "max_conns", 0, U32) {
-        server.max_conns = n;
-    }
-    if let Some(d) = s.duration(sink, "fail_timeout") {
-        server.fail_timeout = d;
-    }
-    if let Some(d) = s.duration(sink, "slow_start") {
-        server.slow_start = d;
-    }
-    let backup = s.bool(sink, "backup");
-    if let Some((b, _)) = backup {
-        server.backup = b;
-    }
-    if let Some((d, _)) = s.bool(sink, "down") {
-        server.down = d;
-    }
-    (
-        server,
-        ok.then_some(addr_span),
-        backup.map(|(_, span)| span),
-    )
 }
 
-fn read_retry(r: &Table<'_, '_>, sink: &mut Sink<'_>) -> RetryPolicy {
-    r.check_keys(sink, RETRY_KEYS);
-    let mut retry = RetryPolicy::default();
-    if let Some(n) = r.int(sink, "tries", 1, U32) {
-        retry.tries = n;
-    }
-    if let Some(d) = r.duration(sink, "timeout") {
-        retry.timeout = d;
-    }
-    if let Some((b, _)) = r.bool(sink, "non_idempotent") {
-        retry.non_idempotent = b;
-    }
-    retry
+/// `tls_server_name`: what rustls can send as SNI and verify.
+pub fn check_server_name(name: &str) -> Result<(), UpstreamError> {
+    rustls_pki_types::ServerName::try_from(name)
+        .map(drop)
+        .map_err(|_| UpstreamError::BadServerName(name.to_string()))
 }
 
-fn read_health_check(h: &Table<'_, '_>, sink: &mut Sink<'_>) -> HealthCheckConfig {
-    h.check_keys(sink, HEALTH_KEYS);
-    let mut c = HealthCheckConfig::new(HealthCheckKind::Http);
-    match h.str(sink, "type") {
-        Some((s, span)) => match HealthCheckKind::parse(s) {
-            Some(k) => c.kind = k,
-            None => {
-                let msg = format!(
-                    "unknown health check type {s:?} (expected \"http\", \"https\" or \"tcp\")"
-                );
-                h.err(sink, &span, msg);
-            }
-        },
-        None if h.get("type").is_none() => h.missing(sink, "type"),
-        None => {}
+/// `/api/v1/upstreams` names are path segments; the file's table keys are not.
+pub fn is_api_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/')
+}
+
+/// `[upstream.NAME]`: a named group of servers and how to reach them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    /// Required when `balance = "hash"`, forbidden otherwise.
+    pub hash_key: Option<HashKey>,
+    pub servers: Vec<ServerConfig>,
+    pub keepalive: KeepaliveConfig,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub health_check: Option<HealthCheckConfig>,
+    pub scheme: Scheme,
+    pub protocol: UpstreamProtocol,
+    pub tls: UpstreamTls,
+}
+
+/// Balancing method of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Hash,
+    RandomTwo,
+}
+
+impl Balance {
+    pub const ALL: [Balance; 5] = [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::IpHash,
+        Balance::Hash,
+        Balance::RandomTwo,
+    ];
+
+    /// The method named as in the file (`"round_robin"`...).
+    pub fn parse(s: &str) -> Option<Balance> {
+        Balance::ALL.into_iter().find(|b| b.as_str() == s)
     }
-    let http_req = h.str(sink, "http_req");
-    if let (Some((_, span)), HealthCheckKind::Tcp) = (&http_req, c.kind) {
-        h.err(
-            sink,
-            span,
-            "http_req is only used with type = \"http\" or \"https\"",
-        );
+
+    /// [`Balance::parse`], refusing an unknown name with the list of known ones.
+    pub fn from_name(s: &str) -> Result<Balance, UpstreamError> {
+        Self::parse(s).ok_or_else(|| UpstreamError::UnknownBalance(s.to_string()))
     }
-    if let Some((_, span)) = &http_req {
-        for key in ["method", "path", "host", "headers"] {
-            if h.get(key).is_some() {
-                h.err(
-                    sink,
-                    span,
-                    format!("http_req is the whole request; {key} cannot be used with it"),
-                );
-            }
+
+    fn names() -> Vec<&'static str> {
+        Balance::ALL.iter().map(|b| b.as_str()).collect()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::Hash => "hash",
+            Balance::RandomTwo => "random_two",
         }
     }
-    c.http_req = http_req.map(|(s, _)| s.to_string());
-    if let Some((m, span)) = h.str(sink, "method") {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-            h.err(
-                sink,
-                &span,
-                format!("bad method {m:?} (expected an upper-case HTTP method such as GET)"),
-            );
-        }
-        c.method = m.to_string();
-    }
-    if let Some((p, span)) = h.str(sink, "path") {
-        if !p.starts_with('/')
-            || p.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            h.err(
-                sink,
-                &span,
-                format!("bad path {p:?} (must start with \"/\" and have no spaces)"),
-            );
-        }
-        c.path = p.to_string();
-    }
-    c.host = h.str(sink, "host").map(|(s, _)| s.to_string());
-    if let Some(t) = h.table(sink, "headers", "headers") {
-        for (k, v) in t.map.iter() {
-            match v.get_ref().as_str() {
-                Some(val) if !val.contains(['\r', '\n']) => {
-                    c.headers.push((k.get_ref().to_string(), val.to_string()))
-                }
-                _ => t.err(
-                    sink,
-                    &v.span(),
-                    format!("header {:?} must be a one-line string", k.get_ref()),
-                ),
-            }
+}
+
+/// Where `balance = "hash"` takes its key from. In the file:
+/// `"uri"`, `"remote_addr"`, `"header:NAME"`, `"cookie:NAME"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Path and query of the request.
+    Uri,
+    /// The client's IP address.
+    RemoteAddr,
+    /// A request header (name stored lowercase).
+    Header(String),
+    /// A cookie by name.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses the file's form: `"uri"`, `"remote_addr"`, `"header:NAME"`,
+    /// `"cookie:NAME"` (names must be HTTP tokens).
+    pub fn parse(s: &str) -> Option<HashKey> {
+        let token = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        match s.split_once(':') {
+            None if s == "uri" => Some(HashKey::Uri),
+            None if s == "remote_addr" => Some(HashKey::RemoteAddr),
+            Some(("header", n)) if token(n) => Some(HashKey::Header(n.to_ascii_lowercase())),
+            Some(("cookie", n)) if token(n) => Some(HashKey::Cookie(n.to_string())),
+            _ => None,
         }
     }
-    let mut positive = |key: &str, default: Duration| match h.duration(sink, key) {
-        Some(d) if d.is_zero() => {
-            if let Some(v) = h.get(key) {
-                h.err(sink, &v.span(), format!("{key} must be greater than 0"));
-            }
-            default
-        }
-        Some(d) => d,
-        None => default,
-    };
-    c.interval = positive("interval", c.interval);
-    c.timeout = positive("timeout", c.timeout);
-    c.jitter = h.duration(sink, "jitter").unwrap_or(c.jitter);
-    if let Some((list, _)) = h.array(sink, "valid_statuses") {
-        for v in list.iter() {
-            if let Some(code) = int_value(h, sink, "status", v, 100, 599) {
-                c.valid_statuses.push(code);
-            }
+
+    /// [`HashKey::parse`], refusing a bad key with the forms it may take.
+    pub fn from_name(s: &str) -> Result<HashKey, UpstreamError> {
+        Self::parse(s).ok_or_else(|| UpstreamError::BadHashKey(s.to_string()))
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::RemoteAddr => f.write_str("remote_addr"),
+            HashKey::Header(n) => write!(f, "header:{n}"),
+            HashKey::Cookie(n) => write!(f, "cookie:{n}"),
         }
     }
-    c.body = h.str(sink, "body").map(|(s, _)| s.to_string());
-    if let Some((re, span)) = h.str(sink, "body_regex") {
-        if let Err(e) = regex::Regex::new(re) {
-            h.err(sink, &span, format!("bad body_regex: {e}"));
+}
+
+/// How switchyard talks to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
         }
-        c.body_regex = Some(re.to_string());
     }
-    if c.kind == HealthCheckKind::Tcp {
-        for key in [
-            "body",
-            "body_regex",
-            "valid_statuses",
-            "method",
-            "path",
-            "host",
-            "headers",
+
+    pub fn from_name(s: &str) -> Result<Scheme, UpstreamError> {
+        match s {
+            "http" => Ok(Scheme::Http),
+            "https" => Ok(Scheme::Https),
+            _ => Err(UpstreamError::UnknownScheme(s.to_string())),
+        }
+    }
+}
+
+/// The HTTP version spoken to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (`protocol = "http1"`, the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, agreed through ALPN (`protocol = "h2"`, needs `scheme = "https"`).
+    H2,
+    /// HTTP/2 over cleartext with prior knowledge (`protocol = "h2c"`).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn parse(s: &str) -> Option<UpstreamProtocol> {
+        match s {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "h2" => Some(UpstreamProtocol::H2),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            _ => None,
+        }
+    }
+
+    pub fn from_name(s: &str) -> Result<UpstreamProtocol, UpstreamError> {
+        Self::parse(s).ok_or_else(|| UpstreamError::UnknownProtocol(s.to_string()))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// TLS towards an upstream's servers (used with `scheme = "https"` and by
+/// `type = "https"` health checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and the name verified; default: the host of each server's `addr`.
+    pub server_name: Option<String>,
+    /// Verify against this CA file instead of the built-in web roots.
+    pub ca: Option<PathBuf>,
+    /// `false` accepts any certificate (logged as a warning at start-up).
+    pub verify: bool,
+    /// Client certificate and key for mTLS to the servers.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            server_name: None,
+            ca: None,
+            verify: true,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+}
+
+impl UpstreamTls {
+    /// Every rule of the `tls_*` settings together, first broken one first (the
+    /// file checks them key by key, to place each).
+    pub fn validate(&self) -> Result<(), UpstreamError> {
+        for (key, path) in [
+            ("tls_ca", &self.ca),
+            ("tls_client_cert", &self.client_cert),
+            ("tls_client_key", &self.client_key),
         ] {
-            if let Some(v) = h.get(key) {
-                h.err(
-                    sink,
-                    &v.span(),
-                    format!("{key} is only used with type = \"http\" or \"https\""),
-                );
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(UpstreamError::EmptyPath(key));
             }
         }
+        if let Some(name) = &self.server_name {
+            check_server_name(name)?;
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => Err(UpstreamError::HalfClientCert(
+                "tls_client_cert",
+                "tls_client_key",
+            )),
+            (None, Some(_)) => Err(UpstreamError::HalfClientCert(
+                "tls_client_key",
+                "tls_client_cert",
+            )),
+            _ if !self.verify && self.ca.is_some() => Err(UpstreamError::VerifyOffWithCa),
+            _ => Ok(()),
+        }
     }
-    c.port = h.int(sink, "port", 1, 65535);
-    c.fall = h.int(sink, "fall", 1, U32).unwrap_or(c.fall);
-    c.rise = h.int(sink, "rise", 1, U32).unwrap_or(c.rise);
-    c.concurrency = h.int(sink, "concurrency", 1, U32).unwrap_or(c.concurrency);
-    c.mandatory = h.bool(sink, "mandatory").is_some_and(|(b, _)| b);
-    c
+}
+
+/// Idle keep-alive connections kept per server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Most idle connections kept per server and worker (`keepalive`; 0 = no
+    /// reuse). The default, [`KeepaliveConfig::DEFAULT_MAX_IDLE`], keeps every
+    /// connection that comes back for any realistic number of clients: `keepalive`
+    /// is a cap for those who want one, not a size to tune.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed (`keepalive_timeout`, default 60s).
+    pub idle_timeout: Duration,
+}
+
+impl KeepaliveConfig {
+    /// Large enough that 10,000 concurrent clients through one worker to one
+    /// server do not churn its connections; idle ones still close after
+    /// `keepalive_timeout`.
+    pub const DEFAULT_MAX_IDLE: usize = 16_384;
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            max_idle: Self::DEFAULT_MAX_IDLE,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Timeouts towards the servers of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (`connect_timeout`, default 5s).
+    pub connect: Duration,
+    /// Waiting for response headers, and between two reads of the response body
+    /// (`read_timeout`, default 60s). Expiry before headers is a 504.
+    pub read: Duration,
+    /// Between two successful writes to the server (`send_timeout`, default 60s).
+    pub send: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `retry = { tries = 3, timeout = "0s", non_idempotent = false }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most servers tried for one request, the first included (default 3; 1 = no retry).
+    pub tries: u32,
+    /// Give up trying further servers after this long (0 = no limit).
+    pub timeout: Duration,
+    /// Also retry non-idempotent requests (POST, PATCH) after a reset before response
+    /// headers. Connect failures are always retried, since nothing was sent.
+    pub non_idempotent: bool,
+}
+
+impl RetryPolicy {
+    /// `tries` brought up to [`MIN_TRIES`]: the doors that take it leniently
+    /// (the native API, a saved table) read 0 as "no retry".
+    pub fn at_least_one_try(tries: u32) -> u32 {
+        tries.max(MIN_TRIES)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            tries: 3,
+            timeout: Duration::ZERO,
+            non_idempotent: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_and_its_key_go_together() {
+        assert_eq!(check_hash_key(Balance::Hash, Some(&HashKey::Uri)), Ok(()));
+        assert_eq!(check_hash_key(Balance::RoundRobin, None), Ok(()));
+        assert_eq!(
+            check_hash_key(Balance::Hash, None),
+            Err(UpstreamError::HashWithoutKey)
+        );
+        assert_eq!(
+            check_hash_key(Balance::LeastConn, Some(&HashKey::Uri))
+                .unwrap_err()
+                .to_string(),
+            "hash_key is only used with balance = \"hash\" (balance is \"least_conn\")"
+        );
+    }
+
+    #[test]
+    fn backups_do_not_mix_with_hashing() {
+        assert!(check_backup(Balance::RoundRobin, true).is_ok());
+        assert!(check_backup(Balance::Hash, false).is_ok());
+        assert_eq!(
+            check_backup(Balance::IpHash, true).unwrap_err().to_string(),
+            "backup servers cannot be used with balance \"ip_hash\""
+        );
+    }
+
+    #[test]
+    fn protocols_fit_schemes() {
+        assert!(check_protocol(Scheme::Https, UpstreamProtocol::H2).is_ok());
+        assert!(check_protocol(Scheme::Http, UpstreamProtocol::H2c).is_ok());
+        assert_eq!(
+            check_protocol(Scheme::Http, UpstreamProtocol::H2),
+            Err(UpstreamError::H2WithoutTls)
+        );
+        assert_eq!(
+            check_protocol(Scheme::Https, UpstreamProtocol::H2c),
+            Err(UpstreamError::H2cWithTls)
+        );
+    }
+
+    #[test]
+    fn names_and_their_messages() {
+        assert_eq!(Balance::from_name("least_conn"), Ok(Balance::LeastConn));
+        assert_eq!(
+            Balance::from_name("rr").unwrap_err().to_string(),
+            "unknown balance method \"rr\" (expected one of: round_robin, least_conn, ip_hash, hash, random_two)"
+        );
+        assert!(HashKey::from_name("header:").is_err());
+        assert_eq!(Scheme::from_name("https"), Ok(Scheme::Https));
+        assert!(Scheme::from_name("ftp").is_err());
+        assert!(UpstreamProtocol::from_name("h3").is_err());
+        assert!(is_api_name("app") && !is_api_name("") && !is_api_name("a/b"));
+        assert_eq!(RetryPolicy::at_least_one_try(0), 1);
+    }
+
+    #[test]
+    fn tls_settings() {
+        assert_eq!(UpstreamTls::default().validate(), Ok(()));
+        let tls = UpstreamTls {
+            client_cert: Some("c.pem".into()),
+            ..UpstreamTls::default()
+        };
+        assert!(matches!(
+            tls.validate(),
+            Err(UpstreamError::HalfClientCert(..))
+        ));
+        let tls = UpstreamTls {
+            verify: false,
+            ca: Some("ca.pem".into()),
+            ..UpstreamTls::default()
+        };
+        assert_eq!(tls.validate(), Err(UpstreamError::VerifyOffWithCa));
+        let tls = UpstreamTls {
+            server_name: Some("bad name".into()),
+            ..UpstreamTls::default()
+        };
+        assert!(matches!(
+            tls.validate(),
+            Err(UpstreamError::BadServerName(_))
+        ));
+    }
 }

@@ -1,21 +1,59 @@
 //! The TOML reader: walks the spanned document, reports every problem with its
-//! place, and builds [`super::Config`] only when there are none.
+//! place, and builds [`Config`] only when there are none. It checks values
+//! with the rules beside each type (`crate::config::rules`) and owns none of
+//! them: only how a problem is placed, and the file's shape (which keys, which
+//! sections).
+
+mod fields;
+mod listener;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use super::addr;
-use super::fields::{Sink, Table, as_table};
-use super::upstream::read_upstream;
-use super::{
-    AccessLogConfig, AccessLogFormat, AccessLogTarget, AccessRule, AdminConfig, CertificatePair,
-    ClientLimits, ClusterConfig, Config, ConfigErrors, ListenerConfig, ListenerTls, LogConfig,
-    LogFormat, LogLevel, RouteConfig, RuntimeConfig, TlsVersion, UpstreamConfig,
+use crate::config::addr::socket_addr;
+use crate::config::{
+    AccessRule, AdminConfig, ClusterConfig, Config, ConfigError, ConfigErrors, LogConfig,
+    LogFormat, LogLevel, RuntimeConfig, UpstreamConfig,
 };
+#[cfg(test)]
+pub(super) use fields::line_col;
+use fields::{Sink, Table, as_table};
+use listener::read_listener;
+use upstream::read_upstream;
+
+/// The `[log]` section of the file at `path` alone, to set up logging before the
+/// whole file is read. `None` when the file cannot be read or its `[log]` has a
+/// problem: [`load`] reports those, with their places.
+pub fn peek_log(path: &Path) -> Option<LogConfig> {
+    log_section(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Reads and validates a configuration file.
+///
+/// Relative certificate and key paths are taken from the file's own folder, as
+/// one expects when the file and its certificates are kept together.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse(&src, &name).map(|mut c| {
+            if let Some(dir) = path.parent() {
+                c.resolve_paths(dir);
+            }
+            c
+        }),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: name,
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }])),
+    }
+}
 
 const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "log", "listener", "upstream"];
 const CLUSTER_KEYS: &[&str] = &[
@@ -42,23 +80,6 @@ const ADMIN_KEYS: &[&str] = &[
 ];
 const RUNTIME_KEYS: &[&str] = &["workers", "shutdown_grace", "shutdown_delay"];
 const LOG_KEYS: &[&str] = &["format", "level"];
-const LISTENER_KEYS: &[&str] = &[
-    "listen",
-    "routes",
-    "health_uri",
-    "tls",
-    "client_header_timeout",
-    "max_headers",
-    "max_header_size",
-    "max_uri_length",
-    "max_connections",
-    "access_log",
-    "request_id",
-    "forwarded",
-];
-const LISTENER_TLS_KEYS: &[&str] = &["certificates", "min_version"];
-const CERT_KEYS: &[&str] = &["cert", "key"];
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "max_body_size"];
 const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
     18080,
@@ -184,7 +205,7 @@ fn read_admin(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> AdminConfig {
     t.check_keys(sink, ADMIN_KEYS);
     let mut listen = ADMIN_LISTEN;
     if let Some((s, span)) = t.str(sink, "listen") {
-        match addr::socket_addr(s) {
+        match socket_addr(s) {
             Ok(a) => listen = a,
             Err(e) => t.err(sink, &span, format!("bad listen address {s:?}: {e}")),
         }
@@ -400,7 +421,7 @@ fn read_log(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> LogConfig {
         .and_then(|(s, span)| match LogLevel::parse(s) {
             Ok(l) => Some(l),
             Err(e) => {
-                t.err(sink, &span, e);
+                t.err(sink, &span, e.to_string());
                 None
             }
         });
@@ -424,269 +445,4 @@ pub(super) fn log_section(src: &str) -> Option<LogConfig> {
         .map(|t| read_log(&t, &mut sink))
         .unwrap_or_default();
     sink.is_empty().then_some(log)
-}
-
-fn read_listener(
-    t: &Table<'_, '_>,
-    sink: &mut Sink<'_>,
-    upstreams: &BTreeSet<String>,
-    seen: &mut BTreeMap<SocketAddr, usize>,
-) -> Option<ListenerConfig> {
-    t.check_keys(sink, LISTENER_KEYS);
-    let mut listen = None;
-    match t.str(sink, "listen") {
-        Some((s, span)) => match addr::socket_addr(s) {
-            Ok(a) => {
-                // Port 0 asks the system for a free port: two such listeners
-                // get different ports, so they cannot clash.
-                if a.port() == 0 {
-                } else if let Some(first) = seen.get(&a) {
-                    let msg = format!(
-                        "duplicate listen address {a} (also at line {})",
-                        sink.line_of(*first)
-                    );
-                    t.err(sink, &span, msg);
-                } else {
-                    seen.insert(a, span.start);
-                }
-                listen = Some(a);
-            }
-            Err(e) => t.err(sink, &span, format!("bad address: {e}")),
-        },
-        None if t.get("listen").is_none() => t.missing(sink, "listen"),
-        None => {}
-    }
-    let mut routes = Vec::new();
-    match t.array(sink, "routes") {
-        Some((list, span)) if list.is_empty() => t.err(sink, &span, "listener has no routes"),
-        Some((list, _)) => {
-            for (i, v) in list.iter().enumerate() {
-                let ctx = format!("{}route #{}: ", t.ctx, i + 1);
-                let key = format!("route #{}", i + 1);
-                if let Some(r) = as_table(t, sink, &key, v, "route", ctx) {
-                    routes.extend(read_route(&r, sink, upstreams));
-                }
-            }
-        }
-        None if t.get("routes").is_none() => t.err(sink, &t.span, "listener has no routes"),
-        None => {}
-    }
-    let health_uri = t
-        .str(sink, "health_uri")
-        .and_then(|(s, span)| match check_health_uri(s) {
-            Ok(()) => Some(s.to_string()),
-            Err(e) => {
-                t.err(sink, &span, e);
-                None
-            }
-        });
-    let d = ClientLimits::default();
-    let mut limits = ClientLimits {
-        header_timeout: t
-            .duration(sink, "client_header_timeout")
-            .unwrap_or(d.header_timeout),
-        max_headers: t
-            .int(sink, "max_headers", 1, 10_000)
-            .unwrap_or(d.max_headers),
-        max_header_size: t
-            .int(sink, "max_header_size", 8 * 1024, 16 * 1024 * 1024)
-            .unwrap_or(d.max_header_size),
-        max_uri_length: t
-            .int(sink, "max_uri_length", 16, 1024 * 1024)
-            .unwrap_or(d.max_uri_length),
-        max_connections: t
-            .int(sink, "max_connections", 1, 10_000_000)
-            .unwrap_or(d.max_connections),
-    };
-    if limits.header_timeout.is_zero() {
-        if let Some(v) = t.get("client_header_timeout") {
-            t.err(
-                sink,
-                &v.span(),
-                "client_header_timeout must be greater than 0",
-            );
-        }
-        limits.header_timeout = d.header_timeout;
-    }
-    let tls = t
-        .table(sink, "tls", "tls")
-        .map(|tls| read_listener_tls(&tls, sink));
-    let access_log = t
-        .table(sink, "access_log", "access_log")
-        .and_then(|a| read_access_log(&a, sink));
-    let request_id = t.bool(sink, "request_id").is_none_or(|(b, _)| b);
-    let forwarded = t.bool(sink, "forwarded").is_some_and(|(b, _)| b);
-    Some(ListenerConfig {
-        listen: listen?,
-        routes,
-        health_uri,
-        limits,
-        tls,
-        access_log,
-        request_id,
-        forwarded,
-    })
-}
-
-const ACCESS_LOG_KEYS: &[&str] = &["path", "format"];
-
-fn read_access_log(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> Option<AccessLogConfig> {
-    t.check_keys(sink, ACCESS_LOG_KEYS);
-    let path = match t.str(sink, "path") {
-        Some(("-", _)) => AccessLogTarget::Stdout,
-        Some(("", span)) => {
-            t.err(sink, &span, "path is empty: a file, or \"-\" for stdout");
-            return None;
-        }
-        Some((p, _)) => AccessLogTarget::File(PathBuf::from(p)),
-        None => {
-            if t.get("path").is_none() {
-                t.missing(sink, "path");
-            }
-            return None;
-        }
-    };
-    let format = match t.str(sink, "format") {
-        None => AccessLogFormat::Combined,
-        Some(("combined", _)) => AccessLogFormat::Combined,
-        Some(("json", _)) => AccessLogFormat::Json,
-        Some((template, span)) if template.contains('$') => {
-            match crate::config::template_variables(template) {
-                Ok(_) => AccessLogFormat::Template(template.to_string()),
-                Err(e) => {
-                    t.err(sink, &span, format!("access_log format: {e}"));
-                    return None;
-                }
-            }
-        }
-        Some((other, span)) => {
-            t.err(
-                sink,
-                &span,
-                format!(
-                    "access_log format {other:?}: \"combined\", \"json\" or a template with $variables"
-                ),
-            );
-            return None;
-        }
-    };
-    Some(AccessLogConfig { path, format })
-}
-
-/// `health_uri`: a path as a request line carries it, matched exactly.
-fn check_health_uri(s: &str) -> Result<(), String> {
-    if !s.starts_with('/') {
-        return Err(format!("health_uri {s:?} must start with '/'"));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|&c| !c.is_ascii_graphic() || c == '?' || c == '#')
-    {
-        return Err(format!(
-            "health_uri {s:?}: a path only, matched exactly (no {c:?}: no query, fragment, space or non-ASCII)"
-        ));
-    }
-    Ok(())
-}
-
-fn read_listener_tls(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ListenerTls {
-    t.check_keys(sink, LISTENER_TLS_KEYS);
-    let mut min_version = TlsVersion::V1_2;
-    if let Some((v, span)) = t.str(sink, "min_version") {
-        match v {
-            "1.2" => {}
-            "1.3" => min_version = TlsVersion::V1_3,
-            _ => t.err(
-                sink,
-                &span,
-                format!("unknown min_version {v:?} (expected \"1.2\" or \"1.3\")"),
-            ),
-        }
-    }
-    let mut certificates = Vec::new();
-    match t.array(sink, "certificates") {
-        Some((list, span)) if list.is_empty() => {
-            t.err(sink, &span, "at least one certificate is needed")
-        }
-        Some((list, _)) => {
-            for (i, v) in list.iter().enumerate() {
-                let ctx = format!("{}certificate #{}: ", t.ctx, i + 1);
-                let key = format!("certificate #{}", i + 1);
-                let Some(c) = as_table(t, sink, &key, v, "certificate", ctx) else {
-                    continue;
-                };
-                c.check_keys(sink, CERT_KEYS);
-                let mut file = |name: &str| match c.str(sink, name) {
-                    Some(("", span)) => {
-                        c.err(sink, &span, format!("{name} must name a PEM file"));
-                        None
-                    }
-                    Some((s, _)) => Some(PathBuf::from(s)),
-                    None => {
-                        if c.get(name).is_none() {
-                            c.missing(sink, name);
-                        }
-                        None
-                    }
-                };
-                let (cert, key) = (file("cert"), file("key"));
-                if let (Some(cert), Some(key)) = (cert, key) {
-                    certificates.push(CertificatePair { cert, key });
-                }
-            }
-        }
-        None if t.get("certificates").is_none() => t.missing(sink, "certificates"),
-        None => {}
-    }
-    ListenerTls {
-        certificates,
-        min_version,
-    }
-}
-
-fn read_route(
-    t: &Table<'_, '_>,
-    sink: &mut Sink<'_>,
-    upstreams: &BTreeSet<String>,
-) -> Option<RouteConfig> {
-    t.check_keys(sink, ROUTE_KEYS);
-    let host = t
-        .str(sink, "host")
-        .and_then(|(s, span)| match addr::host_match(s) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                t.err(sink, &span, e);
-                None
-            }
-        });
-    let path_prefix = t.str(sink, "path_prefix").map(|(p, span)| {
-        if !p.starts_with('/') {
-            t.err(
-                sink,
-                &span,
-                format!("path_prefix {p:?} must start with \"/\""),
-            );
-        }
-        p.to_string()
-    });
-    let upstream = match t.str(sink, "upstream") {
-        Some((u, span)) => {
-            if !upstreams.contains(u) {
-                t.err(sink, &span, format!("route to unknown upstream {u:?}"));
-            }
-            Some(u.to_string())
-        }
-        None if t.get("upstream").is_none() => {
-            t.missing(sink, "upstream");
-            None
-        }
-        None => None,
-    };
-    let max_body_size = t.int(sink, "max_body_size", 0, u64::MAX as i128);
-    Some(RouteConfig {
-        host,
-        path_prefix,
-        upstream: upstream?,
-        max_body_size,
-    })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
-use super::{ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors};
 
 pub(super) type Span = Range<usize>;
 
@@ -71,7 +71,7 @@ impl<'s> Sink<'s> {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-pub(super) fn line_col(src: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(src.len());
     while !src.is_char_boundary(offset) {
         offset -= 1;
