@@ -112,7 +112,7 @@ fn no_function_is_over_150_lines_and_at_most_three_over_100() {
         v.visit_file(&s.syntax);
         all.extend(v.found);
     }
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|a| std::cmp::Reverse(a.0));
     let too_long: Vec<_> = all.iter().filter(|(n, _)| *n > LONGEST).collect();
     let long: Vec<_> = all.iter().filter(|(n, _)| *n > LONG).collect();
     let show = |v: &[&(usize, String)]| {
@@ -132,7 +132,9 @@ fn no_function_is_over_150_lines_and_at_most_three_over_100() {
 /// Every path a file names, made absolute where it can be (`crate::`,
 /// `super::`, `self::`, a child module), with the module it was named from.
 struct Paths<'a> {
-    module: &'a [String],
+    /// The module the code being read is in: the file's, then any inline
+    /// `mod` inside it.
+    module: Vec<String>,
     children: &'a BTreeSet<String>,
     found: Vec<Vec<String>>,
     reexports: Vec<(String, Vec<String>)>,
@@ -143,9 +145,9 @@ impl Paths<'_> {
         let first = segs.first()?;
         let mut base: Vec<String> = match first.as_str() {
             "crate" => Vec::new(),
-            "self" => self.module.to_vec(),
+            "self" => self.module.clone(),
             "super" => {
-                let mut m = self.module.to_vec();
+                let mut m = self.module.clone();
                 let mut rest = segs;
                 while rest.first().is_some_and(|s| s == "super") {
                     m.pop();
@@ -155,7 +157,7 @@ impl Paths<'_> {
                 return Some(m);
             }
             name if self.children.contains(name) => {
-                let mut m = self.module.to_vec();
+                let mut m = self.module.clone();
                 m.push(name.to_owned());
                 m.extend(segs[1..].iter().cloned());
                 return Some(m);
@@ -215,7 +217,9 @@ impl<'ast> Visit<'ast> for Paths<'_> {
     }
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
         if !is_cfg_test(&m.attrs) {
+            self.module.push(m.ident.to_string());
             syn::visit::visit_item_mod(self, m);
+            self.module.pop();
         }
     }
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
@@ -230,10 +234,10 @@ impl<'ast> Visit<'ast> for Paths<'_> {
     }
     fn visit_path(&mut self, p: &'ast syn::Path) {
         let segs: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
-        if segs.len() > 1 {
-            if let Some(abs) = self.absolute(&segs) {
-                self.found.push(abs);
-            }
+        if segs.len() > 1
+            && let Some(abs) = self.absolute(&segs)
+        {
+            self.found.push(abs);
         }
         syn::visit::visit_path(self, p);
     }
@@ -257,7 +261,7 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
     for s in &sources {
         let kids = children(&s.module);
         let mut v = Paths {
-            module: &s.module,
+            module: s.module.clone(),
             children: &kids,
             found: Vec::new(),
             reexports: Vec::new(),
@@ -291,10 +295,10 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
     for (file, paths) in named {
         let edges = graph.entry(file.to_owned()).or_default();
         for p in paths {
-            if let Some(target) = resolve(&p) {
-                if target != file {
-                    edges.insert(target);
-                }
+            if let Some(target) = resolve(&p)
+                && target != file
+            {
+                edges.insert(target);
             }
         }
     }
