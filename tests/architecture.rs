@@ -47,13 +47,19 @@ fn sources() -> Vec<Source> {
         if module.last().is_some_and(|m| m == "mod" || m == "lib") {
             module.pop();
         }
-        out.push(Source { file: format!("src/{rel_text}"), module, syntax });
+        out.push(Source {
+            file: format!("src/{rel_text}"),
+            module,
+            syntax,
+        });
     }
     out
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -89,16 +95,28 @@ impl Lengths<'_> {
 
 impl<'ast> Visit<'ast> for Lengths<'_> {
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        self.record(&f.sig.ident, f.sig.fn_token.span, f.block.brace_token.span.close());
+        self.record(
+            &f.sig.ident,
+            f.sig.fn_token.span,
+            f.block.brace_token.span.close(),
+        );
         syn::visit::visit_item_fn(self, f);
     }
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
-        self.record(&f.sig.ident, f.sig.fn_token.span, f.block.brace_token.span.close());
+        self.record(
+            &f.sig.ident,
+            f.sig.fn_token.span,
+            f.block.brace_token.span.close(),
+        );
         syn::visit::visit_impl_item_fn(self, f);
     }
     fn visit_trait_item_fn(&mut self, f: &'ast syn::TraitItemFn) {
         if let Some(block) = &f.default {
-            self.record(&f.sig.ident, f.sig.fn_token.span, block.brace_token.span.close());
+            self.record(
+                &f.sig.ident,
+                f.sig.fn_token.span,
+                block.brace_token.span.close(),
+            );
         }
         syn::visit::visit_trait_item_fn(self, f);
     }
@@ -108,7 +126,10 @@ impl<'ast> Visit<'ast> for Lengths<'_> {
 fn no_function_is_over_150_lines_and_at_most_three_over_100() {
     let mut all = Vec::new();
     for s in sources() {
-        let mut v = Lengths { file: &s.file, found: Vec::new() };
+        let mut v = Lengths {
+            file: &s.file,
+            found: Vec::new(),
+        };
         v.visit_file(&s.syntax);
         all.extend(v.found);
     }
@@ -116,9 +137,15 @@ fn no_function_is_over_150_lines_and_at_most_three_over_100() {
     let too_long: Vec<_> = all.iter().filter(|(n, _)| *n > LONGEST).collect();
     let long: Vec<_> = all.iter().filter(|(n, _)| *n > LONG).collect();
     let show = |v: &[&(usize, String)]| {
-        v.iter().map(|(n, at)| format!("  {n:>4} lines  {at}\n")).collect::<String>()
+        v.iter()
+            .map(|(n, at)| format!("  {n:>4} lines  {at}\n"))
+            .collect::<String>()
     };
-    assert!(too_long.is_empty(), "functions over {LONGEST} lines:\n{}", show(&too_long));
+    assert!(
+        too_long.is_empty(),
+        "functions over {LONGEST} lines:\n{}",
+        show(&too_long)
+    );
     assert!(
         long.len() <= AT_MOST_LONG,
         "{} functions over {LONG} lines (at most {AT_MOST_LONG}):\n{}",
@@ -176,9 +203,12 @@ impl Paths<'_> {
                 prefix.pop();
             }
             syn::UseTree::Name(n) => self.used(prefix, &n.ident.to_string(), None, public),
-            syn::UseTree::Rename(r) => {
-                self.used(prefix, &r.ident.to_string(), Some(r.rename.to_string()), public)
-            }
+            syn::UseTree::Rename(r) => self.used(
+                prefix,
+                &r.ident.to_string(),
+                Some(r.rename.to_string()),
+                public,
+            ),
             syn::UseTree::Glob(_) => {
                 if let Some(abs) = self.absolute(prefix) {
                     self.found.push(abs);
@@ -276,9 +306,13 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
     let resolve = |path: &[String]| -> Option<String> {
         let mut path = path.to_vec();
         for _ in 0..8 {
-            let n = (0..=path.len()).rev().find(|&n| by_module.contains_key(&path[..n]))?;
+            let n = (0..=path.len())
+                .rev()
+                .find(|&n| by_module.contains_key(&path[..n]))?;
             let module = path[..n].to_vec();
-            let next = path.get(n).and_then(|name| reexports.get(&module)?.get(name));
+            let next = path
+                .get(n)
+                .and_then(|name| reexports.get(&module)?.get(name));
             match next {
                 Some(target) if target.as_slice() != path.as_slice() => {
                     let mut p = target.clone();
@@ -377,7 +411,10 @@ fn no_import_circle_between_files() {
             let edges: Vec<String> = g
                 .iter()
                 .flat_map(|f| {
-                    graph[f].iter().filter(|t| inner.contains(t)).map(move |t| format!("{f} -> {t}"))
+                    graph[f]
+                        .iter()
+                        .filter(|t| inner.contains(t))
+                        .map(move |t| format!("{f} -> {t}"))
                 })
                 .collect();
             format!("  {}\n    {}\n", g.join(", "), edges.join("\n    "))
@@ -391,6 +428,13 @@ fn the_graph_sees_known_edges() {
     // The checker must be able to fail: it sees the imports that exist.
     let graph = import_graph();
     let proxy_mod = &graph["src/proxy/mod.rs"];
-    assert!(proxy_mod.iter().any(|f| f.starts_with("src/upstream/")), "{proxy_mod:?}");
-    assert!(graph["src/cli.rs"].contains("src/config/mod.rs"), "{:?}", graph["src/cli.rs"]);
+    assert!(
+        proxy_mod.iter().any(|f| f.starts_with("src/upstream/")),
+        "{proxy_mod:?}"
+    );
+    assert!(
+        graph["src/cli.rs"].contains("src/config/mod.rs"),
+        "{:?}",
+        graph["src/cli.rs"]
+    );
 }

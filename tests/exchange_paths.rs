@@ -128,7 +128,9 @@ async fn serve(mut stream: TcpStream, kind: Backend, heads: Arc<AtomicUsize>) {
             }
             Backend::ClosesIdle => return,
             Backend::Garbage => {
-                let _ = stream.write_all(b"\x00\xffSPDY/0 ??? not http\r\n\r\n").await;
+                let _ = stream
+                    .write_all(b"\x00\xffSPDY/0 ??? not http\r\n\r\n")
+                    .await;
                 until_closed(&mut stream).await;
                 return;
             }
@@ -221,7 +223,11 @@ async fn read_response(s: &mut TcpStream) -> Seen {
             break i + 4;
         }
         let n = s.read(&mut chunk).await.unwrap_or(0);
-        assert!(n > 0, "closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let text = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -269,16 +275,25 @@ async fn a_refused_connection_is_the_servers_fault_and_the_next_server_answers()
         let mut seen = Vec::new();
         while fails(&p, 0) == 0 {
             seen.push(request(p.addr, which).await);
-            assert!(seen.len() < 10, "{which:?}: the refused server was never tried");
+            assert!(
+                seen.len() < 10,
+                "{which:?}: the refused server was never tried"
+            );
         }
-        assert!(seen.iter().all(|s| *s == Seen::Whole(200, 2)), "{which:?}: {seen:?}");
+        assert!(
+            seen.iter().all(|s| *s == Seen::Whole(200, 2)),
+            "{which:?}: {seen:?}"
+        );
         assert_eq!(fails(&p, 0), 1, "{which:?}");
         assert_eq!(fails(&p, 1), 0, "{which:?}");
         settle(&p).await;
 
         // Alone, it is a 502 that names the failure.
         let p = proxy(&[closed_port()], 1).await;
-        assert_eq!(request(p.addr, which).await, Seen::Whole(502, 0).with_any_len());
+        assert_eq!(
+            request(p.addr, which).await,
+            Seen::Whole(502, 0).with_any_len()
+        );
         assert_eq!(fails(&p, 0), 1, "{which:?}");
     }
 }
@@ -352,9 +367,21 @@ async fn a_stale_pooled_connection_is_sent_again_and_not_held_against_the_server
         let before = flaky.heads.load(SeqCst);
         // The first request leaves a pooled connection; the second goes on it,
         // finds it dead, and goes again on a new one (one try, still 200).
-        assert_eq!(request(p.addr, which).await, Seen::Whole(200, 2), "{which:?}");
-        assert_eq!(request(p.addr, which).await, Seen::Whole(200, 2), "{which:?}");
-        assert_eq!(flaky.heads.load(SeqCst) - before, 3, "{which:?}: the resend reached the server");
+        assert_eq!(
+            request(p.addr, which).await,
+            Seen::Whole(200, 2),
+            "{which:?}"
+        );
+        assert_eq!(
+            request(p.addr, which).await,
+            Seen::Whole(200, 2),
+            "{which:?}"
+        );
+        assert_eq!(
+            flaky.heads.load(SeqCst) - before,
+            3,
+            "{which:?}: the resend reached the server"
+        );
         assert_eq!(fails(&p, 0), 0, "{which:?}");
         let requests = p.servers()[0].runtime.stats.requests.load(SeqCst);
         assert_eq!(requests, 3, "{which:?}: each send is a request");

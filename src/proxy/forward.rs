@@ -244,7 +244,12 @@ fn too_large_text(limit: u64) -> (StatusCode, String) {
 /// The request as the server gets it: hop-by-hop headers gone (an upgrade's
 /// kept), `Host` from the URI's authority when it had none, the forwarding
 /// headers added, an origin-form target.
-fn upstream_head(forwarder: &Forwarder, client: &Client, parts: &mut hyper::http::request::Parts, upgrade: bool) {
+fn upstream_head(
+    forwarder: &Forwarder,
+    client: &Client,
+    parts: &mut hyper::http::request::Parts,
+    upgrade: bool,
+) {
     if parts.headers.get(header::HOST).is_none()
         && let Some(authority) = parts
             .uri

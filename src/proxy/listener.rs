@@ -66,7 +66,6 @@ impl Forwarder {
         self.forwarded = l.forwarded;
         self
     }
-
 }
 
 /// What a listener serves with; swapped whole by a reload, read per connection.
@@ -134,4 +133,3 @@ fn connection_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     builder
 }
-

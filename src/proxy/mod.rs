@@ -604,8 +604,13 @@ async fn serve_cleartext(conn: h1::Conn) {
     if let Some(h) = h1::serve(conn).await {
         // Boxed: the hyper connection's future is large, and most cleartext
         // connections never get here.
-        Box::pin(forward::serve_hyper(h.io, &h.listening, h.client, h.shutdown)).await;
+        Box::pin(forward::serve_hyper(
+            h.io,
+            &h.listening,
+            h.client,
+            h.shutdown,
+        ))
+        .await;
         drop(h.permit);
     }
 }
-

@@ -317,48 +317,87 @@ pub fn parse_response(
         return Ok(ParsedResponse::Interim(len));
     }
     let headers: &[Header<'_>] = resp.headers;
-    let mut server_close = resp.version != Some(1);
-    let mut named: Vec<&[u8]> = Vec::new();
-    let mut chunked = None;
-    let mut length: Option<u64> = None;
-    let mut has_date = false;
-    for h in headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("connection") {
-            for token in connection_tokens(h.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    server_close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    named.push(token);
-                }
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| BadResponse("invalid Content-Length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(BadResponse("conflicting Content-Length headers".into()));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("date") {
-            has_date = true;
-        }
-    }
+    let read = ServerHeaders::read(headers, resp.version != Some(1))?;
     let framing = if client.head_request || status == 204 || status == 304 {
         Framing::Empty
     } else {
-        match (chunked, length) {
+        match (read.chunked, read.length) {
             (Some(true), _) => Framing::Chunked,
             (Some(false), _) | (None, None) => Framing::UntilClose,
             (None, Some(n)) => Framing::Length(n),
         }
     };
     let close = client.close || framing == Framing::UntilClose;
+    write_status_line(out, status, resp.reason);
+    write_client_headers(out, headers, &read.named, framing);
+    if !read.has_date {
+        put_header(out, b"date", &(client.date)());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ParsedResponse::Final(ResponseHead {
+        len,
+        status,
+        framing,
+        reusable: !read.server_close && framing != Framing::UntilClose,
+    }))
+}
 
+/// What a response's headers say about its framing and its connection.
+struct ServerHeaders<'b> {
+    /// The server closes the connection after this response.
+    server_close: bool,
+    /// Headers its `Connection` header names (hop-by-hop for this response).
+    named: Vec<&'b [u8]>,
+    /// Whether the last transfer coding is chunked, if it has any.
+    chunked: Option<bool>,
+    length: Option<u64>,
+    has_date: bool,
+}
+
+impl<'b> ServerHeaders<'b> {
+    fn read(headers: &[Header<'b>], http10: bool) -> Result<ServerHeaders<'b>, BadResponse> {
+        let mut read = ServerHeaders {
+            server_close: http10,
+            named: Vec::new(),
+            chunked: None,
+            length: None,
+            has_date: false,
+        };
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("connection") {
+                for token in connection_tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        read.server_close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        read.named.push(token);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                read.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| BadResponse("invalid Content-Length".into()))?;
+                if read.length.is_some_and(|l| l != n) {
+                    return Err(BadResponse("conflicting Content-Length headers".into()));
+                }
+                read.length = Some(n);
+            } else if name.eq_ignore_ascii_case("date") {
+                read.has_date = true;
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// `HTTP/1.1 NNN Reason`: the server's reason, or the standard one.
+fn write_status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[
         b'0' + (status / 100) as u8,
@@ -366,7 +405,7 @@ pub fn parse_response(
         b'0' + (status % 10) as u8,
         b' ',
     ]);
-    let reason = match resp.reason {
+    let reason = match reason {
         Some(r) if !r.is_empty() => r,
         _ => hyper::StatusCode::from_u16(status)
             .ok()
@@ -375,6 +414,16 @@ pub fn parse_response(
     };
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// The server's headers the client gets: not the hop-by-hop ones, nor a
+/// `Content-Length` the framing replaces.
+fn write_client_headers(
+    out: &mut Vec<u8>,
+    headers: &[Header<'_>],
+    named: &[&[u8]],
+    framing: Framing,
+) {
     for h in headers {
         let name = h.name;
         // Hop-by-hop (RFC 9110 §7.6.1) as the hyper path counts them;
@@ -395,19 +444,6 @@ pub fn parse_response(
         }
         put_header(out, name.as_bytes(), h.value);
     }
-    if !has_date {
-        put_header(out, b"date", &(client.date)());
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(ParsedResponse::Final(ResponseHead {
-        len,
-        status,
-        framing,
-        reusable: !server_close && framing != Framing::UntilClose,
-    }))
 }
 
 #[cfg(test)]

@@ -50,8 +50,7 @@ use super::listener::{Forwarder, Listening};
 use super::pool;
 use super::readiness::{self, HealthUri};
 use super::request::{
-    Client, KeySource, cookie_in, forwarded_element, host_without_port, new_request_id,
-    request_key,
+    Client, KeySource, cookie_in, forwarded_element, host_without_port, new_request_id, request_key,
 };
 use super::rewind::Rewind;
 use crate::config::{Scheme, UpstreamProtocol};
@@ -610,6 +609,7 @@ impl BodyStart {
 /// Most bytes of a server's response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// Sends the planned request on `stream` and reads the response head.
 async fn send(
     stream: &mut TcpStream,
     server: &Server,
@@ -620,33 +620,53 @@ async fn send(
     timer: &mut Option<Pin<Box<Sleep>>>,
 ) -> Result<(Vec<u8>, ResponseHead, Vec<u8>, BodyStart), SendError> {
     let stats = &server.runtime.stats;
-    let send_timeout = settings.timeouts.send;
+    write_request(stream, &plan.request, settings.timeouts.send, sent_at).await?;
+    stats
+        .bytes_sent
+        .fetch_add(plan.request.len() as u64, Relaxed);
+    read_response_head(stream, server, settings, client, sent_at, timer).await
+}
+
+/// Writes the request, within `send_timeout` of `sent_at`. A write that fails
+/// outright may be a stale connection's.
+async fn write_request(
+    stream: &mut TcpStream,
+    request: &[u8],
+    send_timeout: Duration,
+    sent_at: Instant,
+) -> Result<(), SendError> {
     // Usually the socket takes the whole request at once: no timer then.
-    let sent = match stream.try_write(&plan.request) {
+    let sent = match stream.try_write(request) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(SendError::Stale(AttemptError::Io(e))),
     };
-    let rest = &plan.request[sent..];
-    let written = if rest.is_empty() {
-        Ok(Ok(()))
-    } else {
-        timeout_at(sent_at + send_timeout, stream.write_all(rest)).await
-    };
-    match written {
-        Ok(Ok(())) => {
-            stats
-                .bytes_sent
-                .fetch_add(plan.request.len() as u64, Relaxed);
-        }
-        Ok(Err(e)) => return Err(SendError::Stale(AttemptError::Io(e))),
-        Err(_) => {
-            return Err(SendError::Failed(AttemptError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("server read nothing for {send_timeout:?} (send_timeout)"),
-            ))));
-        }
+    let rest = &request[sent..];
+    if rest.is_empty() {
+        return Ok(());
     }
+    match timeout_at(sent_at + send_timeout, stream.write_all(rest)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SendError::Stale(AttemptError::Io(e))),
+        Err(_) => Err(SendError::Failed(AttemptError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("server read nothing for {send_timeout:?} (send_timeout)"),
+        )))),
+    }
+}
+
+/// Reads the response head (skipping interim ones) within `read_timeout` of
+/// `sent_at`, and makes the head the client gets. Nothing at all before the
+/// connection broke may be a stale connection's.
+async fn read_response_head(
+    stream: &mut TcpStream,
+    server: &Server,
+    settings: &UpstreamSettings,
+    client: ClientSide,
+    sent_at: Instant,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+) -> Result<(Vec<u8>, ResponseHead, Vec<u8>, BodyStart), SendError> {
+    let stats = &server.runtime.stats;
     let mut deadline = armed(timer, sent_at + settings.timeouts.read);
     let mut read = buffers::take();
     let mut client_head = buffers::take();
@@ -762,7 +782,10 @@ async fn relay(
             scan: body.scan,
             read_timeout: settings.timeouts.read,
         };
-        match stream.relay(conn.stream, &mut read, &mut attempt, sent).await {
+        match stream
+            .relay(conn.stream, &mut read, &mut attempt, sent)
+            .await
+        {
             Some(c) => clean = c,
             None => return give_up(read),
         }
@@ -814,7 +837,9 @@ impl BodyStream<'_> {
                     let error = match outcome {
                         Ok(Ok(_)) => "connection closed before the end of the body".to_string(),
                         Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("no body data for {:?} (read_timeout)", self.read_timeout),
+                        Err(_) => {
+                            format!("no body data for {:?} (read_timeout)", self.read_timeout)
+                        }
                     };
                     attempt.failed(Fault::Server, &format!("response body broken: {error}"));
                     return None;
