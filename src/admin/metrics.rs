@@ -58,7 +58,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::proxy::stats::{ListenerCounts, ListenerStats};
 use crate::upstream::histogram::{BUCKETS, Histogram};
-use crate::upstream::{AdminState, Server, ServerStats, Table};
+use crate::upstream::{AdminState, Server, ServerStats, Table, Upstream};
 
 /// What `/metrics` answers with when OpenMetrics is asked for.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -167,7 +167,7 @@ pub async fn handle(registry: Arc<Registry>, headers: HeaderMap) -> Response {
             body,
         )
             .into_response(),
-        Err(_) => super::ApiError::new(
+        Err(_) => super::error::ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "MetricsError",
             "cannot encode the metrics",
@@ -178,7 +178,7 @@ pub async fn handle(registry: Arc<Registry>, headers: HeaderMap) -> Response {
 
 /// A server's current state for `switchyard_server_state`.
 pub fn server_state(s: &Server, now_ms: u64) -> &'static str {
-    match super::nginx::peer_state(s, now_ms) {
+    match super::views::peer_state(s, now_ms) {
         "draining" => "drain",
         other => other,
     }
@@ -235,7 +235,12 @@ fn histogram(
 /// No exemplars are ever attached; this names their (unused) label type.
 type NoExemplar = NoLabelSet;
 
+/// The per-server label pairs of every family, with the server they describe.
+type ServerRows<'a> = [(Labels<'a>, &'a Arc<Server>)];
+
 impl Collector for TableCollector {
+    // The families are written in the order the module's table lists them;
+    // each step below writes a run of them, so the order is the steps' order.
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = crate::clock::now_ms();
         let table = self.table.load();
@@ -252,198 +257,250 @@ impl Collector for TableCollector {
             })
             .collect();
         let e = &mut enc;
+        server_traffic(e, &servers)?;
+        server_failures(e, &servers)?;
+        server_states(e, &servers, now)?;
+        server_timing_and_bytes(e, &servers)?;
+        eligible_servers(e, &ups, now)?;
+        self.admin_changes(e)?;
+        self.cluster(e)?;
+        self.uptime(e)
+    }
+}
 
-        counter(
-            e,
-            &servers,
-            "server_requests",
-            "Requests sent to the server.",
+/// `server_requests`, `server_responses` (by status class) and `server_active`.
+fn server_traffic(
+    e: &mut DescriptorEncoder,
+    servers: &ServerRows<'_>,
+) -> Result<(), std::fmt::Error> {
+    counter(
+        e,
+        servers,
+        "server_requests",
+        "Requests sent to the server.",
+        None,
+        |st| st.requests.load(Relaxed),
+    )?;
+    {
+        let mut m = e.encode_descriptor(
+            "server_responses",
+            "Responses from the server, by status class.",
             None,
-            |st| st.requests.load(Relaxed),
+            MetricType::Counter,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "server_responses",
-                "Responses from the server, by status class.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (labels, s) in &servers {
-                for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
-                    let ls: [(&str, &str); 3] = [labels[0], labels[1], ("code_class", class)];
-                    let v = s.runtime.stats.responses[i].load(Relaxed);
-                    m.encode_family(&ls)?
-                        .encode_counter::<NoExemplar, _, f64>(&v, None)?;
-                }
+        for (labels, s) in servers {
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
+                let ls: [(&str, &str); 3] = [labels[0], labels[1], ("code_class", class)];
+                let v = s.runtime.stats.responses[i].load(Relaxed);
+                m.encode_family(&ls)?
+                    .encode_counter::<NoExemplar, _, f64>(&v, None)?;
             }
         }
-        {
-            let mut m = e.encode_descriptor(
-                "server_active",
-                "Requests in flight on the server.",
+    }
+    let mut m = e.encode_descriptor(
+        "server_active",
+        "Requests in flight on the server.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (labels, s) in servers {
+        m.encode_family(labels)?
+            .encode_gauge(&s.runtime.stats.pick.active.load(Relaxed))?;
+    }
+    Ok(())
+}
+
+/// The failure counters: failed attempts, `unavail` episodes, active checks
+/// and their failures, `unhealthy` episodes.
+fn server_failures(
+    e: &mut DescriptorEncoder,
+    servers: &ServerRows<'_>,
+) -> Result<(), std::fmt::Error> {
+    counter(
+        e,
+        servers,
+        "server_fails",
+        "Failed attempts (connect errors, resets, timeouts).",
+        None,
+        |st| st.fails_total.load(Relaxed),
+    )?;
+    counter(
+        e,
+        servers,
+        "server_unavail",
+        "Times the server became unavail (max_fails within fail_timeout).",
+        None,
+        |st| st.unavail_total.load(Relaxed),
+    )?;
+    counter(
+        e,
+        servers,
+        "server_health_checks",
+        "Active health checks done.",
+        None,
+        |st| st.checks_total.load(Relaxed),
+    )?;
+    counter(
+        e,
+        servers,
+        "server_health_check_fails",
+        "Active health checks failed.",
+        None,
+        |st| st.checks_failed.load(Relaxed),
+    )?;
+    counter(
+        e,
+        servers,
+        "server_unhealthy",
+        "Times the server became unhealthy.",
+        None,
+        |st| st.unhealthy_total.load(Relaxed),
+    )
+}
+
+/// `server_state`: one sample per state in [`STATES`], 1 for the current one.
+fn server_states(
+    e: &mut DescriptorEncoder,
+    servers: &ServerRows<'_>,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(
+        "server_state",
+        "The server's current state: 1 for it, 0 for the others.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (labels, s) in servers {
+        let current = server_state(s, now);
+        for state in STATES {
+            let ls: [(&str, &str); 3] = [labels[0], labels[1], ("state", state)];
+            m.encode_family(&ls)?
+                .encode_gauge(&u64::from(state == current))?;
+        }
+    }
+    Ok(())
+}
+
+/// The two latency histograms, then the byte counters.
+fn server_timing_and_bytes(
+    e: &mut DescriptorEncoder,
+    servers: &ServerRows<'_>,
+) -> Result<(), std::fmt::Error> {
+    histogram(
+        e,
+        servers,
+        "server_header_time",
+        "Time to the response headers.",
+        |st| &st.header_time,
+    )?;
+    histogram(
+        e,
+        servers,
+        "server_response_time",
+        "Time to the end of the response.",
+        |st| &st.response_time,
+    )?;
+    counter(
+        e,
+        servers,
+        "server_sent",
+        "Bytes written to the server.",
+        Some(&Unit::Bytes),
+        |st| st.bytes_sent.load(Relaxed),
+    )?;
+    counter(
+        e,
+        servers,
+        "server_received",
+        "Bytes read from the server.",
+        Some(&Unit::Bytes),
+        |st| st.bytes_received.load(Relaxed),
+    )
+}
+
+/// `upstream_eligible_servers`: per upstream, the servers that are up and
+/// available now.
+fn eligible_servers(
+    e: &mut DescriptorEncoder,
+    ups: &[&Arc<Upstream>],
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(
+        "upstream_eligible_servers",
+        "Servers of the upstream that take new requests now.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for u in ups {
+        let n = u
+            .snapshot()
+            .servers
+            .iter()
+            .filter(|s| s.state == AdminState::Up && s.available(now))
+            .count();
+        m.encode_family(&[("upstream", u.name.as_str())])?
+            .encode_gauge(&(n as u64))?;
+    }
+    Ok(())
+}
+
+impl TableCollector {
+    fn admin_changes(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = e.encode_descriptor(
+            "admin_changes",
+            "Table changes published (admin API, batch).",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoExemplar, _, f64>(&self.table.admin_changes(), None)
+    }
+
+    /// The fleet's gauges; nothing at all when the table has no cluster store.
+    fn cluster(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(c) = self.table.store().and_then(|s| s.cluster_status()) else {
+            return Ok(());
+        };
+        let gauges: [(&str, &str, Option<&Unit>, f64); 4] = [
+            (
+                "cluster_store_up",
+                "Whether the cluster store (etcd) answers: 1 or 0.",
                 None,
-                MetricType::Gauge,
-            )?;
-            for (labels, s) in &servers {
-                m.encode_family(labels)?
-                    .encode_gauge(&s.runtime.stats.pick.active.load(Relaxed))?;
-            }
-        }
-        counter(
-            e,
-            &servers,
-            "server_fails",
-            "Failed attempts (connect errors, resets, timeouts).",
-            None,
-            |st| st.fails_total.load(Relaxed),
-        )?;
-        counter(
-            e,
-            &servers,
-            "server_unavail",
-            "Times the server became unavail (max_fails within fail_timeout).",
-            None,
-            |st| st.unavail_total.load(Relaxed),
-        )?;
-        counter(
-            e,
-            &servers,
-            "server_health_checks",
-            "Active health checks done.",
-            None,
-            |st| st.checks_total.load(Relaxed),
-        )?;
-        counter(
-            e,
-            &servers,
-            "server_health_check_fails",
-            "Active health checks failed.",
-            None,
-            |st| st.checks_failed.load(Relaxed),
-        )?;
-        counter(
-            e,
-            &servers,
-            "server_unhealthy",
-            "Times the server became unhealthy.",
-            None,
-            |st| st.unhealthy_total.load(Relaxed),
-        )?;
-        {
-            let mut m = e.encode_descriptor(
-                "server_state",
-                "The server's current state: 1 for it, 0 for the others.",
+                f64::from(u8::from(c.connected)),
+            ),
+            (
+                "cluster_applied_revision",
+                "The cluster store revision this instance's table reflects.",
                 None,
-                MetricType::Gauge,
-            )?;
-            for (labels, s) in &servers {
-                let current = server_state(s, now);
-                for state in STATES {
-                    let ls: [(&str, &str); 3] = [labels[0], labels[1], ("state", state)];
-                    m.encode_family(&ls)?
-                        .encode_gauge(&u64::from(state == current))?;
-                }
-            }
-        }
-        histogram(
-            e,
-            &servers,
-            "server_header_time",
-            "Time to the response headers.",
-            |st| &st.header_time,
-        )?;
-        histogram(
-            e,
-            &servers,
-            "server_response_time",
-            "Time to the end of the response.",
-            |st| &st.response_time,
-        )?;
-        counter(
-            e,
-            &servers,
-            "server_sent",
-            "Bytes written to the server.",
-            Some(&Unit::Bytes),
-            |st| st.bytes_sent.load(Relaxed),
-        )?;
-        counter(
-            e,
-            &servers,
-            "server_received",
-            "Bytes read from the server.",
-            Some(&Unit::Bytes),
-            |st| st.bytes_received.load(Relaxed),
-        )?;
-        {
-            let mut m = e.encode_descriptor(
-                "upstream_eligible_servers",
-                "Servers of the upstream that take new requests now.",
+                c.applied_revision as f64,
+            ),
+            (
+                "cluster_store_revision",
+                "The newest revision under the cluster prefix, as last seen.",
                 None,
-                MetricType::Gauge,
-            )?;
-            for u in &ups {
-                let n = u
-                    .snapshot()
-                    .servers
-                    .iter()
-                    .filter(|s| s.state == AdminState::Up && s.available(now))
-                    .count();
-                m.encode_family(&[("upstream", u.name.as_str())])?
-                    .encode_gauge(&(n as u64))?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "admin_changes",
-                "Table changes published (admin API, batch).",
-                None,
-                MetricType::Counter,
-            )?;
-            m.encode_counter::<NoExemplar, _, f64>(&self.table.admin_changes(), None)?;
-        }
-        if let Some(c) = self.table.store().and_then(|s| s.cluster_status()) {
-            let gauges: [(&str, &str, Option<&Unit>, f64); 4] = [
-                (
-                    "cluster_store_up",
-                    "Whether the cluster store (etcd) answers: 1 or 0.",
-                    None,
-                    f64::from(u8::from(c.connected)),
-                ),
-                (
-                    "cluster_applied_revision",
-                    "The cluster store revision this instance's table reflects.",
-                    None,
-                    c.applied_revision as f64,
-                ),
-                (
-                    "cluster_store_revision",
-                    "The newest revision under the cluster prefix, as last seen.",
-                    None,
-                    c.store_revision as f64,
-                ),
-                (
-                    "cluster_lag",
-                    "How long this instance has not been known to be in step with the cluster store (0 while it is).",
-                    Some(&Unit::Seconds),
-                    c.lag_seconds,
-                ),
-            ];
-            for (name, help, unit, value) in gauges {
-                let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-                m.encode_gauge(&value)?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "uptime",
-                "Seconds since switchyard started (its admin API was built).",
+                c.store_revision as f64,
+            ),
+            (
+                "cluster_lag",
+                "How long this instance has not been known to be in step with the cluster store (0 while it is).",
                 Some(&Unit::Seconds),
-                MetricType::Gauge,
-            )?;
-            m.encode_gauge(&self.started.elapsed().as_secs_f64())?;
+                c.lag_seconds,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            m.encode_gauge(&value)?;
         }
         Ok(())
+    }
+
+    fn uptime(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = e.encode_descriptor(
+            "uptime",
+            "Seconds since switchyard started (its admin API was built).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&self.started.elapsed().as_secs_f64())
     }
 }
 

@@ -40,14 +40,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Map, Value, json};
 
-use super::AppState;
+use super::app::AppState;
 use super::error::ApiError;
 use super::ups_api::{decode_component, parse_pairs};
-use super::views::{duration, parse_duration};
+use super::views::{duration, parse_duration, peer_state};
 use crate::config::{ServerConfig, with_default_port};
 use crate::proxy::stats::ListenerCounts;
 use crate::upstream::{
-    AdminState, Command, Health, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
+    AdminState, Command, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
 };
 
 /// The API versions answered.
@@ -256,18 +256,6 @@ fn filter_fields(v: Value, fields: Option<&[String]>, shape: Shape) -> Value {
                 .collect::<Map<String, Value>>(),
         ),
         (_, v) => v,
-    }
-}
-
-/// The peer state NGINX Plus would show.
-pub fn peer_state(s: &Server, now_ms: u64) -> &'static str {
-    match (s.state, s.runtime.stats.health()) {
-        (AdminState::Down, _) => "down",
-        (AdminState::Drain, _) => "draining",
-        (AdminState::Up, Health::Unhealthy) => "unhealthy",
-        (AdminState::Up, Health::Checking) => "checking",
-        (AdminState::Up, Health::Healthy) if s.runtime.stats.is_unavail(now_ms) => "unavail",
-        (AdminState::Up, Health::Healthy) => "up",
     }
 }
 
@@ -709,7 +697,7 @@ async fn apply(
     commands: Vec<Command>,
     origin: String,
 ) -> Result<Vec<Arc<Server>>, NgxError> {
-    super::write(&app.table, commands, origin)
+    super::app::write(&app.table, commands, origin)
         .await
         .map_err(|e| NgxError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?
         .map_err(|e| NgxError::from(e.error))

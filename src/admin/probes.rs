@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::app::AppState;
 use crate::proxy::Readiness;
 
 fn text(status: StatusCode, body: String) -> Response {

@@ -31,9 +31,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiQuery;
+use super::app::AppState;
+use super::error::{ApiError, ApiQuery};
 use super::views::{ChecksView, health};
-use super::{ApiError, AppState};
 use crate::cluster::ClusterStatus;
 use crate::upstream::{Server, Upstream};
 
@@ -65,7 +65,7 @@ pub struct UpstreamStatus {
 
 impl PeerStatus {
     pub fn of(s: &Server, now_ms: u64) -> PeerStatus {
-        let up = super::nginx::peer_state(s, now_ms) == "up";
+        let up = super::views::peer_state(s, now_ms) == "up";
         PeerStatus {
             id: s.id,
             addr: s.addr.clone(),

@@ -36,6 +36,19 @@ pub fn health(server: &Server, now_ms: u64) -> &'static str {
     }
 }
 
+/// The peer state NGINX Plus would show; the status page and `/metrics` use
+/// the same words, so a server reads alike on every page.
+pub fn peer_state(s: &Server, now_ms: u64) -> &'static str {
+    match (s.state, s.runtime.stats.health()) {
+        (AdminState::Down, _) => "down",
+        (AdminState::Drain, _) => "draining",
+        (AdminState::Up, Health::Unhealthy) => "unhealthy",
+        (AdminState::Up, Health::Checking) => "checking",
+        (AdminState::Up, Health::Healthy) if s.runtime.stats.is_unavail(now_ms) => "unavail",
+        (AdminState::Up, Health::Healthy) => "up",
+    }
+}
+
 /// Formats a Unix time in milliseconds as RFC 3339 (UTC, milliseconds); `None`
 /// for 0 (never).
 pub fn unix_ms_rfc3339(ms: u64) -> Option<String> {
