@@ -376,6 +376,34 @@ enum Served {
     },
 }
 
+/// One usable `listen` of a server block.
+struct Listen {
+    addr: String,
+    ssl: bool,
+    place: String,
+}
+
+/// A location's `proxy_pass`: the upstream (or address) it names, whether
+/// it is `https://`, and where it stands.
+struct ProxyPass {
+    upstream: String,
+    https: bool,
+    place: String,
+}
+
+/// What a location's directives say, read before deciding what it serves.
+#[derive(Default)]
+struct LocationBlock {
+    proxy: Option<ProxyPass>,
+    /// `allow`/`deny` rules as written, and where the first stands.
+    rules: Vec<String>,
+    rules_place: Option<String>,
+    /// `Some(read_only)` when the location serves the admin API.
+    admin: Option<bool>,
+    /// NGINX Plus `health_check` directives.
+    checks: Vec<Directive>,
+}
+
 #[derive(Default)]
 struct Translator {
     out: emit::Config,
@@ -571,37 +599,14 @@ impl Translator {
             return;
         };
         let inh = outer.take(block, &mut self.notes);
-        let mut listens: Vec<(String, bool, String)> = Vec::new();
+        let mut listens: Vec<Listen> = Vec::new();
         let mut names: Vec<Option<String>> = Vec::new();
         let mut served = Vec::new();
         for x in block {
             match x.name.as_str() {
                 "listen" => {
-                    let Some(value) = x.args.first() else {
-                        continue;
-                    };
-                    match listen_addr(value) {
-                        Ok((addr, why)) => {
-                            if let Some(why) = why {
-                                self.report(x, why);
-                            }
-                            let ssl = x.args[1..].iter().any(|a| a == "ssl");
-                            for extra in &x.args[1..] {
-                                match extra.as_str() {
-                                    "ssl" | "default_server" | "default" | "reuseport" => {}
-                                    "http2" => self.report(
-                                        x,
-                                        "`http2`: every TLS listener offers HTTP/2 through ALPN already",
-                                    ),
-                                    other => self.report(
-                                        x,
-                                        &format!("listen parameter `{other}` is not translated"),
-                                    ),
-                                }
-                            }
-                            listens.push((addr, ssl, x.place()));
-                        }
-                        Err(why) => self.report(x, why),
+                    if let Some(l) = self.listen(x) {
+                        listens.push(l);
                     }
                 }
                 "server_name" => {
@@ -623,11 +628,68 @@ impl Translator {
         }
         if listens.is_empty() {
             self.report(d, "no listen: nginx's default, 0.0.0.0:80, is used");
-            listens.push(("0.0.0.0:80".into(), false, d.place()));
+            listens.push(Listen {
+                addr: "0.0.0.0:80".into(),
+                ssl: false,
+                place: d.place(),
+            });
         }
         if names.is_empty() {
             names.push(None);
         }
+        let routes = self.served(served, &listens[0].addr, &names);
+        if routes.is_empty() {
+            return;
+        }
+        for listen in &listens {
+            self.listener(d, listen, &inh, base, &routes);
+        }
+    }
+
+    /// One `listen` directive, with what of its parameters does not translate
+    /// reported; `None` when its address cannot be used.
+    fn listen(&mut self, x: &Directive) -> Option<Listen> {
+        let value = x.args.first()?;
+        match listen_addr(value) {
+            Ok((addr, why)) => {
+                if let Some(why) = why {
+                    self.report(x, why);
+                }
+                let ssl = x.args[1..].iter().any(|a| a == "ssl");
+                for extra in &x.args[1..] {
+                    match extra.as_str() {
+                        "ssl" | "default_server" | "default" | "reuseport" => {}
+                        "http2" => self.report(
+                            x,
+                            "`http2`: every TLS listener offers HTTP/2 through ALPN already",
+                        ),
+                        other => {
+                            self.report(x, &format!("listen parameter `{other}` is not translated"))
+                        }
+                    }
+                }
+                Some(Listen {
+                    addr,
+                    ssl,
+                    place: x.place(),
+                })
+            }
+            Err(why) => {
+                self.report(x, why);
+                None
+            }
+        }
+    }
+
+    /// What a server's locations serve: the admin ones go to `[admin]` on the
+    /// server's first address; the proxied ones become a route per server
+    /// name, returned in order for every listener of the server.
+    fn served(
+        &mut self,
+        served: Vec<Served>,
+        first_addr: &str,
+        names: &[Option<String>],
+    ) -> Vec<(Fields, String)> {
         let mut routes = Vec::new();
         for s in served {
             match s {
@@ -636,14 +698,14 @@ impl Translator {
                     rules_place,
                     read_only,
                     place,
-                } => self.admin(&listens[0].0, rules, rules_place, read_only, &place),
+                } => self.admin(first_addr, rules, rules_place, read_only, &place),
                 Served::Route {
                     prefix,
                     upstream,
                     max_body_size,
                     place,
                 } => {
-                    for host in &names {
+                    for host in names {
                         let mut fields: Fields = Vec::new();
                         if let Some(h) = host {
                             fields.push(("host", string(h)));
@@ -660,73 +722,85 @@ impl Translator {
                 }
             }
         }
-        if routes.is_empty() {
-            return;
-        }
-        for (addr, ssl, place) in &listens {
-            let cert = match (ssl, &inh.certificate, &inh.certificate_key) {
-                (false, _, _) => None,
-                (true, Some((c, _)), Some((k, _))) => {
-                    let file = |v: &str| base.join(v).display().to_string();
-                    Some((file(c), file(k)))
-                }
-                (true, _, _) => {
-                    self.notes.push(Note {
-                        place: place.clone(),
-                        directive: format!("listen {addr} ssl"),
-                        why: "no ssl_certificate and ssl_certificate_key for it; listener left out"
-                            .into(),
-                    });
-                    continue;
-                }
-            };
-            let listener = match self
-                .out
-                .listeners
-                .iter_mut()
-                .position(|l| &l.listen == addr)
-            {
-                Some(i) => &mut self.out.listeners[i],
-                None => {
-                    self.out.listeners.push(emit::Listener {
-                        listen: addr.clone(),
-                        place: place.clone(),
-                        certificates: Vec::new(),
-                        routes: Vec::new(),
-                    });
-                    let last = self.out.listeners.len() - 1;
-                    &mut self.out.listeners[last]
-                }
-            };
-            if let Some((c, k)) = cert
-                && !listener.certificates.iter().any(|(x, _, _)| *x == c)
-            {
-                listener.certificates.push((c, k, d.place()));
+        routes
+    }
+
+    /// Puts a server's `routes` on the `[[listener]]` for `listen`, made or
+    /// found (several server blocks may share an address), with its
+    /// certificate when it is `ssl`. A listener without a certificate to use
+    /// is left out, reported.
+    fn listener(
+        &mut self,
+        d: &Directive,
+        listen: &Listen,
+        inh: &Inherited,
+        base: &Path,
+        routes: &[(Fields, String)],
+    ) {
+        let Listen { addr, ssl, place } = listen;
+        let cert = match (ssl, &inh.certificate, &inh.certificate_key) {
+            (false, _, _) => None,
+            (true, Some((c, _)), Some((k, _))) => {
+                let file = |v: &str| base.join(v).display().to_string();
+                Some((file(c), file(k)))
             }
-            for (fields, rplace) in &routes {
-                let key = |f: &Fields| {
-                    f.iter()
-                        .filter(|(k, _)| *k == "host" || *k == "path_prefix")
-                        .cloned()
-                        .collect::<Vec<_>>()
-                };
-                if listener
-                    .routes
-                    .iter()
-                    .any(|r| key(&r.fields) == key(fields))
-                {
-                    self.notes.push(Note {
-                        place: rplace.clone(),
-                        directive: format!("location on {addr}"),
-                        why: "an earlier server block already routes this host and path here; left out".into(),
-                    });
-                    continue;
-                }
-                listener.routes.push(emit::Route {
-                    fields: fields.clone(),
-                    place: rplace.clone(),
+            (true, _, _) => {
+                self.notes.push(Note {
+                    place: place.clone(),
+                    directive: format!("listen {addr} ssl"),
+                    why: "no ssl_certificate and ssl_certificate_key for it; listener left out"
+                        .into(),
                 });
+                return;
             }
+        };
+        let listener = match self
+            .out
+            .listeners
+            .iter_mut()
+            .position(|l| &l.listen == addr)
+        {
+            Some(i) => &mut self.out.listeners[i],
+            None => {
+                self.out.listeners.push(emit::Listener {
+                    listen: addr.clone(),
+                    place: place.clone(),
+                    certificates: Vec::new(),
+                    routes: Vec::new(),
+                });
+                let last = self.out.listeners.len() - 1;
+                &mut self.out.listeners[last]
+            }
+        };
+        if let Some((c, k)) = cert
+            && !listener.certificates.iter().any(|(x, _, _)| *x == c)
+        {
+            listener.certificates.push((c, k, d.place()));
+        }
+        for (fields, rplace) in routes {
+            let key = |f: &Fields| {
+                f.iter()
+                    .filter(|(k, _)| *k == "host" || *k == "path_prefix")
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            if listener
+                .routes
+                .iter()
+                .any(|r| key(&r.fields) == key(fields))
+            {
+                self.notes.push(Note {
+                    place: rplace.clone(),
+                    directive: format!("location on {addr}"),
+                    why: "an earlier server block already routes this host and path here; left out"
+                        .into(),
+                });
+                continue;
+            }
+            listener.routes.push(emit::Route {
+                fields: fields.clone(),
+                place: rplace.clone(),
+            });
         }
     }
 
@@ -796,11 +870,53 @@ impl Translator {
             }
         };
         let inh = outer.take(block, &mut self.notes);
-        let mut proxy: Option<(String, bool, String)> = None;
-        let mut rules = Vec::new();
-        let mut rules_place = None;
-        let mut admin: Option<bool> = None; // Some(read_only)
-        let mut checks = Vec::new();
+        let found = self.location_block(block, path, &inh, served);
+        if let Some(read_only) = found.admin {
+            served.push(Served::Admin {
+                rules: found.rules,
+                rules_place: found.rules_place,
+                read_only,
+                place: d.place(),
+            });
+            return;
+        }
+        if !found.rules.is_empty() {
+            self.report(
+                d,
+                "allow/deny on proxied traffic is not supported (only on the admin API); not translated",
+            );
+        }
+        let Some(proxy) = found.proxy else {
+            if found.checks.is_empty() {
+                self.report(d, "no proxy_pass: nothing to route");
+            }
+            return;
+        };
+        let Some(prefix) = self.route_prefix(d, modifier, path) else {
+            return;
+        };
+        self.proxied_upstream(&proxy, &inh);
+        for c in found.checks {
+            self.plus_checks.push((proxy.upstream.clone(), c, None));
+        }
+        served.push(Served::Route {
+            prefix,
+            upstream: proxy.upstream,
+            max_body_size: inh.max_body_size.clone(),
+            place: d.place(),
+        });
+    }
+
+    /// Reads a location's directives (nested locations are walked, and add
+    /// to `served`, as they come); what is not translated is reported.
+    fn location_block(
+        &mut self,
+        block: &[Directive],
+        path: &str,
+        inh: &Inherited,
+        served: &mut Vec<Served>,
+    ) -> LocationBlock {
+        let mut found = LocationBlock::default();
         for x in block {
             match x.name.as_str() {
                 "proxy_pass" => match x.args.first() {
@@ -812,7 +928,11 @@ impl Translator {
                                     &format!("the URI part `{rest}` is not applied: switchyard passes the request's path as it came"),
                                 );
                             }
-                            proxy = Some((name, https, x.place()));
+                            found.proxy = Some(ProxyPass {
+                                upstream: name,
+                                https,
+                                place: x.place(),
+                            });
                         }
                         Err(why) => self.report(x, why),
                     },
@@ -820,12 +940,12 @@ impl Translator {
                 },
                 "allow" | "deny" => {
                     if let Some(a) = x.args.first() {
-                        rules.push(format!("{} {a}", x.name));
-                        rules_place.get_or_insert_with(|| x.place());
+                        found.rules.push(format!("{} {a}", x.name));
+                        found.rules_place.get_or_insert_with(|| x.place());
                     }
                 }
                 "api" => {
-                    admin = Some(!x.args.iter().any(|a| a == "write=on"));
+                    found.admin = Some(!x.args.iter().any(|a| a == "write=on"));
                 }
                 "content_by_lua_block" | "content_by_lua" => {
                     let text = x
@@ -838,13 +958,13 @@ impl Translator {
                         || text.contains("api_func")
                         || path == "/ups_api"
                     {
-                        admin = Some(false);
+                        found.admin = Some(false);
                     } else {
                         self.report(x, "Lua content handlers are not translated");
                     }
                 }
-                "health_check" => checks.push(x.clone()),
-                "location" => self.location(x, &inh, served),
+                "health_check" => found.checks.push(x.clone()),
+                "location" => self.location(x, inh, served),
                 name if INHERITED.contains(&name) => {}
                 name => {
                     let why = reason(name);
@@ -852,44 +972,41 @@ impl Translator {
                 }
             }
         }
-        if let Some(read_only) = admin {
-            served.push(Served::Admin {
-                rules,
-                rules_place,
-                read_only,
-                place: d.place(),
-            });
-            return;
-        }
-        if !rules.is_empty() {
-            self.report(
-                d,
-                "allow/deny on proxied traffic is not supported (only on the admin API); not translated",
-            );
-        }
-        let Some((name, https, pplace)) = proxy else {
-            if checks.is_empty() {
-                self.report(d, "no proxy_pass: nothing to route");
-            }
-            return;
-        };
-        let prefix = match modifier {
-            "" | "^~" => path.to_string(),
+        found
+    }
+
+    /// The path prefix a location routes, or `None` (reported) when its
+    /// modifier cannot be routed as a prefix.
+    fn route_prefix(&mut self, d: &Directive, modifier: &str, path: &str) -> Option<String> {
+        match modifier {
+            "" | "^~" => Some(path.to_string()),
             "=" => {
                 self.report(d, "an exact match is routed as a path prefix");
-                path.to_string()
+                Some(path.to_string())
             }
             _ => {
                 self.report(
                     d,
                     "regular-expression locations are not supported; not routed",
                 );
-                return;
+                None
             }
-        };
-        if self.out.upstream_mut(&name).is_none() {
+        }
+    }
+
+    /// The upstream a `proxy_pass` names (made, when it names an address),
+    /// with the location's inherited proxy settings. The first location to set
+    /// a value wins; a later one that differs is reported.
+    fn proxied_upstream(&mut self, proxy: &ProxyPass, inh: &Inherited) {
+        let ProxyPass {
+            upstream: name,
+            https,
+            place: pplace,
+        } = proxy;
+        let https = *https;
+        if self.out.upstream_mut(name).is_none() {
             // proxy_pass to an address: nginx makes an implicit upstream of it.
-            let mut u = emit::Upstream::new(&name, &pplace);
+            let mut u = emit::Upstream::new(name, pplace);
             let port = if https { 443 } else { 80 };
             let addr = if name.contains(':') && !name.ends_with(']') {
                 name.clone()
@@ -907,9 +1024,9 @@ impl Translator {
             self.https.insert(name.clone());
         }
         let mut conflicts = Vec::new();
-        if let Some(u) = self.out.upstream_mut(&name) {
+        if let Some(u) = self.out.upstream_mut(name) {
             if https {
-                u.set("scheme", string("https"), &pplace);
+                u.set("scheme", string("https"), pplace);
             }
             let settings = [
                 ("connect_timeout", &inh.connect_timeout),
@@ -943,15 +1060,6 @@ impl Translator {
                 why: format!("`{name}` is proxied to from several locations: kept {old}"),
             });
         }
-        for c in checks {
-            self.plus_checks.push((name.clone(), c, None));
-        }
-        served.push(Served::Route {
-            prefix,
-            upstream: name,
-            max_body_size: inh.max_body_size.clone(),
-            place: d.place(),
-        });
     }
 
     fn lua_checkers(&mut self, d: &Directive) {
