@@ -222,9 +222,18 @@ async fn try_server<T: Transport>(
     settings: &UpstreamSettings,
     connect_time: &mut Option<Duration>,
 ) -> Result<T::Response, AttemptError> {
-    let server = Arc::clone(attempt.server());
+    // Borrowed apart: the server is read from the lease while the try's
+    // stage is written (no reference count touched per request).
+    let Attempt {
+        lease,
+        sent_at,
+        stage,
+    } = attempt;
+    let Some(server) = lease.as_ref().map(Lease::server) else {
+        return Err(AttemptError::ClosedBeforeReady);
+    };
     loop {
-        let pooled = transport.checkout(&server);
+        let pooled = transport.checkout(server);
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => {
@@ -236,7 +245,7 @@ async fn try_server<T: Transport>(
                 // Boxed: the connect path (TCP, TLS, handshake) is a large
                 // future that would otherwise sit inside every request's
                 // future; a new connection is the rare case.
-                let connected = Box::pin(transport.connect(&server, settings)).await;
+                let connected = Box::pin(transport.connect(server, settings)).await;
                 *connect_time = Some(began.elapsed());
                 connected?
             }
@@ -246,8 +255,12 @@ async fn try_server<T: Transport>(
             Err(_) if reused => continue,
             Err(e) => return Err(e),
         };
-        let sent_at = attempt.sent();
-        match transport.send(conn, &server, settings, sent_at).await {
+        // The request goes out now.
+        server.runtime.stats.requests.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        *sent_at = Some(now);
+        *stage = Stage::Sent;
+        match transport.send(conn, server, settings, now).await {
             Ok(response) => return Ok(response),
             Err(SendError::Stale(e)) if reused && transport.can_send() => {
                 debug!(server = %server.addr, error = %e, "stale keep-alive connection, sending again");
@@ -274,7 +287,8 @@ enum Stage {
 #[derive(Debug)]
 pub struct Attempt {
     lease: Option<Lease>,
-    sent_at: Instant,
+    /// When the request was sent (`None` before).
+    sent_at: Option<Instant>,
     stage: Stage,
 }
 
@@ -282,7 +296,7 @@ impl Attempt {
     fn new(lease: Lease) -> Attempt {
         Attempt {
             lease: Some(lease),
-            sent_at: Instant::now(),
+            sent_at: None,
             stage: Stage::Picked,
         }
     }
@@ -295,22 +309,14 @@ impl Attempt {
         }
     }
 
-    /// When the request was sent.
-    pub fn sent_at(&self) -> Instant {
-        self.sent_at
-    }
-
-    /// The request goes out now.
-    fn sent(&mut self) -> Instant {
-        self.server().runtime.stats.requests.fetch_add(1, Relaxed);
-        self.sent_at = Instant::now();
-        self.stage = Stage::Sent;
-        self.sent_at
+    /// Time since the request was sent (zero before).
+    fn since_sent(&self) -> Duration {
+        self.sent_at.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// The response head came: counted by status; a success for passive health.
     fn answered(&mut self, status: u16) -> Duration {
-        let header_time = self.sent_at.elapsed();
+        let header_time = self.since_sent();
         let server = self.server();
         server.runtime.stats.header_time.observe(header_time);
         server.runtime.stats.count_response(status);
@@ -329,7 +335,7 @@ impl Attempt {
 
     /// The response body ended now.
     pub fn finished(&mut self) {
-        self.finished_in(self.sent_at.elapsed());
+        self.finished_in(self.since_sent());
     }
 
     /// The exchange broke, by `fault`: only a server's fault counts against it.
