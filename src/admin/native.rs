@@ -23,9 +23,10 @@ use super::error::{ApiError, ApiPath, ApiQuery};
 use super::views::{ServerView, UpstreamView, parse_duration};
 use std::collections::BTreeMap;
 
+use crate::config::rules::{check_hash_key, check_weight, is_api_name, misplaced_keys};
 use crate::config::{
-    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy,
-    ServerConfig, Timeouts,
+    Balance, HashKey, HealthCheckConfig, HealthCheckError, HealthCheckKind, KeepaliveConfig,
+    RetryPolicy, ServerConfig, ServerError, Timeouts, UpstreamError,
 };
 use crate::upstream::{AdminState, Command, ServerPatch, ServerRef, ServerSpec, UpstreamSettings};
 
@@ -79,20 +80,17 @@ pub(super) struct NewServer {
 }
 
 impl NewServer {
+    /// The server, checked by the rules every door uses
+    /// (`ServerConfig::validate`), with this API's error codes.
     fn into_config(self) -> Result<ServerConfig, ApiError> {
-        crate::config::check_server_addr(&self.addr).map_err(|e| {
-            ApiError::unprocessable("BadAddress", format!("addr {:?}: {e}", self.addr))
-        })?;
         let mut c = ServerConfig::new(self.addr);
-        if let Some(w) = self.weight {
-            if !(1..=1000).contains(&w) {
-                return Err(ApiError::unprocessable(
-                    "BadWeight",
-                    format!("weight {w} out of range 1..=1000"),
-                ));
+        c.weight = self.weight.unwrap_or(c.weight);
+        c.validate().map_err(|e| match e {
+            ServerError::BadAddress { addr, reason } => {
+                ApiError::unprocessable("BadAddress", format!("addr {addr:?}: {reason}"))
             }
-            c.weight = w;
-        }
+            ServerError::BadWeight(_) => ApiError::unprocessable("BadWeight", e.to_string()),
+        })?;
         c.max_conns = self.max_conns.unwrap_or(c.max_conns);
         c.max_fails = self.max_fails.unwrap_or(c.max_fails);
         if let Some(d) = &self.fail_timeout {
@@ -143,9 +141,14 @@ pub(super) struct ServerChange {
 
 impl ServerChange {
     fn into_patch(self) -> Result<ServerPatch, ApiError> {
+        let weight = self
+            .weight
+            .map(check_weight)
+            .transpose()
+            .map_err(|e| ApiError::unprocessable("BadWeight", e.to_string()))?;
         let patch = ServerPatch {
             state: self.state,
-            weight: self.weight,
+            weight,
             max_conns: self.max_conns,
             max_fails: self.max_fails,
             fail_timeout: self
@@ -198,104 +201,60 @@ pub(super) struct HealthCheckJson {
     mandatory: bool,
 }
 
+fn bad_check(e: HealthCheckError) -> ApiError {
+    ApiError::unprocessable("BadHealthCheck", e.to_string())
+}
+
 impl HealthCheckJson {
+    /// The check, held to the rules every door uses: which settings go
+    /// together (by what the body gives, so that a `tcp` check with `"path":
+    /// "/"` is refused too), then `HealthCheckConfig::validate`.
     pub(super) fn into_config(self) -> Result<HealthCheckConfig, ApiError> {
-        let bad = |m: String| ApiError::unprocessable("BadHealthCheck", m);
-        let Some(kind) = HealthCheckKind::parse(&self.kind) else {
-            return Err(bad(format!(
-                "unknown health check type {:?} (expected \"http\", \"https\" or \"tcp\")",
-                self.kind
-            )));
-        };
+        let kind = HealthCheckKind::from_name(&self.kind).map_err(bad_check)?;
+        if let Some((_, e)) = misplaced_keys(kind, |k| self.gives(k)).into_iter().next() {
+            return Err(bad_check(e));
+        }
+        let c = self.build(kind)?;
+        c.validate().map_err(bad_check)?;
+        Ok(c)
+    }
+
+    /// Whether the body sets `key` (one of the HTTP-only keys).
+    fn gives(&self, key: &str) -> bool {
+        match key {
+            "http_req" => self.http_req.is_some(),
+            "method" => self.method.is_some(),
+            "path" => self.path.is_some(),
+            "host" => self.host.is_some(),
+            "headers" => !self.headers.is_empty(),
+            "body" => self.body.is_some(),
+            "body_regex" => self.body_regex.is_some(),
+            "valid_statuses" => !self.valid_statuses.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The check as given, defaults for the rest; durations read here.
+    fn build(self, kind: HealthCheckKind) -> Result<HealthCheckConfig, ApiError> {
         let mut c = HealthCheckConfig::new(kind);
-        let structured = self.method.is_some()
-            || self.path.is_some()
-            || self.host.is_some()
-            || !self.headers.is_empty();
-        if self.http_req.is_some() && structured {
-            return Err(bad("http_req is the whole request; method, path, host and headers cannot be used with it".into()));
-        }
-        if kind == HealthCheckKind::Tcp
-            && (self.http_req.is_some()
-                || structured
-                || self.body.is_some()
-                || self.body_regex.is_some()
-                || !self.valid_statuses.is_empty())
-        {
-            return Err(bad(
-                "a tcp check takes no request, status or body settings".into()
-            ));
-        }
+        let d = |name: &str, v: &Option<String>, default: Duration| {
+            v.as_deref()
+                .map_or(Ok(default), |s| duration_field(name, s))
+        };
+        c.interval = d("interval", &self.interval, c.interval)?;
+        c.timeout = d("timeout", &self.timeout, c.timeout)?;
+        c.jitter = d("jitter", &self.jitter, c.jitter)?;
         c.http_req = self.http_req;
-        if let Some(m) = self.method {
-            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(bad(format!("bad method {m:?}")));
-            }
-            c.method = m;
-        }
-        if let Some(p) = self.path {
-            if !p.starts_with('/')
-                || p.bytes()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                return Err(bad(format!(
-                    "bad path {p:?} (must start with \"/\" and have no spaces)"
-                )));
-            }
-            c.path = p;
-        }
+        c.method = self.method.unwrap_or(c.method);
+        c.path = self.path.unwrap_or(c.path);
         c.host = self.host;
-        for (k, v) in self.headers {
-            if k.is_empty() || k.contains([':', '\r', '\n', ' ']) || v.contains(['\r', '\n']) {
-                return Err(bad(format!("bad header {k:?}")));
-            }
-            c.headers.push((k, v));
-        }
-        let positive =
-            |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ApiError> {
-                let d = v
-                    .as_deref()
-                    .map_or(Ok(default), |s| duration_field(name, s))?;
-                if d.is_zero() {
-                    return Err(ApiError::unprocessable(
-                        "BadHealthCheck",
-                        format!("{name} must be greater than 0"),
-                    ));
-                }
-                Ok(d)
-            };
-        c.interval = positive("interval", &self.interval, c.interval)?;
-        c.timeout = positive("timeout", &self.timeout, c.timeout)?;
-        if let Some(j) = &self.jitter {
-            c.jitter = duration_field("jitter", j)?;
-        }
-        for (name, v, slot) in [
-            ("fall", self.fall, &mut c.fall),
-            ("rise", self.rise, &mut c.rise),
-            ("concurrency", self.concurrency, &mut c.concurrency),
-        ] {
-            match v {
-                Some(0) => return Err(bad(format!("{name} must be at least 1"))),
-                Some(n) => *slot = n,
-                None => {}
-            }
-        }
-        if let Some(code) = self
-            .valid_statuses
-            .iter()
-            .find(|c| !(100..=599).contains(*c))
-        {
-            return Err(bad(format!("status {code} out of range 100..=599")));
-        }
+        c.headers = self.headers.into_iter().collect();
+        c.fall = self.fall.unwrap_or(c.fall);
+        c.rise = self.rise.unwrap_or(c.rise);
+        c.concurrency = self.concurrency.unwrap_or(c.concurrency);
         c.valid_statuses = self.valid_statuses;
         c.body = self.body;
-        if let Some(re) = &self.body_regex {
-            regex::Regex::new(re).map_err(|e| bad(format!("bad body_regex: {e}")))?;
-        }
         c.body_regex = self.body_regex;
-        if self.port == Some(0) {
-            return Err(bad("port 0 out of range 1..=65535".into()));
-        }
         c.port = self.port;
         c.mandatory = self.mandatory;
         Ok(c)
@@ -330,7 +289,7 @@ pub(super) struct NewUpstream {
 
 impl NewUpstream {
     async fn into_command(self) -> Result<Command, ApiError> {
-        if self.name.is_empty() || self.name.contains('/') {
+        if !is_api_name(&self.name) {
             return Err(ApiError::unprocessable(
                 "BadName",
                 format!("bad upstream name {:?}", self.name),
@@ -338,20 +297,17 @@ impl NewUpstream {
         }
         let balance = match &self.balance {
             None => Balance::RoundRobin,
-            Some(b) => Balance::parse(b).ok_or_else(|| {
-                ApiError::unprocessable("BadBalance", format!(
-                    "unknown balance method {b:?} (expected one of: round_robin, least_conn, ip_hash, hash, random_two)"
-                ))
-            })?,
+            Some(b) => Balance::from_name(b)
+                .map_err(|e| ApiError::unprocessable("BadBalance", e.to_string()))?,
         };
-        let hash_key = match (&self.hash_key, balance) {
-            (Some(k), Balance::Hash) => Some(HashKey::parse(k).ok_or_else(|| {
-                ApiError::unprocessable("BadHashKey", format!("bad hash_key {k:?} (expected \"uri\", \"remote_addr\", \"header:NAME\" or \"cookie:NAME\")"))
-            })?),
-            (None, Balance::Hash) => return Err(ApiError::unprocessable("BadHashKey", "balance \"hash\" needs a hash_key")),
-            (Some(_), _) => return Err(ApiError::unprocessable("BadHashKey", "hash_key is only used with balance \"hash\"")),
-            (None, _) => None,
-        };
+        let bad_key = |e: UpstreamError| ApiError::unprocessable("BadHashKey", e.to_string());
+        let hash_key = self
+            .hash_key
+            .as_deref()
+            .map(HashKey::from_name)
+            .transpose()
+            .map_err(bad_key)?;
+        check_hash_key(balance, hash_key.as_ref()).map_err(bad_key)?;
         let d = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ApiError> {
             v.as_deref()
                 .map_or(Ok(default), |s| duration_field(name, s))
@@ -364,7 +320,7 @@ impl NewUpstream {
         let retry = match &self.retry {
             None => rd,
             Some(r) => RetryPolicy {
-                tries: r.tries.unwrap_or(rd.tries).max(1),
+                tries: RetryPolicy::at_least_one_try(r.tries.unwrap_or(rd.tries)),
                 timeout: d("retry.timeout", &r.timeout, rd.timeout)?,
                 non_idempotent: r.non_idempotent.unwrap_or(rd.non_idempotent),
             },

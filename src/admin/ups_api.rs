@@ -18,6 +18,7 @@
 //! the answer is the usage line as plain text (400).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -270,12 +271,7 @@ async fn run(
 ) -> Result<Response, UpsError> {
     let query = parse_pairs(uri.query().unwrap_or(""));
     let (Some(ups), Some(act)) = (first(&query, "ups"), first(&query, "act")) else {
-        return Ok((
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            USAGE,
-        )
-            .into_response());
+        return Ok(usage());
     };
     let ups = ups.trim();
     let state = match parse_act(act) {
@@ -303,10 +299,37 @@ async fn run(
         ));
     }
     let form = form_body(headers, body)?;
+    let servers = named_servers(&query, &form)?;
+    let changed = set_state(app, client, ups, &servers, state).await?;
+    let now = crate::clock::now_ms();
+    let data: Vec<ListedServer> = changed.iter().map(|s| ListedServer::of(s, now)).collect();
+    Ok(Json(serde_json::json!({
+        "code": "D002",
+        "msg": "set peer is success",
+        "data": data,
+    }))
+    .into_response())
+}
+
+/// The answer to a request without `ups` or `act`: how to call this API.
+fn usage() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        USAGE,
+    )
+        .into_response()
+}
+
+/// Every server the query and the form name, at least one (`E001`).
+fn named_servers(
+    query: &[(String, String)],
+    form: &[(String, String)],
+) -> Result<Vec<String>, UpsError> {
     let servers = server_list(
         query
             .iter()
-            .chain(&form)
+            .chain(form)
             .filter(|(k, _)| k == "server")
             .map(|(_, v)| v.as_str()),
     );
@@ -317,6 +340,18 @@ async fn run(
             "no server given",
         ));
     }
+    Ok(servers)
+}
+
+/// Sets every server of `servers` to `state` in one change (all or none), and
+/// says why not in this API's codes.
+async fn set_state(
+    app: &AppState,
+    client: SocketAddr,
+    ups: &str,
+    servers: &[String],
+    state: AdminState,
+) -> Result<Vec<Arc<Server>>, UpsError> {
     let commands: Vec<Command> = servers
         .iter()
         .map(|s| Command::SetState {
@@ -328,38 +363,28 @@ async fn run(
     let result = super::write(&app.table, commands, client.to_string())
         .await
         .map_err(|e| UpsError::new(StatusCode::INTERNAL_SERVER_ERROR, "E002", e))?;
-    let changed = match result.map_err(|e| e.error) {
-        Ok(changed) => changed,
-        Err(TableError::UnknownUpstream(_)) => return Err(unknown_upstream(ups)),
-        Err(TableError::UnknownServer { server, .. }) => {
-            return Err(UpsError::new(
-                StatusCode::NOT_FOUND,
-                "E004",
-                format!("upstream {ups:?} has no server {server}; nothing was changed"),
-            )
-            .with_data(serde_json::json!([server])));
-        }
+    match result.map_err(|e| e.error) {
+        Ok(changed) => Ok(changed),
+        Err(TableError::UnknownUpstream(_)) => Err(unknown_upstream(ups)),
+        Err(TableError::UnknownServer { server, .. }) => Err(UpsError::new(
+            StatusCode::NOT_FOUND,
+            "E004",
+            format!("upstream {ups:?} has no server {server}; nothing was changed"),
+        )
+        .with_data(serde_json::json!([server]))),
         Err(e) => {
             let status = match e {
                 TableError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 TableError::Conflict(_) => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return Err(UpsError::new(
+            Err(UpsError::new(
                 status,
                 "E002",
                 format!("failed to set peer {}: {e}", state.as_str()),
-            ));
+            ))
         }
-    };
-    let now = crate::clock::now_ms();
-    let data: Vec<ListedServer> = changed.iter().map(|s| ListedServer::of(s, now)).collect();
-    Ok(Json(serde_json::json!({
-        "code": "D002",
-        "msg": "set peer is success",
-        "data": data,
-    }))
-    .into_response())
+    }
 }
 
 #[cfg(test)]

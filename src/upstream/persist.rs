@@ -1,4 +1,8 @@
-//! Between the table and its saved form (`state::StateDoc`).
+//! Between the table and its saved form (`state::StateDoc`): the state file's
+//! and the fleet store's door into the table. What comes back is held to the
+//! same rules as every other door (`config::rules`, each type's `validate`),
+//! except where a saved number is brought into range instead of refused, so
+//! that a saved table comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -6,9 +10,10 @@ use std::time::Duration;
 
 use super::server::{AdminState, Server};
 use super::table::{Upstream, UpstreamSettings};
+use crate::config::rules::{MIN_COUNT, check_hash_key, check_protocol, clamp_weight};
 use crate::config::{
-    Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, RetryPolicy, Scheme,
-    ServerConfig, Timeouts, UpstreamProtocol, UpstreamTls,
+    Balance, HashKey, HealthCheckConfig, HealthCheckError, HealthCheckKind, KeepaliveConfig,
+    RetryPolicy, Scheme, ServerConfig, Timeouts, UpstreamError, UpstreamProtocol, UpstreamTls,
 };
 use crate::state::{HealthCheckState, ServerState, SettingsState, StateDoc, UpstreamState};
 
@@ -66,14 +71,22 @@ pub(crate) fn check_to_state(c: &HealthCheckConfig) -> HealthCheckState {
     }
 }
 
-pub(crate) fn check_from_state(s: &HealthCheckState) -> Result<HealthCheckConfig, String> {
-    let kind = HealthCheckKind::parse(&s.kind)
-        .ok_or_else(|| format!("unknown health check type {:?}", s.kind))?;
-    if let Some(re) = &s.body_regex {
-        regex::Regex::new(re).map_err(|e| format!("bad body_regex: {e}"))?;
-    }
+/// Why saved settings cannot be taken back: the rule they break.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SavedSettingsError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    HealthCheck(#[from] HealthCheckError),
+}
+
+pub(crate) fn check_from_saved(
+    s: &HealthCheckState,
+) -> Result<HealthCheckConfig, HealthCheckError> {
+    let kind = HealthCheckKind::from_name(&s.kind)?;
     let positive = |v: u64| Duration::from_millis(v.max(1));
-    Ok(HealthCheckConfig {
+    let count = |n: u32| n.max(MIN_COUNT);
+    let check = HealthCheckConfig {
         kind,
         http_req: s.http_req.clone(),
         method: s.method.clone(),
@@ -83,24 +96,48 @@ pub(crate) fn check_from_state(s: &HealthCheckState) -> Result<HealthCheckConfig
         interval: positive(s.interval_ms),
         jitter: Duration::from_millis(s.jitter_ms),
         timeout: positive(s.timeout_ms),
-        fall: s.fall.max(1),
-        rise: s.rise.max(1),
+        fall: count(s.fall),
+        rise: count(s.rise),
         valid_statuses: s.valid_statuses.clone(),
         body: s.body.clone(),
         body_regex: s.body_regex.clone(),
         port: s.port,
-        concurrency: s.concurrency.max(1),
+        concurrency: count(s.concurrency),
         mandatory: s.mandatory,
-    })
+    };
+    check.validate()?;
+    Ok(check)
 }
 
+/// [`settings_from_saved`] with the error as text, for the callers that still
+/// take it so.
 pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings, String> {
-    let balance =
-        Balance::parse(&s.balance).ok_or_else(|| format!("unknown balance {:?}", s.balance))?;
-    let hash_key = match &s.hash_key {
-        Some(k) => Some(HashKey::parse(k).ok_or_else(|| format!("bad hash_key {k:?}"))?),
-        None => None,
+    settings_from_saved(s).map_err(|e| e.to_string())
+}
+
+pub(crate) fn settings_from_saved(
+    s: &SettingsState,
+) -> Result<UpstreamSettings, SavedSettingsError> {
+    let balance = Balance::from_name(&s.balance)?;
+    let hash_key = s.hash_key.as_deref().map(HashKey::from_name).transpose()?;
+    check_hash_key(balance, hash_key.as_ref())?;
+    let scheme = s
+        .scheme
+        .as_deref()
+        .map_or(Ok(Scheme::Http), Scheme::from_name)?;
+    let protocol = s
+        .protocol
+        .as_deref()
+        .map_or(Ok(UpstreamProtocol::Http1), UpstreamProtocol::from_name)?;
+    check_protocol(scheme, protocol)?;
+    let tls = UpstreamTls {
+        server_name: s.tls_server_name.clone(),
+        ca: s.tls_ca.clone(),
+        verify: s.tls_verify.unwrap_or(true),
+        client_cert: s.tls_client_cert.clone(),
+        client_key: s.tls_client_key.clone(),
     };
+    tls.validate()?;
     Ok(UpstreamSettings {
         balance,
         hash_key,
@@ -114,29 +151,14 @@ pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings,
             send: Duration::from_millis(s.send_timeout_ms),
         },
         retry: RetryPolicy {
-            tries: s.retry_tries.max(1),
+            tries: RetryPolicy::at_least_one_try(s.retry_tries),
             timeout: Duration::from_millis(s.retry_timeout_ms),
             non_idempotent: s.retry_non_idempotent,
         },
-        health_check: s.health_check.as_ref().map(check_from_state).transpose()?,
-        scheme: match s.scheme.as_deref() {
-            None | Some("http") => Scheme::Http,
-            Some("https") => Scheme::Https,
-            Some(other) => return Err(format!("unknown scheme {other:?}")),
-        },
-        protocol: match s.protocol.as_deref() {
-            None => UpstreamProtocol::Http1,
-            Some(p) => {
-                UpstreamProtocol::parse(p).ok_or_else(|| format!("unknown protocol {p:?}"))?
-            }
-        },
-        tls: Box::new(UpstreamTls {
-            server_name: s.tls_server_name.clone(),
-            ca: s.tls_ca.clone(),
-            verify: s.tls_verify.unwrap_or(true),
-            client_cert: s.tls_client_cert.clone(),
-            client_key: s.tls_client_key.clone(),
-        }),
+        health_check: s.health_check.as_ref().map(check_from_saved).transpose()?,
+        scheme,
+        protocol,
+        tls: Box::new(tls),
         tls_client: None,
     })
 }
@@ -144,7 +166,7 @@ pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings,
 pub(crate) fn server_from_state(s: &ServerState) -> (ServerConfig, AdminState) {
     let config = ServerConfig {
         addr: s.addr.clone(),
-        weight: s.weight.clamp(1, 1000),
+        weight: clamp_weight(s.weight),
         max_conns: s.max_conns,
         max_fails: s.max_fails,
         fail_timeout: Duration::from_millis(s.fail_timeout_ms),
