@@ -18,7 +18,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
+use super::app::{AppState, write};
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::views::{ServerView, UpstreamView, parse_duration};
 use std::collections::BTreeMap;
@@ -426,7 +426,7 @@ pub(super) async fn apply(
     commands: Vec<Command>,
     origin: String,
 ) -> Result<Vec<Arc<crate::upstream::Server>>, ApiError> {
-    super::write(&app.table, commands, origin)
+    write(&app.table, commands, origin)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e))?
         .map_err(|e| ApiError::from(e.error))
@@ -698,7 +698,7 @@ pub(super) async fn batch(
         };
         commands.push(cmd);
     }
-    let result = super::write(&app.table, commands, who(client))
+    let result = write(&app.table, commands, who(client))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e))?;
     match result {

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::AppState;
+use super::app::{AppState, write};
 use crate::upstream::{AdminState, Command, Server, ServerRef, TableError};
 
 /// What a request without `ups` or `act` is told (plain text).
@@ -360,7 +360,7 @@ async fn set_state(
             state,
         })
         .collect();
-    let result = super::write(&app.table, commands, client.to_string())
+    let result = write(&app.table, commands, client.to_string())
         .await
         .map_err(|e| UpsError::new(StatusCode::INTERNAL_SERVER_ERROR, "E002", e))?;
     match result.map_err(|e| e.error) {
