@@ -44,8 +44,7 @@ use super::app::AppState;
 use super::error::ApiError;
 use super::ups_api::{decode_component, parse_pairs};
 use super::views::{duration, parse_duration, peer_state};
-use crate::config::rules::check_weight;
-use crate::config::{MAX_WEIGHT, MIN_WEIGHT, ServerConfig, check_server_addr, with_default_port};
+use crate::config::{ServerConfig, with_default_port};
 use crate::proxy::stats::ListenerCounts;
 use crate::upstream::{
     AdminState, Command, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
@@ -527,13 +526,13 @@ fn boolean(key: &str, v: &Value) -> Result<bool, NgxError> {
 fn weight(v: &Value) -> Result<u32, NgxError> {
     lenient_uint(v)
         .and_then(|n| u32::try_from(n).ok())
-        .and_then(|w| check_weight(w).ok())
+        .filter(|w| (1..=1000).contains(w))
         .ok_or_else(|| {
             NgxError::new(
                 StatusCode::BAD_REQUEST,
                 "UpstreamBadWeight",
                 format!(
-                    "weight: expected an integer in {MIN_WEIGHT}..={MAX_WEIGHT} (a number or a string of digits), got {v}"
+                    "weight: expected an integer in 1..=1000 (a number or a string of digits), got {v}"
                 ),
             )
         })
@@ -580,7 +579,7 @@ pub fn new_server(body: &Map<String, Value>) -> Result<ServerConfig, NgxError> {
             ));
         }
     };
-    check_server_addr(&addr).map_err(|e| {
+    crate::config::check_server_addr(&addr).map_err(|e| {
         NgxError::new(
             StatusCode::BAD_REQUEST,
             "UpstreamBadAddress",
@@ -808,53 +807,56 @@ async fn run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, NgxError> {
     let target = parse_path(rest)?;
-    let now = crate::clock::now_ms();
+    // Every target can be read; only the four below can be written.
+    if *method == Method::GET || *method == Method::HEAD {
+        return read(app, admin, target, fields);
+    }
     let origin = client.to_string();
-    let read = *method == Method::GET || *method == Method::HEAD;
-    Ok(match (target, method.clone()) {
-        (Target::Versions, _) if read => Json(VERSIONS.collect::<Vec<u32>>()).into_response(),
-        (Target::Root, _) if read => ok(
+    match (target, method.clone()) {
+        (Target::Upstream(name), Method::DELETE) => reset_statistics(app, &name),
+        (Target::Servers(name), Method::POST) => add_server(app, name, fields, body, origin).await,
+        (Target::Server(name, id), Method::PATCH) => {
+            patch_server(app, name, &id, fields, body, origin).await
+        }
+        (Target::Server(name, id), Method::DELETE) => {
+            remove_server(app, name, &id, fields, origin).await
+        }
+        (_, m) => Err(method_not_supported(&m)),
+    }
+}
+
+/// `GET`/`HEAD` of any target.
+fn read(
+    app: &AppState,
+    admin: Option<SocketAddr>,
+    target: Target,
+    fields: Option<&[String]>,
+) -> Result<Response, NgxError> {
+    let now = crate::clock::now_ms();
+    Ok(match target {
+        Target::Versions => Json(VERSIONS.collect::<Vec<u32>>()).into_response(),
+        Target::Root => ok(
             json!(["nginx", "connections", "http"]),
             fields,
             Shape::Plain,
         ),
-        (Target::Nginx, _) if read => ok(nginx_json(admin, unix_ms_now()), fields, Shape::Object),
-        (Target::Connections, _) if read => {
-            ok(connections_json(&counts(&zones())), fields, Shape::Object)
-        }
-        (Target::Http, _) if read => ok(
+        Target::Nginx => ok(nginx_json(admin, unix_ms_now()), fields, Shape::Object),
+        Target::Connections => ok(connections_json(&counts(&zones())), fields, Shape::Object),
+        Target::Http => ok(
             json!(["requests", "server_zones", "upstreams"]),
             fields,
             Shape::Plain,
         ),
-        (Target::Requests, _) if read => {
-            ok(requests_json(&counts(&zones())), fields, Shape::Object)
-        }
-        (Target::ServerZones, _) if read => {
+        Target::Requests => ok(requests_json(&counts(&zones())), fields, Shape::Object),
+        Target::ServerZones => {
             let map: Map<String, Value> = zones()
                 .iter()
                 .map(|(name, c)| (name.clone(), zone_json(c)))
                 .collect();
             ok(Value::Object(map), fields, Shape::Map)
         }
-        (Target::ServerZone(name), _) if read => {
-            let all = zones();
-            let Some((_, c)) = all.iter().find(|(n, _)| *n == name) else {
-                return Err(NgxError::new(
-                    StatusCode::NOT_FOUND,
-                    "ServerZoneNotFound",
-                    format!(
-                        "server zone not found: no listener {name:?} (zones are named by listen address: {})",
-                        all.iter()
-                            .map(|(n, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            };
-            ok(zone_json(c), fields, Shape::Object)
-        }
-        (Target::Upstreams, _) if read => {
+        Target::ServerZone(name) => ok(server_zone(&name)?, fields, Shape::Object),
+        Target::Upstreams => {
             let t = app.table.load();
             let map: Map<String, Value> = t
                 .upstreams
@@ -863,108 +865,155 @@ async fn run(
                 .collect();
             ok(Value::Object(map), fields, Shape::Map)
         }
-        (Target::Upstream(name), _) if read => {
+        Target::Upstream(name) => {
             let u = upstream(app, &name)?;
             ok(upstream_json(&u, now), fields, Shape::Object)
         }
-        (Target::Upstream(name), Method::DELETE) => {
-            for s in &upstream(app, &name)?.snapshot().servers {
-                s.runtime.stats.reset();
-            }
-            StatusCode::NO_CONTENT.into_response()
-        }
-        (Target::Servers(name), _) if read => {
-            let list: Vec<Value> = upstream(app, &name)?
-                .snapshot()
-                .servers
-                .iter()
-                .map(|s| server_conf(s))
-                .collect();
+        Target::Servers(name) => {
+            let u = upstream(app, &name)?;
+            let list = server_confs(&u);
             ok(Value::Array(list), fields, Shape::List)
         }
-        (Target::Servers(name), Method::POST) => {
-            upstream(app, &name)?;
-            let config = new_server(&json_object(body)?)?;
-            let spec = tokio::task::spawn_blocking(move || ServerSpec::resolve(config))
-                .await
-                .map_err(|e| {
-                    NgxError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        e.to_string(),
-                    )
-                })??;
-            let s = &apply_one(
-                app,
-                Command::Add {
-                    upstream: name,
-                    server: spec,
-                },
-                origin,
-            )
-            .await?;
-            let v = filter_fields(server_conf(s), fields, Shape::Object);
-            (StatusCode::CREATED, Json(v)).into_response()
-        }
-        (Target::Server(name, id), _) if read => {
+        Target::Server(name, id) => {
             let id = server_id(&name, &id)?;
             let u = upstream(app, &name)?;
             let s = find(&u, id)?;
             ok(server_conf(&s), fields, Shape::Object)
         }
-        (Target::Server(name, id), Method::PATCH) => {
-            let id = server_id(&name, &id)?;
-            let u = upstream(app, &name)?;
-            let s = find(&u, id)?;
-            let body = json_object(body)?;
-            let cur = Current {
-                addr: s.addr.clone(),
-                backup: s.backup,
-                id: s.id,
-                state: s.state,
-            };
-            let patch = server_patch(&body, &cur)?;
-            let s = if patch.is_empty() {
-                s
-            } else {
-                apply_one(
-                    app,
-                    Command::Patch {
-                        upstream: name,
-                        server: ServerRef::Id(id),
-                        patch,
-                    },
-                    origin,
-                )
-                .await?
-            };
-            ok(server_conf(&s), fields, Shape::Object)
-        }
-        (Target::Server(name, id), Method::DELETE) => {
-            let id = server_id(&name, &id)?;
-            upstream(app, &name)?;
-            apply(
-                app,
-                vec![Command::Remove {
-                    upstream: name.clone(),
-                    server: ServerRef::Id(id),
-                }],
-                origin,
-            )
-            .await?;
-            let left: Vec<Value> = upstream(app, &name)
-                .map(|u| {
-                    u.snapshot()
-                        .servers
-                        .iter()
-                        .map(|s| server_conf(s))
-                        .collect()
-                })
-                .unwrap_or_default();
-            ok(Value::Array(left), fields, Shape::List)
-        }
-        (_, m) => return Err(method_not_supported(&m)),
     })
+}
+
+/// One listener's zone, or a 404 that lists the zones there are.
+fn server_zone(name: &str) -> Result<Value, NgxError> {
+    let all = zones();
+    let Some((_, c)) = all.iter().find(|(n, _)| *n == name) else {
+        return Err(NgxError::new(
+            StatusCode::NOT_FOUND,
+            "ServerZoneNotFound",
+            format!(
+                "server zone not found: no listener {name:?} (zones are named by listen address: {})",
+                all.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    Ok(zone_json(c))
+}
+
+/// Every server of `u`, as `/servers` shows them.
+fn server_confs(u: &Upstream) -> Vec<Value> {
+    u.snapshot()
+        .servers
+        .iter()
+        .map(|s| server_conf(s))
+        .collect()
+}
+
+/// `DELETE .../upstreams/{name}`: zeroes the servers' counters; the table
+/// does not change.
+fn reset_statistics(app: &AppState, name: &str) -> Result<Response, NgxError> {
+    for s in &upstream(app, name)?.snapshot().servers {
+        s.runtime.stats.reset();
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST .../servers`: 201 with the server added.
+async fn add_server(
+    app: &AppState,
+    name: String,
+    fields: Option<&[String]>,
+    body: Result<Bytes, BytesRejection>,
+    origin: String,
+) -> Result<Response, NgxError> {
+    upstream(app, &name)?;
+    let config = new_server(&json_object(body)?)?;
+    // Name resolution may block: off the admin runtime's only thread.
+    let spec = tokio::task::spawn_blocking(move || ServerSpec::resolve(config))
+        .await
+        .map_err(|e| {
+            NgxError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })??;
+    let s = &apply_one(
+        app,
+        Command::Add {
+            upstream: name,
+            server: spec,
+        },
+        origin,
+    )
+    .await?;
+    let v = filter_fields(server_conf(s), fields, Shape::Object);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `PATCH .../servers/{id}`: the server as it is after the change (an empty
+/// patch changes nothing and writes nothing).
+async fn patch_server(
+    app: &AppState,
+    name: String,
+    id: &str,
+    fields: Option<&[String]>,
+    body: Result<Bytes, BytesRejection>,
+    origin: String,
+) -> Result<Response, NgxError> {
+    let id = server_id(&name, id)?;
+    let u = upstream(app, &name)?;
+    let s = find(&u, id)?;
+    let body = json_object(body)?;
+    let cur = Current {
+        addr: s.addr.clone(),
+        backup: s.backup,
+        id: s.id,
+        state: s.state,
+    };
+    let patch = server_patch(&body, &cur)?;
+    let s = if patch.is_empty() {
+        s
+    } else {
+        apply_one(
+            app,
+            Command::Patch {
+                upstream: name,
+                server: ServerRef::Id(id),
+                patch,
+            },
+            origin,
+        )
+        .await?
+    };
+    Ok(ok(server_conf(&s), fields, Shape::Object))
+}
+
+/// `DELETE .../servers/{id}`: the servers left.
+async fn remove_server(
+    app: &AppState,
+    name: String,
+    id: &str,
+    fields: Option<&[String]>,
+    origin: String,
+) -> Result<Response, NgxError> {
+    let id = server_id(&name, id)?;
+    upstream(app, &name)?;
+    apply(
+        app,
+        vec![Command::Remove {
+            upstream: name.clone(),
+            server: ServerRef::Id(id),
+        }],
+        origin,
+    )
+    .await?;
+    let left: Vec<Value> = upstream(app, &name)
+        .map(|u| server_confs(&u))
+        .unwrap_or_default();
+    Ok(ok(Value::Array(left), fields, Shape::List))
 }
 
 #[cfg(test)]
