@@ -302,7 +302,7 @@ impl Reloader {
                 .map_err(|e| vec![e])?
         };
         // Sockets and certificates first: a failure there changes nothing.
-        let prepared = self.proxy.prepare(&new).await.map_err(|e| vec![e])?;
+        let prepared = self.proxy.prepare(&new).await.map_err(|e| vec![e.to_string()])?;
         if !cmds.is_empty() {
             self.table
                 .apply_as(&cmds, "reload")

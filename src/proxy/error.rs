@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-/// Why the proxy could not start.
+/// Why the proxy could not start, or take a new configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("cannot listen on {addr}: {source}")]
@@ -12,4 +12,6 @@ pub enum ProxyError {
     },
     #[error("listener {addr}: TLS: {reason}")]
     Tls { addr: SocketAddr, reason: String },
+    #[error("the proxy is not serving")]
+    NotServing,
 }

@@ -216,10 +216,10 @@ impl ProxyHandle {
     /// unchanged is kept (new routes, limits and TLS); others are bound now. Any
     /// failure (a port taken, a certificate that does not load) is returned and
     /// nothing changes.
-    pub async fn prepare(&self, new: &Config) -> Result<Prepared, String> {
+    pub async fn prepare(&self, new: &Config) -> Result<Prepared, ProxyError> {
         let running = self.shared.running.lock().await;
         if !running.serving {
-            return Err("the proxy is not serving".into());
+            return Err(ProxyError::NotServing);
         }
         let table = &self.shared.table;
         let mut used = vec![false; running.listeners.len()];
@@ -236,15 +236,13 @@ impl ProxyHandle {
                 Some(i) => {
                     used[i] = true;
                     let stats = Arc::clone(&running.listeners[i].live.load().forwarder.stats);
-                    let listening = Listening::new(l, table, stats, &self.shared.readiness)
-                        .map_err(|e| e.to_string())?;
+                    let listening = Listening::new(l, table, stats, &self.shared.readiness)?;
                     p.tls.extend(listening.tls.clone());
                     p.kept.push((i, listening));
                 }
                 None => {
                     let b = bind_one(l, table, self.shared.workers.len(), &self.shared.readiness)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                     p.tls.extend(b.live.load().tls.clone());
                     p.added.push(b);
                 }

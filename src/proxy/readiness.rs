@@ -83,19 +83,36 @@ impl Readiness {
 
     /// Ready, or why not (`GET /readyz`): serving, and with `[cluster]`, the
     /// table in step with the store (once; see the module's doc).
-    pub fn check(&self, table: &Table) -> Result<(), String> {
+    pub fn check(&self, table: &Table) -> Result<(), NotReady> {
         match self.phase() {
-            Phase::Starting => return Err("listeners are not bound yet".into()),
-            Phase::ShuttingDown => return Err("shutting down".into()),
+            Phase::Starting => return Err(NotReady::Starting),
+            Phase::ShuttingDown => return Err(NotReady::ShuttingDown),
             Phase::Serving => {}
         }
         cluster_check(&self.cluster_synced, table)
     }
 }
 
+/// Why the instance is not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("listeners are not bound yet")]
+    Starting,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("not in step with the cluster store yet: cannot reach the cluster store: {0}")]
+    StoreUnreachable(String),
+    #[error("not in step with the cluster store yet: the cluster store has not answered yet")]
+    StoreSilent,
+    #[error(
+        "not in step with the cluster store yet: catching up with the cluster store (revision {applied} of {store})"
+    )]
+    CatchingUp { applied: u64, store: u64 },
+}
+
 /// With `[cluster]`: whether the table has been in step with the store, latched
 /// in `synced` the first time it is.
-pub fn cluster_check(synced: &AtomicBool, table: &Table) -> Result<(), String> {
+pub fn cluster_check(synced: &AtomicBool, table: &Table) -> Result<(), NotReady> {
     if synced.load(Relaxed) {
         return Ok(());
     }
@@ -106,15 +123,14 @@ pub fn cluster_check(synced: &AtomicBool, table: &Table) -> Result<(), String> {
         synced.store(true, Relaxed);
         return Ok(());
     }
-    let why = match (&c.last_error, c.connected) {
-        (Some(e), false) => format!("cannot reach the cluster store: {e}"),
-        (None, false) => "the cluster store has not answered yet".to_string(),
-        (_, true) => format!(
-            "catching up with the cluster store (revision {} of {})",
-            c.applied_revision, c.store_revision
-        ),
-    };
-    Err(format!("not in step with the cluster store yet: {why}"))
+    Err(match (&c.last_error, c.connected) {
+        (Some(e), false) => NotReady::StoreUnreachable(e.clone()),
+        (None, false) => NotReady::StoreSilent,
+        (_, true) => NotReady::CatchingUp {
+            applied: c.applied_revision,
+            store: c.store_revision,
+        },
+    })
 }
 
 /// A listener's `health_uri`: that path is answered by the listener itself,
