@@ -589,51 +589,11 @@ async fn serve(
     for warning in cfg.warnings() {
         tracing::warn!("{warning}");
     }
-    let admin_cfg = match (admin, &cfg.admin) {
-        (Some(addr), Some(c)) => Some(AdminConfig {
-            listen: addr,
-            ..c.clone()
-        }),
-        (Some(addr), None) => Some(AdminConfig::new(addr)),
-        (None, c) => c.clone(),
-    };
-    // An exposed admin listener is refused before anything else happens: no
-    // listener bound, no state file read or set aside.
-    if let Some(a) = &admin_cfg {
-        crate::admin::Access::from_config(a)
-            .check_exposure(a.listen)
-            .map_err(anyhow::Error::msg)?;
-    }
+    let admin_cfg = admin_config(&cfg, admin)?;
     let state_file = state
         .state_file
         .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));
-    let table = match &cfg.cluster {
-        Some(cluster) => {
-            // The state file becomes the local cache of the shared table.
-            let cache = state_file.as_ref().map(FileStore::new);
-            if cache.is_none() {
-                warn!(
-                    "[cluster] without a state file: a restart while etcd is unreachable comes back with the configuration, not the shared table (set [admin] state_file)"
-                );
-            }
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into());
-            let instance = format!("{host} pid {}", std::process::id());
-            let store = crate::cluster::ClusterStore::new(cluster, cache, instance)?;
-            let table = Arc::new(Table::open(
-                &cfg,
-                Some(Arc::clone(&store) as Arc<dyn StateStore>),
-            )?);
-            store.start(&table);
-            table
-        }
-        None => Arc::new(open_table(
-            &cfg,
-            state_file.clone(),
-            state.discard_bad_state,
-        )?),
-    };
+    let table = serve_table(&cfg, state_file.as_ref(), state.discard_bad_state)?;
     let shutdown = shutdown_signal();
     // Before the listeners print their lines: a SIGUSR1 from then on reopens
     // the access logs instead of ending the process (its default action).
@@ -644,33 +604,14 @@ async fn serve(
         let scheme = if tls { "https" } else { "http" };
         println!("switchyard: listening on {scheme}://{addr}");
     }
-    let (reload_tx, hup) = match file {
-        Some(path) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let reloader =
-                crate::reload::Reloader::new(path, cfg.clone(), Arc::clone(&table), proxy.handle());
-            (Some(tx), Some(tokio::spawn(reloader.run(rx))))
-        }
-        None => {
-            let reloader = proxy.tls_reloader();
-            let hup = (!reloader.is_empty()).then(|| tokio::spawn(reload_on_hangup(reloader)));
-            (None, hup)
-        }
-    };
-    let mut bound = Bound {
+    let (reload_tx, hup) = reloading(file, &cfg, &table, &proxy);
+    let bound = Bound {
         listener: proxy.local_addrs().first().copied(),
-        admin: None,
+        admin: match &admin_cfg {
+            Some(a) => start_admin(a, &table, &proxy, reload_tx)?,
+            None => None,
+        },
     };
-    if let Some(a) = &admin_cfg {
-        let server =
-            AdminServer::bind_with_reload(a, Arc::clone(&table), proxy.tls_reloader(), reload_tx)?
-                .with_readiness(proxy.readiness());
-        if let Some(addr) = server.local_addr() {
-            println!("switchyard: admin API on http://{addr}");
-            bound.admin = Some(addr);
-        }
-        server.spawn()?;
-    }
     if let Some(path) = &state_file {
         info!(file = %path.display(), "changes are saved to the state file");
     }
@@ -690,6 +631,105 @@ async fn serve(
         Shutdown::GraceExpired(n) => info!(cut = n, "stopped; grace period expired"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin settings in force: the file's `[admin]`, its address replaced by
+/// `--admin`. An exposed admin listener is refused here, before anything else
+/// happens: no listener bound, no state file read or set aside.
+fn admin_config(cfg: &Config, admin: Option<SocketAddr>) -> Result<Option<AdminConfig>> {
+    let admin_cfg = match (admin, &cfg.admin) {
+        (Some(addr), Some(c)) => Some(AdminConfig {
+            listen: addr,
+            ..c.clone()
+        }),
+        (Some(addr), None) => Some(AdminConfig::new(addr)),
+        (None, c) => c.clone(),
+    };
+    if let Some(a) = &admin_cfg {
+        crate::admin::Access::from_config(a)
+            .check_exposure(a.listen)
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(admin_cfg)
+}
+
+/// The table `serve` runs: shared through etcd with `[cluster]` (the state
+/// file, if any, its local cache), else from the configuration and the state
+/// file.
+fn serve_table(
+    cfg: &Config,
+    state_file: Option<&PathBuf>,
+    discard_bad_state: bool,
+) -> Result<Arc<Table>> {
+    let Some(cluster) = &cfg.cluster else {
+        return Ok(Arc::new(open_table(
+            cfg,
+            state_file.cloned(),
+            discard_bad_state,
+        )?));
+    };
+    let cache = state_file.map(FileStore::new);
+    if cache.is_none() {
+        warn!(
+            "[cluster] without a state file: a restart while etcd is unreachable comes back with the configuration, not the shared table (set [admin] state_file)"
+        );
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let instance = format!("{host} pid {}", std::process::id());
+    let store = crate::cluster::ClusterStore::new(cluster, cache, instance)?;
+    let table = Arc::new(Table::open(
+        cfg,
+        Some(Arc::clone(&store) as Arc<dyn StateStore>),
+    )?);
+    store.start(&table);
+    Ok(table)
+}
+
+/// What reloads what: with a file, the reloader (`SIGHUP` and the channel
+/// `POST /api/v1/reload` sends on); without one, `SIGHUP` reloads the TLS
+/// listeners' certificates, when there are any.
+fn reloading(
+    file: Option<PathBuf>,
+    cfg: &Config,
+    table: &Arc<Table>,
+    proxy: &Proxy,
+) -> (
+    Option<tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    match file {
+        Some(path) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let reloader =
+                crate::reload::Reloader::new(path, cfg.clone(), Arc::clone(table), proxy.handle());
+            (Some(tx), Some(tokio::spawn(reloader.run(rx))))
+        }
+        None => {
+            let reloader = proxy.tls_reloader();
+            let hup = (!reloader.is_empty()).then(|| tokio::spawn(reload_on_hangup(reloader)));
+            (None, hup)
+        }
+    }
+}
+
+/// Binds and starts the admin API on its own thread; its bound address.
+fn start_admin(
+    a: &AdminConfig,
+    table: &Arc<Table>,
+    proxy: &Proxy,
+    reload_tx: Option<tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>>,
+) -> Result<Option<SocketAddr>> {
+    let server =
+        AdminServer::bind_with_reload(a, Arc::clone(table), proxy.tls_reloader(), reload_tx)?
+            .with_readiness(proxy.readiness());
+    let addr = server.local_addr();
+    if let Some(addr) = addr {
+        println!("switchyard: admin API on http://{addr}");
+    }
+    server.spawn()?;
+    Ok(addr)
 }
 
 async fn demo(
