@@ -438,3 +438,72 @@ fn the_graph_sees_known_edges() {
         graph["src/cli.rs"]
     );
 }
+
+/// The rooms of the crate and what each may import (ARCHITECTURE.md says
+/// why). A room is a top-level module; `lib` is the crate root.
+const MAY_IMPORT: &[(&str, &[&str])] = &[
+    ("clock", &[]),
+    ("config", &[]),
+    ("state", &[]),
+    ("logging", &["config"]),
+    ("tls", &["config"]),
+    (
+        "upstream",
+        &["clock", "config", "health", "logging", "state", "tls"],
+    ),
+    ("health", &["clock", "config", "tls", "upstream"]),
+    ("cluster", &["clock", "config", "state", "tls", "upstream"]),
+    ("proxy", &["clock", "config", "health", "tls", "upstream"]),
+    (
+        "admin",
+        &[
+            "clock", "cluster", "config", "health", "proxy", "reload", "state", "tls", "upstream",
+        ],
+    ),
+    ("reload", &["config", "logging", "proxy", "tls", "upstream"]),
+    ("import", &["config"]),
+    ("ctl", &["admin", "config"]),
+    ("demo", &["config"]),
+    (
+        "cli",
+        &[
+            "admin", "clock", "cluster", "config", "ctl", "demo", "health", "import", "logging",
+            "proxy", "reload", "state", "tls", "upstream",
+        ],
+    ),
+];
+
+fn room(file: &str) -> &str {
+    let rest = file.trim_start_matches("src/");
+    let first = rest.split('/').next().unwrap_or(rest);
+    first.trim_end_matches(".rs")
+}
+
+#[test]
+fn each_room_imports_only_what_architecture_md_allows() {
+    let graph = import_graph();
+    let allowed: BTreeMap<&str, &[&str]> = MAY_IMPORT.iter().copied().collect();
+    let mut wrong = BTreeSet::new();
+    for (file, targets) in &graph {
+        let from = room(file);
+        if from == "lib" {
+            continue;
+        }
+        let Some(may) = allowed.get(from) else {
+            wrong.insert(format!("{file}: room `{from}` is not in MAY_IMPORT"));
+            continue;
+        };
+        for t in targets {
+            let to = room(t);
+            if to != from && to != "lib" && !may.contains(&to) {
+                wrong.insert(format!("{file} -> {t} (`{from}` may not import `{to}`)"));
+            }
+        }
+    }
+    let show: Vec<String> = wrong.into_iter().collect();
+    assert!(
+        show.is_empty(),
+        "imports across rooms that are not allowed:\n  {}",
+        show.join("\n  ")
+    );
+}
