@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::ClusterStore;
 use super::gateway::{EtcdError, Gateway};
 use super::keys::{self, Kvs};
 use super::wire::{
     Compare, EventType, KeyValue, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
     TxnRequest, TxnResponse, WatchRequest,
 };
+use crate::state::StateDoc;
 use crate::upstream::Table;
 
 /// etcd refuses a transaction of more than 128 operations by default
@@ -25,6 +25,23 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// The process's client for etcd (see `gateway`).
 pub(crate) type Connection = Gateway;
+
+/// What the conversation needs of the store it serves: where its keys are,
+/// the connection, who writes, and where the link's state and the store's
+/// view go. `ClusterStore` is the one implementation; a trait so that this
+/// file does not import the module that starts it.
+pub(crate) trait Follower: Send + Sync + 'static {
+    fn prefix(&self) -> &str;
+    fn connection(&self) -> &Connection;
+    /// Who writes, for the `meta` key.
+    fn instance(&self) -> &str;
+    /// etcd answered; `store_revision` is the newest revision it showed.
+    fn set_up(&self, store_revision: Option<u64>);
+    fn set_down(&self, error: &str);
+    /// Applies the store's view at `revision` to the table (blocking: the
+    /// table's writer lock); how many changes that made.
+    fn follow(&self, table: &Table, doc: &StateDoc, revision: u64) -> usize;
+}
 
 fn range(prefix: &str) -> String {
     format!("{prefix}/")
@@ -93,13 +110,13 @@ pub(crate) async fn write(conn: Connection, w: Write) -> Result<u64, WriteError>
 
 /// Everything under the prefix and its revision. An empty prefix is seeded
 /// first with `table` as it is (the first instance's configuration).
-pub(crate) async fn read_all(
-    store: &Arc<ClusterStore>,
+pub(crate) async fn read_all<S: Follower>(
+    store: &Arc<S>,
     table: &Arc<Table>,
 ) -> Result<(Kvs, u64), String> {
     let prefix = store.prefix().to_string();
     let all = range(&prefix);
-    let conn = &store.client;
+    let conn = store.connection();
     loop {
         let resp = get(conn, &RangeRequest::prefix(&all))
             .await
@@ -127,7 +144,7 @@ pub(crate) async fn read_all(
         let rest = ops.split_off(ops.len().min(MAX_TXN_OPS));
         ops.push(RequestOp::put(
             meta.clone(),
-            serde_json::json!({ "writer": store.instance, "seeded": true }).to_string(),
+            serde_json::json!({ "writer": store.instance(), "seeded": true }).to_string(),
         ));
         let first = TxnRequest {
             compare: vec![Compare::absent(&meta)],
@@ -163,7 +180,7 @@ fn newest_in(raw: &[KeyValue]) -> Option<u64> {
     raw.iter().map(KeyValue::mod_revision).max()
 }
 
-async fn follow(store: &Arc<ClusterStore>, table: &Arc<Table>, kvs: &Kvs, revision: u64) {
+async fn follow<S: Follower>(store: &Arc<S>, table: &Arc<Table>, kvs: &Kvs, revision: u64) {
     let (doc, problems) = keys::from_kvs(store.prefix(), kvs);
     for p in problems {
         warn!(problem = %p, "cluster store: entry left out");
@@ -176,8 +193,8 @@ async fn follow(store: &Arc<ClusterStore>, table: &Arc<Table>, kvs: &Kvs, revisi
 /// Follows the store for the life of the process: resumes the watch from the
 /// last revision seen after any break, and re-reads everything when that
 /// revision is gone (compacted) or was never known.
-pub(crate) async fn watch_forever(
-    store: Arc<ClusterStore>,
+pub(crate) async fn watch_forever<S: Follower>(
+    store: Arc<S>,
     table: Arc<Table>,
     mut view: Option<(Kvs, u64)>,
 ) {
@@ -200,7 +217,7 @@ pub(crate) async fn watch_forever(
         };
         let from = i64::try_from(*revision + 1).unwrap_or(i64::MAX);
         let request = WatchRequest::prefix_from(&range(store.prefix()), from);
-        let mut stream = match store.client.watch(&request).await {
+        let mut stream = match store.connection().watch(&request).await {
             Ok(s) => s,
             Err(e) => {
                 store.set_down(&format!("etcd watch failed: {e}"));
@@ -274,13 +291,13 @@ pub(crate) async fn watch_forever(
 
 /// Every second: the newest revision under the prefix, so that the status can
 /// tell how far behind the table is, and whether etcd answers at all.
-pub(crate) async fn ping_forever(store: Arc<ClusterStore>) {
+pub(crate) async fn ping_forever<S: Follower>(store: Arc<S>) {
     let newest = RangeRequest::newest_under(&range(store.prefix()));
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match get(&store.client, &newest).await {
+        match get(store.connection(), &newest).await {
             Ok(resp) => {
                 let newest = resp.kvs.first().map_or(0, KeyValue::mod_revision);
                 store.set_up(Some(newest));

@@ -29,31 +29,14 @@ mod wire;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
+pub use crate::state::ClusterStatus;
 use crate::state::{FileStore, StateDoc, StateError, StateStore};
 use crate::upstream::Table;
+use etcd::Follower;
 use keys::Kvs;
-
-/// What `/api/v1/cluster`, `/healthcheck` and `/metrics` show of the store.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterStatus {
-    pub store: &'static str,
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    /// The last request to etcd succeeded.
-    pub connected: bool,
-    /// The store revision this instance's table reflects.
-    pub applied_revision: u64,
-    /// The newest revision under the prefix, as last seen.
-    pub store_revision: u64,
-    /// How long this instance has not been known to be in step with the store:
-    /// 0 while it is.
-    pub lag_seconds: f64,
-    pub last_error: Option<String>,
-}
 
 /// The table as the store had it at `revision`, in canonical keys: the base a
 /// local write's difference is taken from.
@@ -201,19 +184,6 @@ impl ClusterStore {
         (revision > 0).then(|| (keys::to_kvs(&self.cfg.prefix, &doc), revision))
     }
 
-    /// Applies the store's view at `revision` to the table (on a thread that may
-    /// block: the table's writer lock).
-    fn follow(&self, table: &Table, doc: &StateDoc, revision: u64) -> usize {
-        let adopt = |saved: &StateDoc| self.adopt(saved, revision);
-        match table.follow(doc, "cluster", &adopt) {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, revision, "cluster store: change could not be applied here");
-                0
-            }
-        }
-    }
-
     /// The table took the store's view at `revision` (under its writer lock).
     fn adopt(&self, saved: &StateDoc, revision: u64) -> Result<(), StateError> {
         let kvs = keys::to_kvs(&self.cfg.prefix, saved);
@@ -282,31 +252,6 @@ impl ClusterStore {
         }
     }
 
-    pub(crate) fn set_up(&self, store_revision: Option<u64>) {
-        let applied = self.lock_mirror().revision;
-        let mut link = self.lock_link();
-        link.connected = true;
-        link.last_error = None;
-        if let Some(r) = store_revision {
-            link.store_revision = r;
-        }
-        if applied >= link.store_revision {
-            link.in_step_at = Instant::now();
-        }
-    }
-
-    pub(crate) fn set_down(&self, error: &str) {
-        let mut link = self.lock_link();
-        if link.connected || link.last_error.is_none() {
-            warn!(
-                error = %error,
-                "cluster store unreachable; serving the last table, writes answer 503"
-            );
-        }
-        link.connected = false;
-        link.last_error = Some(error.to_string());
-    }
-
     /// The store as this instance sees it now.
     pub fn status(&self) -> ClusterStatus {
         let applied = self.lock_mirror().revision;
@@ -328,9 +273,55 @@ impl ClusterStore {
             last_error: link.last_error.clone(),
         }
     }
+}
 
-    pub(crate) fn prefix(&self) -> &str {
+impl Follower for ClusterStore {
+    fn prefix(&self) -> &str {
         &self.cfg.prefix
+    }
+
+    fn connection(&self) -> &etcd::Connection {
+        &self.client
+    }
+
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn set_up(&self, store_revision: Option<u64>) {
+        let applied = self.lock_mirror().revision;
+        let mut link = self.lock_link();
+        link.connected = true;
+        link.last_error = None;
+        if let Some(r) = store_revision {
+            link.store_revision = r;
+        }
+        if applied >= link.store_revision {
+            link.in_step_at = Instant::now();
+        }
+    }
+
+    fn set_down(&self, error: &str) {
+        let mut link = self.lock_link();
+        if link.connected || link.last_error.is_none() {
+            warn!(
+                error = %error,
+                "cluster store unreachable; serving the last table, writes answer 503"
+            );
+        }
+        link.connected = false;
+        link.last_error = Some(error.to_string());
+    }
+
+    fn follow(&self, table: &Table, doc: &StateDoc, revision: u64) -> usize {
+        let adopt = |saved: &StateDoc| self.adopt(saved, revision);
+        match table.follow(doc, "cluster", &adopt) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, revision, "cluster store: change could not be applied here");
+                0
+            }
+        }
     }
 }
 

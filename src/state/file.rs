@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::doc::{FORMAT_VERSION, StateDoc};
-use super::{StateError, StateStore};
+use super::store::{StateError, StateStore};
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
