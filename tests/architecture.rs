@@ -447,10 +447,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("state", &[]),
     ("logging", &["config"]),
     ("tls", &["config"]),
-    (
-        "upstream",
-        &["clock", "config", "health", "logging", "state", "tls"],
-    ),
+    ("upstream", &["clock", "config", "logging", "state", "tls"]),
     ("health", &["clock", "config", "tls", "upstream"]),
     ("cluster", &["clock", "config", "state", "tls", "upstream"]),
     ("proxy", &["clock", "config", "health", "tls", "upstream"]),
