@@ -789,7 +789,7 @@ fn log_levels_are_levels_or_target_directives() {
         "info;debug",
         "[span]=info",
     ] {
-        let e = LogLevel::parse(bad).expect_err(bad);
+        let e = LogLevel::parse(bad).expect_err(bad).to_string();
         assert!(e.starts_with("bad log level"), "{bad:?}: {e}");
     }
 }
