@@ -11,13 +11,14 @@
 //! This file only declares the modules, builds the router and re-exports.
 //! What the handlers share lives in leaves ([`app`] for the state and the
 //! table write, [`error`] for the JSON errors, [`views`] for what the API
-//! shows of a server), so that no child imports this file: the import graph
-//! goes from here down, never back up.
+//! shows of a server, [`form`] for URL-encoded input), so that no child
+//! imports this file: the import graph goes from here down, never back up.
 
 pub mod access;
 mod app;
 mod dashboard;
 mod error;
+mod form;
 mod guard;
 mod listener;
 pub mod metrics;
@@ -39,7 +40,6 @@ use axum::routing::{any, get, post};
 
 pub use access::Access;
 pub use app::AppState;
-pub(crate) use app::write;
 pub use error::ApiError;
 pub use listener::{AdminError, AdminServer};
 

@@ -42,7 +42,7 @@ use serde_json::{Map, Value, json};
 
 use super::app::AppState;
 use super::error::ApiError;
-use super::ups_api::{decode_component, parse_pairs};
+use super::form::{decode_component, parse_pairs};
 use super::views::{duration, parse_duration, peer_state};
 use crate::config::{ServerConfig, with_default_port};
 use crate::proxy::stats::ListenerCounts;
