@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::{Member, Peers, Select, scan_from, weight_of};
+use super::method::{Member, Peers, Select, scan_from, weight_of};
 
 /// Ring points per unit of weight (nginx's ketama uses 160).
 const POINTS_PER_WEIGHT: u64 = 160;

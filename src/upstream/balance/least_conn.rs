@@ -38,7 +38,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Member, Peers, Sampler, Select, lighter, weight_of};
+use super::method::{Member, Peers, Sampler, Select, lighter, weight_of};
 
 /// Largest tier picked by an exact scan; above it, [`CHOICES`] sampled members.
 pub const EXACT_MAX: usize = 256;

@@ -13,7 +13,7 @@
 //! If neither drawn member is eligible, the pick scans all members from a random
 //! offset.
 
-use super::{Member, Peers, Sampler, Select, lighter, scan_from, weight_of};
+use super::method::{Member, Peers, Sampler, Select, lighter, scan_from, weight_of};
 
 /// Redraws of the second choice when it repeats the first (weighted case only).
 const REDRAWS: usize = 4;

@@ -34,7 +34,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Member, Peers, Select, scan_from, weight_of};
+use super::method::{Member, Peers, Select, scan_from, weight_of};
 
 /// Upper bound on `P × n` for simulating nginx's algorithm at build time.
 const MAX_SIM_STEPS: u64 = 1 << 24;
