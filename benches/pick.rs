@@ -55,7 +55,7 @@ fn swap(c: &mut Criterion) {
             };
             down = !down;
             table
-                .apply(&[Command::SetState {
+                .apply_blocking(&[Command::SetState {
                     upstream: target.clone(),
                     server: ServerRef::Id(3),
                     state,

@@ -305,7 +305,8 @@ impl Reloader {
         let prepared = self.proxy.prepare(&new).await.map_err(|e| vec![e.to_string()])?;
         if !cmds.is_empty() {
             self.table
-                .apply_as(&cmds, "reload")
+                .apply_as(cmds, "reload")
+                .await
                 .map_err(|e| vec![format!("upstreams: {e}")])?;
         }
         let listeners = self.proxy.commit(prepared).await;
@@ -495,7 +496,7 @@ servers = [{ addr = "127.0.0.1:2001" }]
         let table = Table::from_config(&old).unwrap_or_else(|e| panic!("{e}"));
         // The API removed 1001 and added 2002 before the file did.
         table
-            .apply(&[
+            .apply_blocking(&[
                 Command::Remove {
                     upstream: "a".into(),
                     server: ServerRef::Addr("127.0.0.1:1001".into()),
@@ -521,7 +522,7 @@ servers = [{ addr = "127.0.0.1:2001" }]
         ));
         let table = Table::from_config(&old).unwrap_or_else(|e| panic!("{e}"));
         table
-            .apply(&[Command::SetState {
+            .apply_blocking(&[Command::SetState {
                 upstream: "a".into(),
                 server: ServerRef::Addr("127.0.0.1:1002".into()),
                 state: AdminState::Drain,
@@ -531,7 +532,7 @@ servers = [{ addr = "127.0.0.1:2001" }]
         let todo = applicable(diff(&old, &new), &snap);
         let cmds = commands(&todo, &snap).unwrap_or_else(|e| panic!("{e}"));
         table
-            .apply_as(&cmds, "reload")
+            .apply_as_blocking(&cmds, "reload")
             .unwrap_or_else(|e| panic!("{e}"));
         let up = table.upstream("a").unwrap_or_else(|| panic!("no a"));
         let servers: Vec<_> = up
@@ -560,7 +561,7 @@ servers = [{ addr = "127.0.0.1:2001" }]
         let cmds =
             commands(&applicable(diff(&old, &new), &snap), &snap).unwrap_or_else(|e| panic!("{e}"));
         table
-            .apply_as(&cmds, "reload")
+            .apply_as_blocking(&cmds, "reload")
             .unwrap_or_else(|e| panic!("{e}"));
         let after = table.upstream("a").unwrap_or_else(|| panic!("no a"));
         assert_eq!(after.settings.balance, config::Balance::LeastConn);

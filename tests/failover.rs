@@ -13,13 +13,14 @@ use switchyard::clock;
 use switchyard::config::ServerConfig;
 use switchyard::upstream::{AdminState, Command, ServerRef};
 
-fn set_state(p: &InProcess, addr: std::net::SocketAddr, state: AdminState) {
+async fn set_state(p: &InProcess, addr: std::net::SocketAddr, state: AdminState) {
     p.table
-        .apply(&[Command::SetState {
+        .apply(vec![Command::SetState {
             upstream: "default".into(),
             server: ServerRef::Addr(addr.to_string()),
             state,
         }])
+        .await
         .unwrap();
 }
 
@@ -55,14 +56,14 @@ async fn backup_takes_over_when_every_primary_is_set_down_and_hands_back_when_on
     );
     assert_eq!(before.values().sum::<usize>(), 20);
 
-    set_state(&p, alpha.addr, AdminState::Down);
+    set_state(&p, alpha.addr, AdminState::Down).await;
     // One primary left: it takes everything, the backup still nothing.
     assert_eq!(spread(&p, 10).await, only("bravo", 10));
 
-    set_state(&p, bravo.addr, AdminState::Down);
+    set_state(&p, bravo.addr, AdminState::Down).await;
     assert_eq!(spread(&p, 20).await, only("spare", 20));
 
-    set_state(&p, alpha.addr, AdminState::Up);
+    set_state(&p, alpha.addr, AdminState::Up).await;
     assert_eq!(spread(&p, 20).await, only("alpha", 20));
     assert_eq!(spare.hits(), 20);
 }

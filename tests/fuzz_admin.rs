@@ -110,7 +110,7 @@ impl Fixture {
         let table = Arc::new(Table::open(config(), Some(Arc::new(FileStore::new(&path)))).unwrap());
         // One change, so that there is a state file to compare.
         table
-            .apply(&[Command::Patch {
+            .apply_blocking(&[Command::Patch {
                 upstream: "web".into(),
                 server: ServerRef::Id(1),
                 patch: ServerPatch {

@@ -477,11 +477,12 @@ async fn no_server_left_is_a_502_and_head_gets_no_body() {
     let proxy = proxy_to(&backend).await;
     proxy
         .table
-        .apply(&[switchyard::upstream::Command::SetState {
+        .apply(vec![switchyard::upstream::Command::SetState {
             upstream: "default".into(),
             server: switchyard::upstream::ServerRef::Id(proxy.servers()[0].id),
             state: switchyard::upstream::AdminState::Down,
         }])
+        .await
         .unwrap();
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();

@@ -234,7 +234,7 @@ impl Run {
         let before = dump(&self.table);
         let generation = self.table.load().generation;
         let mut events = self.table.subscribe();
-        let result = self.table.apply(commands);
+        let result = self.table.apply_blocking(commands);
         let after = dump(&self.table);
         check_consistent(&after, context);
         match result {
@@ -302,7 +302,7 @@ impl Run {
                 server: ServerSpec::resolve(ServerConfig::new(format!("127.0.0.1:{PROBE_PORT}")))
                     .unwrap(),
             };
-            let there = reloaded.apply(std::slice::from_ref(&probe)).unwrap()[0].id;
+            let there = reloaded.apply_blocking(std::slice::from_ref(&probe)).unwrap()[0].id;
             assert!(
                 self.step(std::slice::from_ref(&probe), context),
                 "{context}: probe refused"

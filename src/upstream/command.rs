@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::server::{AdminState, Server};
-use super::table::UpstreamSettings;
+use super::settings::UpstreamSettings;
 use crate::config::{HealthCheckConfig, ServerConfig};
 
 /// A server to add, its address already resolved (resolution is I/O and happens
@@ -233,4 +233,12 @@ pub enum TableError {
     /// changes wait until the store is back.
     #[error("the change was not applied: {0}")]
     StoreUnavailable(String),
+}
+
+/// A refused batch: the error, and the index of the command that caused it
+/// (`None` when the batch as a whole failed, e.g. it could not be saved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchError {
+    pub index: Option<usize>,
+    pub error: TableError,
 }

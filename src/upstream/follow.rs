@@ -9,7 +9,8 @@ use tracing::warn;
 
 use super::command::{Command, ServerPatch, ServerRef, ServerSpec};
 use super::persist::{server_from_state, server_to_state, settings_from_state, settings_to_state};
-use super::table::TableSnapshot;
+use super::published::TableSnapshot;
+use super::settings::UpstreamSettings;
 use crate::state::{ServerState, StateDoc, UpstreamState};
 
 /// Commands that turn `current` into what `doc` describes (ids, admin states,
@@ -49,9 +50,9 @@ pub(crate) fn commands_toward(current: &TableSnapshot, doc: &StateDoc) -> Vec<Co
     out
 }
 
-fn load_settings(name: &str, want: &UpstreamState) -> Option<super::UpstreamSettings> {
+fn load_settings(name: &str, want: &UpstreamState) -> Option<UpstreamSettings> {
     let loaded = settings_from_state(&want.settings).and_then(|mut s| {
-        s.prepare_tls(name)?;
+        s.prepare_tls(name).map_err(|e| e.to_string())?;
         Ok(s)
     });
     match loaded {

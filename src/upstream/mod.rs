@@ -21,15 +21,22 @@ pub mod histogram;
 mod persist;
 mod pick_stats;
 pub use persist::check_view;
+mod plan;
+mod published;
 mod server;
+mod settings;
 mod snapshot;
+mod start;
 mod table;
 
-pub use command::{Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
+pub use command::{BatchError, Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
 pub use events::Event;
 pub use pick_stats::{PickSlot, PickStats};
+pub use published::{TableSnapshot, Upstream};
 pub use server::{
     AdminState, Connections, Health, IdleConnections, Server, ServerRuntime, ServerStats,
 };
+pub use settings::{TlsSetupError, UpstreamSettings};
 pub use snapshot::{Lease, Snapshot, Tried};
-pub use table::{BatchError, OpenError, Table, TableSnapshot, Upstream, UpstreamSettings};
+pub use start::OpenError;
+pub use table::Table;

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::published::Upstream;
 use super::server::{AdminState, Server};
-use super::table::{Upstream, UpstreamSettings};
+use super::settings::UpstreamSettings;
 use crate::config::rules::{MIN_COUNT, check_hash_key, check_protocol, clamp_weight};
 use crate::config::{
     Balance, HashKey, HealthCheckConfig, HealthCheckError, HealthCheckKind, KeepaliveConfig,

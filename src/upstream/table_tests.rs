@@ -1,8 +1,8 @@
 //! Tests of the table's writer: ids, swaps, batches, linearizability.
 
 use super::*;
-use crate::config::ServerConfig;
-use crate::upstream::Tried;
+use crate::config::{Balance, HashKey, ServerConfig};
+use crate::upstream::{AdminState, ServerPatch, ServerRef, ServerSpec, Tried, UpstreamSettings};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 fn table(addrs: &[&str]) -> Table {
@@ -30,14 +30,14 @@ fn set(server: ServerRef, state: AdminState) -> Command {
 fn ids_are_stable_and_never_reused() {
     let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
     let removed = t
-        .apply(&[Command::Remove {
+        .apply_blocking(&[Command::Remove {
             upstream: "default".into(),
             server: ServerRef::Id(1),
         }])
         .unwrap();
     assert_eq!(removed[0].addr, "127.0.0.1:2");
     let added = t
-        .apply(&[Command::Add {
+        .apply_blocking(&[Command::Add {
             upstream: "default".into(),
             server: spec("127.0.0.1:2"),
         }])
@@ -57,7 +57,7 @@ fn counters_survive_a_swap() {
     let t = table(&["127.0.0.1:1"]);
     let before = Arc::clone(&t.upstream("default").unwrap().snapshot().servers[0]);
     before.runtime.stats.requests.store(41, Ordering::Relaxed);
-    t.apply(&[Command::SetWeight {
+    t.apply_blocking(&[Command::SetWeight {
         upstream: "default".into(),
         server: ServerRef::Addr("127.0.0.1:1".into()),
         weight: 5,
@@ -74,7 +74,7 @@ fn a_batch_with_one_bad_command_changes_nothing() {
     let t = table(&["127.0.0.1:1", "127.0.0.1:2"]);
     let generation = t.upstream("default").unwrap().snapshot().generation;
     let err = t
-        .apply(&[
+        .apply_blocking(&[
             set(ServerRef::Id(0), AdminState::Down),
             set(ServerRef::Addr("127.0.0.1:9".into()), AdminState::Down),
         ])
@@ -107,7 +107,7 @@ fn a_batch_with_one_bad_command_changes_nothing() {
         },
     ] {
         assert!(
-            t.apply(&[set(ServerRef::Id(1), AdminState::Drain), bad])
+            t.apply_blocking(&[set(ServerRef::Id(1), AdminState::Drain), bad])
                 .is_err()
         );
     }
@@ -141,18 +141,20 @@ fn down_and_drained_servers_are_not_picked_and_backups_serve_only_when_no_primar
             .map(|l| l.server().id)
     };
     assert_ne!(pick(), Some(2));
-    t.apply(&[set(ServerRef::Id(0), AdminState::Down)]).unwrap();
+    t.apply_blocking(&[set(ServerRef::Id(0), AdminState::Down)])
+        .unwrap();
     assert_eq!(pick(), Some(1));
-    t.apply(&[set(ServerRef::Id(1), AdminState::Drain)])
+    t.apply_blocking(&[set(ServerRef::Id(1), AdminState::Drain)])
         .unwrap();
     assert_eq!(
         pick(),
         Some(2),
         "the backup serves when no primary is eligible"
     );
-    t.apply(&[set(ServerRef::Id(1), AdminState::Up)]).unwrap();
+    t.apply_blocking(&[set(ServerRef::Id(1), AdminState::Up)])
+        .unwrap();
     assert_eq!(pick(), Some(1), "and hands back when one returns");
-    t.apply(&[
+    t.apply_blocking(&[
         set(ServerRef::Id(2), AdminState::Down),
         set(ServerRef::Id(1), AdminState::Down),
     ])
@@ -163,7 +165,7 @@ fn down_and_drained_servers_are_not_picked_and_backups_serve_only_when_no_primar
 #[test]
 fn max_conns_caps_leases() {
     let t = table(&["127.0.0.1:1"]);
-    t.apply(&[Command::SetMaxConns {
+    t.apply_blocking(&[Command::SetMaxConns {
         upstream: "default".into(),
         server: ServerRef::Id(0),
         max_conns: 2,
@@ -231,7 +233,7 @@ fn no_pick_after_apply_returns_selects_a_server_set_down() {
     for round in 0..ROUNDS {
         let id = round % 4;
         let prev = (round + 3) % 4;
-        t.apply(&[
+        t.apply_blocking(&[
             set(ServerRef::Id(prev), AdminState::Up),
             set(ServerRef::Id(id), AdminState::Down),
         ])
@@ -257,7 +259,7 @@ fn upstreams_can_be_created_and_deleted_and_routes_keep_their_slot() {
     let t = table(&["127.0.0.1:1"]);
     let slot = t.slot("blue");
     assert!(t.load().by_slot(slot).is_none());
-    t.apply(&[Command::CreateUpstream {
+    t.apply_blocking(&[Command::CreateUpstream {
         name: "blue".into(),
         settings: UpstreamSettings::default(),
         servers: vec![spec("127.0.0.1:7"), spec("127.0.0.1:8")],
@@ -266,7 +268,7 @@ fn upstreams_can_be_created_and_deleted_and_routes_keep_their_slot() {
     let blue = t.load().by_slot(slot).cloned().unwrap();
     assert_eq!(blue.snapshot().servers.len(), 2);
     assert_eq!(
-        t.apply(&[Command::CreateUpstream {
+        t.apply_blocking(&[Command::CreateUpstream {
             name: "blue".into(),
             settings: UpstreamSettings::default(),
             servers: vec![],
@@ -274,7 +276,7 @@ fn upstreams_can_be_created_and_deleted_and_routes_keep_their_slot() {
         .unwrap_err(),
         TableError::UpstreamExists("blue".into())
     );
-    t.apply(&[Command::DeleteUpstream {
+    t.apply_blocking(&[Command::DeleteUpstream {
         name: "blue".into(),
     }])
     .unwrap();
@@ -286,7 +288,7 @@ fn upstreams_can_be_created_and_deleted_and_routes_keep_their_slot() {
 fn a_batch_across_upstreams_is_published_in_one_swap() {
     let t = table(&["127.0.0.1:1"]);
     let before = t.load().generation;
-    t.apply(&[
+    t.apply_blocking(&[
         Command::CreateUpstream {
             name: "green".into(),
             settings: UpstreamSettings::default(),
@@ -312,7 +314,7 @@ fn a_batch_across_upstreams_is_published_in_one_swap() {
 fn patch_changes_several_fields_and_refuses_backup_with_hash() {
     let t = table(&["127.0.0.1:1"]);
     let out = t
-        .apply(&[Command::Patch {
+        .apply_blocking(&[Command::Patch {
             upstream: "default".into(),
             server: ServerRef::Id(0),
             patch: ServerPatch {
@@ -338,14 +340,14 @@ fn patch_changes_several_fields_and_refuses_backup_with_hash() {
         hash_key: Some(HashKey::Uri),
         ..Default::default()
     };
-    t.apply(&[Command::CreateUpstream {
+    t.apply_blocking(&[Command::CreateUpstream {
         name: "h".into(),
         settings,
         servers: vec![spec("127.0.0.1:2")],
     }])
     .unwrap();
     let err = t
-        .apply(&[Command::Patch {
+        .apply_blocking(&[Command::Patch {
             upstream: "h".into(),
             server: ServerRef::Id(0),
             patch: ServerPatch {
@@ -361,7 +363,7 @@ fn patch_changes_several_fields_and_refuses_backup_with_hash() {
 fn every_change_is_an_event_with_old_and_new_in_order() {
     let t = table(&["127.0.0.1:1"]);
     let mut rx = t.subscribe();
-    t.apply_as(
+    t.apply_as_blocking(
         &[
             set(ServerRef::Id(0), AdminState::Drain),
             Command::Add {
@@ -419,7 +421,7 @@ fn a_change_the_store_refuses_is_not_applied() {
     let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
     store.fail.store(true, Ordering::SeqCst);
     let err = t
-        .apply(&[set(ServerRef::Id(0), AdminState::Down)])
+        .apply_blocking(&[set(ServerRef::Id(0), AdminState::Down)])
         .unwrap_err();
     assert!(
         matches!(err, TableError::Store(ref m) if m.contains("disk full")),
@@ -443,7 +445,7 @@ fn a_reopened_table_has_the_saved_servers_states_and_ids() {
         ],
     );
     let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
-    t.apply(&[
+    t.apply_blocking(&[
         Command::Remove {
             upstream: "default".into(),
             server: ServerRef::Id(0),
@@ -478,7 +480,7 @@ fn a_reopened_table_has_the_saved_servers_states_and_ids() {
     assert!(again.upstream("extra").is_some());
     // Ids go on from where they were: 3, not a reused 0.
     let added = again
-        .apply(&[Command::Add {
+        .apply_blocking(&[Command::Add {
             upstream: "default".into(),
             server: spec("127.0.0.1:9"),
         }])
@@ -498,7 +500,7 @@ fn a_config_upstream_deleted_and_created_again_through_the_api_reopens_with_the_
         balance: Balance::LeastConn,
         ..UpstreamSettings::default()
     };
-    t.apply(&[
+    t.apply_blocking(&[
         Command::DeleteUpstream {
             name: "default".into(),
         },
@@ -568,7 +570,7 @@ fn follow_applies_the_difference_by_id_and_keeps_runtimes() {
     assert_eq!(adopted.lock().unwrap().as_ref(), Some(&doc));
     // The next id given out locally follows the store's.
     let added = t
-        .apply(&[Command::Add {
+        .apply_blocking(&[Command::Add {
             upstream: "default".into(),
             server: spec("127.0.0.1:3"),
         }])
@@ -652,7 +654,8 @@ fn a_conflicting_write_is_run_again_after_catching_up_then_refused_with_409() {
     );
     let t = Table::open(&cfg, Some(store.clone() as Arc<dyn StateStore>)).unwrap();
     store.conflicts.store(2, Ordering::SeqCst);
-    t.apply(&[set(ServerRef::Id(0), AdminState::Down)]).unwrap();
+    t.apply_blocking(&[set(ServerRef::Id(0), AdminState::Down)])
+        .unwrap();
     assert_eq!(store.saves.load(Ordering::SeqCst), 3);
     assert_eq!(store.catch_ups.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -662,7 +665,7 @@ fn a_conflicting_write_is_run_again_after_catching_up_then_refused_with_409() {
 
     store.conflicts.store(1000, Ordering::SeqCst);
     let err = t
-        .apply(&[set(ServerRef::Id(0), AdminState::Up)])
+        .apply_blocking(&[set(ServerRef::Id(0), AdminState::Up)])
         .unwrap_err();
     assert!(matches!(err, TableError::Conflict(_)), "{err}");
     assert_eq!(
@@ -693,7 +696,7 @@ fn an_unreachable_store_refuses_with_store_unavailable() {
     );
     let t = Table::open(&cfg, Some(Arc::new(Down) as Arc<dyn StateStore>)).unwrap();
     let err = t
-        .apply(&[set(ServerRef::Id(0), AdminState::Down)])
+        .apply_blocking(&[set(ServerRef::Id(0), AdminState::Down)])
         .unwrap_err();
     assert!(
         matches!(err, TableError::StoreUnavailable(ref m) if m.contains("connection refused")),
