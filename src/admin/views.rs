@@ -1,5 +1,9 @@
 //! What the API shows of the table: plain serializable views, built from one
-//! snapshot so that every field of a view agrees with the others.
+//! snapshot so that every field of a view agrees with the others, and the
+//! words every page uses for a server's state ([`health`], [`peer_state`]).
+//!
+//! A leaf that only reads: it never writes to the table, and knows no door's
+//! routes or error shape, so that every door and page can import it.
 
 use std::sync::atomic::Ordering::Relaxed;
 
