@@ -310,11 +310,13 @@ impl Attempt {
     }
 
     /// Time since the request was sent (zero before).
+    #[inline]
     fn since_sent(&self) -> Duration {
         self.sent_at.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// The response head came: counted by status; a success for passive health.
+    #[inline]
     fn answered(&mut self, status: u16) -> Duration {
         let header_time = self.since_sent();
         let server = self.server();
@@ -326,6 +328,7 @@ impl Attempt {
     }
 
     /// The response body ended, `took` after the request was sent.
+    #[inline]
     pub fn finished_in(&mut self, took: Duration) {
         if self.stage != Stage::Over {
             self.server().runtime.stats.response_time.observe(took);

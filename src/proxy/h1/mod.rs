@@ -525,15 +525,16 @@ impl Transport for RawTransport<'_, '_> {
         open_tcp(server, Instant::now() + limit, limit).await
     }
 
-    async fn send(
+    fn send(
         &mut self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         server: &Server,
         settings: &UpstreamSettings,
         sent_at: Instant,
-    ) -> Result<Response, SendError> {
-        let (read, head, client_head, body) = send(
-            &mut stream,
+    ) -> impl Future<Output = Result<Response, SendError>> {
+        // The path's own future, returned as it is: no wrapper around it.
+        send(
+            stream,
             server,
             settings,
             self.plan,
@@ -541,14 +542,6 @@ impl Transport for RawTransport<'_, '_> {
             sent_at,
             self.timer,
         )
-        .await?;
-        Ok(Response {
-            stream,
-            read,
-            head,
-            client_head,
-            body,
-        })
     }
 
     fn can_send(&self) -> bool {
@@ -611,40 +604,52 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Sends the planned request on `stream` and reads the response head.
 async fn send(
-    stream: &mut TcpStream,
+    mut stream: TcpStream,
     server: &Server,
     settings: &UpstreamSettings,
     plan: &Plan,
     client: ClientSide,
     sent_at: Instant,
     timer: &mut Option<Pin<Box<Sleep>>>,
-) -> Result<(Vec<u8>, ResponseHead, Vec<u8>, BodyStart), SendError> {
+) -> Result<Response, SendError> {
     let stats = &server.runtime.stats;
-    write_request(stream, &plan.request, settings.timeouts.send, sent_at).await?;
-    stats
-        .bytes_sent
-        .fetch_add(plan.request.len() as u64, Relaxed);
-    read_response_head(stream, server, settings, client, sent_at, timer).await
-}
-
-/// Writes the request, within `send_timeout` of `sent_at`. A write that fails
-/// outright may be a stale connection's.
-async fn write_request(
-    stream: &mut TcpStream,
-    request: &[u8],
-    send_timeout: Duration,
-    sent_at: Instant,
-) -> Result<(), SendError> {
-    // Usually the socket takes the whole request at once: no timer then.
+    let request = &plan.request[..];
+    // Usually the socket takes the whole request at once: no timer then, and
+    // no future for the rest.
     let sent = match stream.try_write(request) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(SendError::Stale(AttemptError::Io(e))),
     };
-    let rest = &request[sent..];
-    if rest.is_empty() {
-        return Ok(());
+    if sent < request.len() {
+        write_rest(
+            &mut stream,
+            &request[sent..],
+            settings.timeouts.send,
+            sent_at,
+        )
+        .await?;
     }
+    stats.bytes_sent.fetch_add(request.len() as u64, Relaxed);
+    let (read, head, client_head, body) =
+        read_response_head(&mut stream, server, settings, client, sent_at, timer).await?;
+    Ok(Response {
+        stream,
+        read,
+        head,
+        client_head,
+        body,
+    })
+}
+
+/// Writes what the socket did not take at once, within `send_timeout` of
+/// `sent_at`. A write that fails outright may be a stale connection's.
+async fn write_rest(
+    stream: &mut TcpStream,
+    rest: &[u8],
+    send_timeout: Duration,
+    sent_at: Instant,
+) -> Result<(), SendError> {
     match timeout_at(sent_at + send_timeout, stream.write_all(rest)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(SendError::Stale(AttemptError::Io(e))),
