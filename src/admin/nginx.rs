@@ -44,7 +44,8 @@ use super::app::AppState;
 use super::error::ApiError;
 use super::form::{decode_component, parse_pairs};
 use super::views::{duration, parse_duration, peer_state};
-use crate::config::{ServerConfig, with_default_port};
+use crate::config::rules::check_weight;
+use crate::config::{MAX_WEIGHT, MIN_WEIGHT, ServerConfig, check_server_addr, with_default_port};
 use crate::proxy::stats::ListenerCounts;
 use crate::upstream::{
     AdminState, Command, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
@@ -526,13 +527,13 @@ fn boolean(key: &str, v: &Value) -> Result<bool, NgxError> {
 fn weight(v: &Value) -> Result<u32, NgxError> {
     lenient_uint(v)
         .and_then(|n| u32::try_from(n).ok())
-        .filter(|w| (1..=1000).contains(w))
+        .and_then(|w| check_weight(w).ok())
         .ok_or_else(|| {
             NgxError::new(
                 StatusCode::BAD_REQUEST,
                 "UpstreamBadWeight",
                 format!(
-                    "weight: expected an integer in 1..=1000 (a number or a string of digits), got {v}"
+                    "weight: expected an integer in {MIN_WEIGHT}..={MAX_WEIGHT} (a number or a string of digits), got {v}"
                 ),
             )
         })
@@ -579,7 +580,7 @@ pub fn new_server(body: &Map<String, Value>) -> Result<ServerConfig, NgxError> {
             ));
         }
     };
-    crate::config::check_server_addr(&addr).map_err(|e| {
+    check_server_addr(&addr).map_err(|e| {
         NgxError::new(
             StatusCode::BAD_REQUEST,
             "UpstreamBadAddress",
