@@ -230,11 +230,12 @@ mod tests {
         );
         let table = Table::from_config(&config).unwrap();
         let r = Readiness::new();
-        assert!(r.check(&table).unwrap_err().contains("not bound"));
+        assert_eq!(r.check(&table), Err(NotReady::Starting));
+        assert!(NotReady::Starting.to_string().contains("not bound"));
         r.set_serving();
         assert_eq!(r.check(&table), Ok(()));
         r.set_shutting_down();
-        assert_eq!(r.check(&table), Err("shutting down".into()));
+        assert_eq!(r.check(&table), Err(NotReady::ShuttingDown));
     }
 
     #[test]

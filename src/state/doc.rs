@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::upstream::AdminState;
+use super::AdminState;
 
 /// Version of the format written by this build.
 pub const FORMAT_VERSION: u32 = 1;

@@ -113,8 +113,8 @@ impl StateStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::AdminState;
     use crate::state::{ServerState, SettingsState, UpstreamState};
-    use crate::upstream::AdminState;
 
     fn doc() -> StateDoc {
         let mut d = StateDoc::new();

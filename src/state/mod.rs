@@ -8,10 +8,12 @@
 //! nor of the table or the fleet that use it: this file only declares and
 //! re-exports.
 
+mod admin_state;
 mod doc;
 mod file;
 mod store;
 
+pub use admin_state::{AdminState, UnknownAdminState};
 pub use doc::{HealthCheckState, ServerState, SettingsState, StateDoc, UpstreamState};
 pub use file::FileStore;
 pub use store::{ClusterStatus, StateError, StateStore};

@@ -18,41 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::pick_stats::{PickSlot, PickStats};
 use crate::config::KeepaliveConfig;
 
-/// What an operator asked for. Orthogonal to health: a check never writes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminState {
-    /// Takes new requests when health allows.
-    Up,
-    /// Takes no new requests.
-    Down,
-    /// Takes no new requests; in-flight ones finish.
-    Drain,
-}
-
-impl AdminState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Up => "up",
-            AdminState::Down => "down",
-            AdminState::Drain => "drain",
-        }
-    }
-}
-
-impl std::str::FromStr for AdminState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "up" => Ok(AdminState::Up),
-            "down" => Ok(AdminState::Down),
-            "drain" | "draining" => Ok(AdminState::Drain),
-            other => Err(format!(
-                "unknown state {other:?} (expected up, down or drain)"
-            )),
-        }
-    }
-}
+/// What an operator asked for (defined with the saved state, which keeps it).
+pub use crate::state::AdminState;
 
 /// What the active checks observed. Written only by the `health` module (and set
 /// to its starting value when a server or a check is added).
