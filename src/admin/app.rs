@@ -34,7 +34,9 @@ pub(crate) async fn write(
     origin: String,
 ) -> Result<Result<Vec<Arc<Server>>, BatchError>, String> {
     let table = Arc::clone(table);
-    tokio::task::spawn_blocking(move || table.apply_batch_as(&commands, &origin))
+    // A task of its own so that a writer's panic (resumed by `apply_batch_as`)
+    // still answers with the outer error rather than dropping the connection.
+    tokio::spawn(async move { table.apply_batch_as(commands, &origin).await })
         .await
         .map_err(|e| format!("the table's writer failed: {e}"))
 }

@@ -800,7 +800,7 @@ mod tests {
             st.header_time.observe(Duration::from_millis(3));
         }
         table
-            .apply(&[Command::SetState {
+            .apply_blocking(&[Command::SetState {
                 upstream: "default".into(),
                 server: ServerRef::Id(1),
                 state: AdminState::Drain,
