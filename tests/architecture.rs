@@ -457,7 +457,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "clock", "cluster", "config", "health", "proxy", "reload", "state", "tls", "upstream",
         ],
     ),
-    ("reload", &["config", "logging", "proxy", "tls", "upstream"]),
+    ("reload", &["config", "logging", "proxy", "state", "tls", "upstream"]),
     ("import", &["config"]),
     ("ctl", &["admin", "config"]),
     ("demo", &["config"]),
