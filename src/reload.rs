@@ -10,6 +10,11 @@
 //! `Table::apply_as(.., "reload")`, then swap the listeners
 //! ([`crate::proxy::ProxyHandle`]). Any error before the table changes leaves
 //! everything as it was.
+//!
+//! The reloader runs on the main runtime, which is also data-plane worker 0:
+//! everything that blocks (reading the file, resolving, loading TLS files, the
+//! table's save) runs on blocking threads, so a slow disk or state store holds
+//! up the reload and never that worker's requests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +27,8 @@ use crate::config::{self, Config, ServerConfig};
 use crate::logging::joined;
 use crate::proxy::ProxyHandle;
 use crate::upstream::{
-    AdminState, Command, ServerPatch, ServerRef, ServerSpec, Table, TableSnapshot, UpstreamSettings,
+    AdminState, Command, ServerPatch, ServerRef, ServerSpec, Table, TableError, TableSnapshot,
+    TlsSetupError, UpstreamSettings,
 };
 
 /// One change the file made to its upstreams.
@@ -162,11 +168,24 @@ pub fn applicable(changes: Vec<Change>, table: &TableSnapshot) -> Vec<Change> {
     kept
 }
 
+/// Why a change of the file could not be turned into a table command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// A server address that does not resolve.
+    #[error(transparent)]
+    Resolve(#[from] TableError),
+    #[error("upstream {upstream:?}: TLS: {source}")]
+    Tls {
+        upstream: String,
+        source: TlsSetupError,
+    },
+}
+
 /// Turns applicable changes into table commands: resolves addresses and loads
 /// TLS client files (blocking: run on a blocking thread). A TLS client that the
 /// change does not touch is kept as it is.
-pub fn commands(changes: &[Change], table: &TableSnapshot) -> Result<Vec<Command>, String> {
-    let resolve = |c: &ServerConfig| ServerSpec::resolve(c.clone()).map_err(|e| e.to_string());
+pub fn commands(changes: &[Change], table: &TableSnapshot) -> Result<Vec<Command>, CommandError> {
+    let resolve = |c: &ServerConfig| ServerSpec::resolve(c.clone()).map_err(CommandError::from);
     let prepare = |name: &str, settings: &UpstreamSettings| {
         let mut s = settings.clone();
         if let Some(cur) = table.upstreams.get(name) {
@@ -175,9 +194,11 @@ pub fn commands(changes: &[Change], table: &TableSnapshot) -> Result<Vec<Command
                 s.tls_client.clone_from(&c.tls_client);
             }
         }
-        s.prepare_tls(name)
-            .map_err(|e| format!("upstream {name:?}: TLS: {e}"))?;
-        Ok::<_, String>(s)
+        s.prepare_tls(name).map_err(|source| CommandError::Tls {
+            upstream: name.to_string(),
+            source,
+        })?;
+        Ok::<_, CommandError>(s)
     };
     let mut out = Vec::new();
     for c in changes {
@@ -299,10 +320,14 @@ impl Reloader {
             tokio::task::spawn_blocking(move || commands(&todo, &snapshot))
                 .await
                 .map_err(|e| vec![e.to_string()])?
-                .map_err(|e| vec![e])?
+                .map_err(|e| vec![e.to_string()])?
         };
         // Sockets and certificates first: a failure there changes nothing.
-        let prepared = self.proxy.prepare(&new).await.map_err(|e| vec![e.to_string()])?;
+        let prepared = self
+            .proxy
+            .prepare(&new)
+            .await
+            .map_err(|e| vec![e.to_string()])?;
         if !cmds.is_empty() {
             self.table
                 .apply_as(cmds, "reload")

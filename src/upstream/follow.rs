@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::command::{Command, ServerPatch, ServerRef, ServerSpec};
-use super::persist::{server_from_state, server_to_state, settings_from_state, settings_to_state};
+use super::persist::{server_from_state, server_to_state, settings_from_saved, settings_to_state};
 use super::published::TableSnapshot;
 use super::settings::UpstreamSettings;
 use crate::state::{ServerState, StateDoc, UpstreamState};
@@ -51,17 +51,18 @@ pub(crate) fn commands_toward(current: &TableSnapshot, doc: &StateDoc) -> Vec<Co
 }
 
 fn load_settings(name: &str, want: &UpstreamState) -> Option<UpstreamSettings> {
-    let loaded = settings_from_state(&want.settings).and_then(|mut s| {
-        s.prepare_tls(name).map_err(|e| e.to_string())?;
-        Ok(s)
-    });
-    match loaded {
-        Ok(s) => Some(s),
+    let mut settings = match settings_from_saved(&want.settings) {
+        Ok(s) => s,
         Err(reason) => {
             warn!(upstream = %name, %reason, "cluster store: cannot apply this upstream's settings here; left as they were");
-            None
+            return None;
         }
+    };
+    if let Err(reason) = settings.prepare_tls(name) {
+        warn!(upstream = %name, %reason, "cluster store: cannot apply this upstream's settings here; left as they were");
+        return None;
     }
+    Some(settings)
 }
 
 fn create(name: &str, want: &UpstreamState, out: &mut Vec<Command>) {

@@ -20,7 +20,7 @@ mod follow;
 pub mod histogram;
 mod persist;
 mod pick_stats;
-pub use persist::check_view;
+pub use persist::{SavedSettingsError, check_view};
 mod plan;
 mod published;
 mod server;

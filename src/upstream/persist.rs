@@ -110,12 +110,6 @@ pub(crate) fn check_from_saved(
     Ok(check)
 }
 
-/// [`settings_from_saved`] with the error as text, for the callers that still
-/// take it so.
-pub(crate) fn settings_from_state(s: &SettingsState) -> Result<UpstreamSettings, String> {
-    settings_from_saved(s).map_err(|e| e.to_string())
-}
-
 pub(crate) fn settings_from_saved(
     s: &SettingsState,
 ) -> Result<UpstreamSettings, SavedSettingsError> {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::command::{ServerSpec, TableError};
-use super::persist::{server_from_state, settings_from_state};
+use super::persist::{SavedSettingsError, server_from_state, settings_from_saved};
 use super::plan::{Ledger, dense, new_server};
 use super::published::{TableSnapshot, Upstream};
 use super::server::{AdminState, Health};
@@ -27,11 +27,11 @@ pub enum OpenError {
     State(#[from] StateError),
     #[error("{0}")]
     Table(#[from] TableError),
-    #[error("state file {path}: upstream {upstream:?}: {reason}")]
+    #[error("state file {path}: upstream {upstream:?}: {source}")]
     BadState {
         path: String,
         upstream: String,
-        reason: String,
+        source: SavedSettingsError,
     },
     #[error("upstream {upstream:?}: TLS: {source}")]
     Tls {
@@ -142,10 +142,10 @@ fn overlay_saved(
 ) -> Result<(), OpenError> {
     for (name, up) in &saved.doc.upstreams {
         let saved_settings =
-            settings_from_state(&up.settings).map_err(|reason| OpenError::BadState {
+            settings_from_saved(&up.settings).map_err(|source| OpenError::BadState {
                 path: saved.path.clone(),
                 upstream: name.clone(),
-                reason: reason.to_string(),
+                source,
             })?;
         let from_file = config
             .upstreams
