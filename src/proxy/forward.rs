@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::Either;
 use http_body::Body as _;
@@ -29,9 +28,9 @@ use super::pool::{self, Sender};
 use super::request::{
     Client, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP,
     X_REQUEST_ID, connection_tokens, forwarded_element, host_without_port, new_request_id,
-    request_key, strip_hop_by_hop,
+    request_key, strip_hop_by_hop, valid_host,
 };
-use super::request_body::UpstreamBody;
+use super::request_body::{BodyVerdict, ClientBodyFault, UpstreamBody};
 use crate::config::Scheme;
 use crate::upstream::{Server, Upstream, UpstreamSettings};
 
@@ -156,6 +155,10 @@ impl Forwarder {
         client: Client,
         record: &mut Option<Box<Record>>,
     ) -> Response<ProxyBody> {
+        let mut req = req;
+        if let Err(why) = settle_host(&mut req) {
+            return text_response(StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n"));
+        }
         let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
             return text_response(
                 StatusCode::NOT_FOUND,
@@ -195,6 +198,37 @@ impl Forwarder {
         let limit = target.max_body_size.filter(|_| declared.is_none());
         forward(self, target.slot, &upstream, req, client, limit, record).await
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a valid one;
+/// an absolute-form target's authority replaces it. (HTTP/2 carries
+/// `:authority` in the URI.)
+fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    if req.version() >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err("more than one Host header");
+    }
+    if first.is_some_and(|h| !valid_host(h.as_bytes())) {
+        return Err("the Host header is not a valid authority");
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    match (authority, first.is_some()) {
+        (Some(a), _) => {
+            req.headers_mut().insert(header::HOST, a);
+        }
+        (None, false) if req.version() == Version::HTTP_11 => {
+            return Err("an HTTP/1.1 request needs a Host header");
+        }
+        (None, _) => {}
+    }
+    Ok(())
 }
 
 /// The access-log record of a request that starts now.
@@ -320,6 +354,13 @@ fn forwarding_headers(forwarder: &Forwarder, client: &Client, headers: &mut Head
     }
 }
 
+/// nginx's status for a client that closed its connection before the answer
+/// (logged; the client is not there to read it).
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// hyper's client as the exchange's transport: the request (kept for a
 /// resend when it has no body), sent on a pooled or new connection.
 struct HyperTransport {
@@ -328,8 +369,8 @@ struct HyperTransport {
     /// What makes the request again, when it may be sent again.
     replay: Option<Replay>,
     upgrade: bool,
-    /// Set when the client's body broke the route's `max_body_size`.
-    exceeded: Option<Arc<AtomicBool>>,
+    /// How the client's body ended, when it had one to come.
+    verdict: Option<Arc<BodyVerdict>>,
     body_limit: Option<u64>,
 }
 
@@ -392,10 +433,19 @@ impl Transport for HyperTransport {
     }
 
     fn client_fault(&self) -> Option<(StatusCode, String)> {
-        // The client's body broke the route's limit: not the server's fault,
-        // and no other server would fare better.
-        let exceeded = self.exceeded.as_ref()?.load(Ordering::Relaxed);
-        exceeded.then(|| too_large_text(self.body_limit.unwrap_or(0)))
+        // The client broke its own body: not the server's fault, and no other
+        // server would fare better.
+        Some(match self.verdict.as_ref()?.fault()? {
+            ClientBodyFault::TooLarge => too_large_text(self.body_limit.unwrap_or(0)),
+            ClientBodyFault::Aborted => (
+                CLIENT_CLOSED,
+                "499 Client Closed Request: the request body ended before its length\n".into(),
+            ),
+            ClientBodyFault::Malformed => (
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: the request body's framing is not valid\n".into(),
+            ),
+        })
     }
 
     fn status(response: &Self::Response) -> u16 {
@@ -427,25 +477,23 @@ async fn forward(
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-    // Allocated only when a limit applies (most routes have none).
-    let mut exceeded = None;
-    let body = match body_limit {
-        Some(left) if !body.is_end_stream() => {
-            let flag = Arc::new(AtomicBool::new(false));
-            exceeded = Some(Arc::clone(&flag));
-            UpstreamBody::Limited {
-                body,
-                left,
-                exceeded: flag,
-            }
-        }
-        _ => UpstreamBody::Client(body),
+    // Watched (and so allocated) only when there is a body to come.
+    let (body, verdict) = if body.is_end_stream() {
+        (UpstreamBody::Client(body), None)
+    } else {
+        let verdict = Arc::new(BodyVerdict::default());
+        let watched = UpstreamBody::Watched {
+            body,
+            left: body_limit,
+            verdict: Arc::clone(&verdict),
+        };
+        (watched, Some(verdict))
     };
     let mut transport = HyperTransport {
         pending: Some(Request::from_parts(parts, body)),
         replay,
         upgrade,
-        exceeded,
+        verdict,
         body_limit,
     };
     let route = Route {
@@ -486,6 +534,11 @@ fn respond(
         return Response::from_parts(parts, ProxyBody::empty());
     }
     let (mut parts, body) = resp.into_parts();
+    // A chunked body's length is the chunks': a `Content-Length` beside it
+    // is the server's mistake and would frame the client's copy wrong.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     // The client's connection has its own version; an HTTP/1.0 server's answer
     // must not make hyper speak 1.0 to a 1.1 client.

@@ -156,8 +156,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         (Some(only), None) => {
             if let Ok(tokens) = only.to_str() {
                 for name in tokens.split(',').map(str::trim) {
-                    // `keep-alive` and the like go with the eight below.
-                    if is_hop_by_hop(name) {
+                    // `keep-alive` and the like go with the eight below; the
+                    // framing and `Host` stay whatever `Connection` says.
+                    if is_hop_by_hop(name) || names_framing(name.as_bytes()) {
                         continue;
                     }
                     // By `&str`: looked up without building a `HeaderName`; an
@@ -168,6 +169,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         (Some(_), Some(_)) => {
             let named: Vec<HeaderName> = connection_tokens(headers)
+                .filter(|n| !names_framing(n.as_bytes()))
                 .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .collect();
             for name in &named {
@@ -178,6 +180,22 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
+}
+
+/// Whether a `Connection` token names a header that frames the message or
+/// routes it: those are never removed on its say-so (a response that named
+/// `Content-Length` would reach the client unframed).
+pub(super) fn names_framing(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"content-length")
+        || token.eq_ignore_ascii_case(b"transfer-encoding")
+        || token.eq_ignore_ascii_case(b"host")
+}
+
+/// A `Host` value as RFC 9112 §3.2 wants it: an authority without userinfo
+/// (`name`, `name:port`, `[v6]:port`), or empty.
+pub(super) fn valid_host(value: &[u8]) -> bool {
+    value.is_empty()
+        || (!value.contains(&b'@') && hyper::http::uri::Authority::try_from(value).is_ok())
 }
 
 /// Whether a header name, in any case, is one of [`HOP_BY_HOP`]. The plain

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,19 +14,57 @@ use hyper::body::Incoming;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to a server: the client's own stream, the same
-/// with a size limit (a route's `max_body_size` on a body of unknown length), or
-/// nothing (for a retry of a request that had no body).
+/// watched (a body still to come: how it ends is the exchange's to know, and a
+/// route's `max_body_size` may limit it), or nothing (for a retry of a request
+/// that had no body).
 #[derive(Debug)]
 pub enum UpstreamBody {
     Empty,
+    /// A client's body that is already over: nothing can go wrong with it.
     Client(Incoming),
-    Limited {
+    Watched {
         body: Incoming,
-        left: u64,
-        /// Set when the client sent more than the limit, so the request can be
-        /// answered 413 rather than as a failed upstream exchange.
-        exceeded: Arc<AtomicBool>,
+        /// Bytes still allowed, when the route has a limit and the client did
+        /// not declare a length.
+        left: Option<u64>,
+        verdict: Arc<BodyVerdict>,
     },
+}
+
+/// How a client broke its own request body: never the server's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// More than the route's `max_body_size`.
+    TooLarge,
+    /// The client closed its connection before the body was complete.
+    Aborted,
+    /// The body's framing was not valid (bad chunked coding, among others).
+    Malformed,
+}
+
+/// What became of a watched body, set by the body as it fails, read by the
+/// exchange when the send failed: whose fault was it?
+#[derive(Debug, Default)]
+pub struct BodyVerdict(AtomicU8);
+
+impl BodyVerdict {
+    pub fn fault(&self) -> Option<ClientBodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(ClientBodyFault::TooLarge),
+            2 => Some(ClientBodyFault::Aborted),
+            3 => Some(ClientBodyFault::Malformed),
+            _ => None,
+        }
+    }
+
+    fn set(&self, fault: ClientBodyFault) {
+        let code = match fault {
+            ClientBodyFault::TooLarge => 1,
+            ClientBodyFault::Aborted => 2,
+            ClientBodyFault::Malformed => 3,
+        };
+        self.0.store(code, Ordering::Release);
+    }
 }
 
 /// The client sent a body larger than its route allows.
@@ -45,19 +83,29 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Limited {
+            UpstreamBody::Watched {
                 body,
                 left,
-                exceeded,
+                verdict,
             } => {
-                let frame = ready!(Pin::new(body).poll_frame(cx));
-                if let Some(Ok(f)) = &frame
+                let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                    Some(Err(e)) => {
+                        verdict.set(if e.is_incomplete_message() {
+                            ClientBodyFault::Aborted
+                        } else {
+                            ClientBodyFault::Malformed
+                        });
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    frame => frame,
+                };
+                if let (Some(Ok(f)), Some(left)) = (&frame, left.as_mut())
                     && let Some(data) = f.data_ref()
                 {
                     match left.checked_sub(data.len() as u64) {
                         Some(l) => *left = l,
                         None => {
-                            exceeded.store(true, std::sync::atomic::Ordering::Relaxed);
+                            verdict.set(ClientBodyFault::TooLarge);
                             return Poll::Ready(Some(Err(BodyTooLarge.into())));
                         }
                     }
@@ -70,14 +118,14 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Client(b) | UpstreamBody::Limited { body: b, .. } => b.is_end_stream(),
+            UpstreamBody::Client(b) | UpstreamBody::Watched { body: b, .. } => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Client(b) | UpstreamBody::Limited { body: b, .. } => b.size_hint(),
+            UpstreamBody::Client(b) | UpstreamBody::Watched { body: b, .. } => b.size_hint(),
         }
     }
 }

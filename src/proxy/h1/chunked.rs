@@ -120,6 +120,7 @@ impl ChunkedScan {
                             empty: line == 0,
                             total: total + 1,
                         },
+                        b'\n' => return Err(ChunkedError("bare LF in trailer section")),
                         _ => State::Trailer {
                             line: line + 1,
                             total: total + 1,

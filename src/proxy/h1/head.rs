@@ -163,10 +163,15 @@ pub fn parse_request<'h, 'b>(
         match kind(h.name) {
             Kind::Kept | Kind::Dropped => {}
             Kind::Host => {
-                if host.is_some() {
+                // More than one, or one that is not an authority: hyper's
+                // path answers 400.
+                if host.is_some() || !crate::proxy::request::valid_host(h.value) {
                     return Parsed::Other;
                 }
                 host = std::str::from_utf8(h.value).ok();
+                if host.is_none() {
+                    return Parsed::Other;
+                }
             }
             Kind::ContentLength => {
                 if h.value.trim_ascii() != b"0" {
@@ -372,7 +377,10 @@ impl<'b> ServerHeaders<'b> {
                 for token in connection_tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         read.server_close = true;
-                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if !token.is_empty()
+                        && !token.eq_ignore_ascii_case(b"keep-alive")
+                        && !crate::proxy::request::names_framing(token)
+                    {
                         read.named.push(token);
                     }
                 }
@@ -380,9 +388,7 @@ impl<'b> ServerHeaders<'b> {
                 let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
                 read.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             } else if name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                let n = content_length(h.value)
                     .ok_or_else(|| BadResponse("invalid Content-Length".into()))?;
                 if read.length.is_some_and(|l| l != n) {
                     return Err(BadResponse("conflicting Content-Length headers".into()));
@@ -394,6 +400,18 @@ impl<'b> ServerHeaders<'b> {
         }
         Ok(read)
     }
+}
+
+/// A `Content-Length` value: ASCII digits only (RFC 9110 §8.6), no sign, no
+/// other whitespace than the field's own, no overflow.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// `HTTP/1.1 NNN Reason`: the server's reason, or the standard one.

@@ -1,0 +1,456 @@
+//! Hostile bytes from clients and servers, through both HTTP paths: the plain
+//! HTTP/1.1 path (a keep-alive GET) and hyper's (the same GET with
+//! `TE: trailers`, or any request with a body). Each test sends raw bytes and
+//! checks what the client got and what a raw-logging backend received.
+//!
+//! The rules (SECURITY.md): a client's fault is never the server's; a response
+//! is relayed only when it parses as one message; a `Connection` token never
+//! removes framing or `Host`; one valid `Host` per HTTP/1.1 request.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use support::{InProcess, Load, any_port};
+
+const HANG: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Plain,
+    Hyper,
+}
+
+const PATHS: [Path; 2] = [Path::Plain, Path::Hyper];
+
+impl Path {
+    /// A GET for `target` that this path takes.
+    fn get(self, target: &str) -> String {
+        match self {
+            Path::Plain => format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            Path::Hyper => format!("GET {target} HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n"),
+        }
+    }
+}
+
+/// A backend that answers every request head with `response` (keep-alive as
+/// the response says) and keeps every byte it was sent.
+struct Scripted {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    async fn start(response: &'static [u8]) -> Scripted {
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            if stream.write_all(response).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                log.lock().unwrap().extend_from_slice(&chunk[..n]);
+                                pending.extend_from_slice(&chunk[..n]);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+async fn proxy(server: SocketAddr, extra: &str) -> InProcess {
+    let text = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ upstream = \"default\" }}]\n\n\
+         [upstream.default]\nread_timeout = \"1s\"\n{extra}servers = [{{ addr = \"{server}\" }}]\n"
+    );
+    let config = switchyard::config::parse(&text, "protocol_hardening.toml")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    InProcess::start(&config).await
+}
+
+/// One response as the client read it.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    /// The head, lower-cased.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+    }
+}
+
+/// Reads one response from `s` framed as its head says (a chunked body is
+/// de-chunked); `None` if the connection closed before a whole one.
+async fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Got> {
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    buf.drain(..head_end);
+    let status: u16 = head.get(9..12)?.parse().ok()?;
+    let mut got = Got {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    if got
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            got.body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                return Some(got);
+            }
+        }
+    }
+    let length: usize = match got.header("content-length") {
+        Some(v) => v.parse().ok()?,
+        None if got.status == 204 || got.status == 304 => 0,
+        None => {
+            // Until the close.
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    got.body = std::mem::take(buf);
+                    return Some(got);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    };
+    while buf.len() < length {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    got.body = buf.drain(..length).collect();
+    Some(got)
+}
+
+/// Sends `bytes` on a new connection and reads one response.
+async fn exchange(proxy: SocketAddr, bytes: &[u8]) -> Option<Got> {
+    tokio::time::timeout(HANG, async {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        read_one(&mut s, &mut Vec::new()).await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer within {HANG:?}"))
+}
+
+fn fails(p: &InProcess) -> u64 {
+    p.servers()[0].runtime.stats.fails_total.load(SeqCst)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+// ------------------------------------------------------------- 1. client faults
+
+/// Requests whose body the client breaks: cut short, then bad chunked coding.
+const ABORTED_BODY: &[u8] = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc";
+const BAD_CHUNKED: &[u8] =
+    b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+
+#[tokio::test]
+async fn a_client_that_breaks_its_body_gets_400_and_costs_the_server_nothing() {
+    let backend = Scripted::start(OK).await;
+    // The default max_fails = 1: one failure counted would take the only
+    // server out for fail_timeout.
+    let p = proxy(backend.addr, "").await;
+
+    let got = exchange(p.addr, BAD_CHUNKED).await;
+    assert_eq!(got.as_ref().map(|g| g.status), Some(400), "{got:?}");
+
+    // An abort: the client sends 3 of 100 bytes and closes.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(ABORTED_BODY).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(HANG, s.read_to_end(&mut rest)).await;
+    drop(s);
+
+    assert_eq!(
+        fails(&p),
+        0,
+        "a client's broken body was counted against the server"
+    );
+    for which in PATHS {
+        let got = exchange(p.addr, which.get("/after").as_bytes()).await;
+        assert_eq!(got.map(|g| g.status), Some(200), "{which:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_hostile_clients_leave_max_fails_1_serving_a_normal_client_loop() {
+    let backend = Scripted::start(OK).await;
+    let p = proxy(backend.addr, "").await;
+    let load = Load::start(p.addr, 4);
+    let hostile: Vec<_> = (0..1000)
+        .map(|i| {
+            let addr = p.addr;
+            tokio::spawn(async move {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    return;
+                };
+                let bytes = if i % 2 == 0 {
+                    ABORTED_BODY
+                } else {
+                    BAD_CHUNKED
+                };
+                let _ = s.write_all(bytes).await;
+                let _ = s.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = tokio::time::timeout(HANG, s.read_to_end(&mut sink)).await;
+            })
+        })
+        .collect();
+    for h in hostile {
+        h.await.unwrap();
+    }
+    let (ok, errors) = load.stop().await;
+    assert!(ok > 0, "the normal clients got nothing through");
+    assert!(
+        errors.is_empty(),
+        "{} normal requests failed: {errors:?}",
+        errors.len()
+    );
+    assert_eq!(fails(&p), 0);
+}
+
+// ------------------------------------------------- 2. Connection and framing
+
+#[tokio::test]
+async fn a_connection_token_never_unframes_a_response() {
+    let backend = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let p = proxy(backend.addr, "").await;
+    for which in PATHS {
+        // Two requests pipelined on one connection: the second response must
+        // not be glued to the first body.
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let two = which.get("/a") + &which.get("/b");
+        s.write_all(two.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..2 {
+            let got = tokio::time::timeout(HANG, read_one(&mut s, &mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{which:?}: hung"));
+            let got = got.unwrap_or_else(|| panic!("{which:?}: closed early"));
+            assert_eq!(got.status, 200, "{which:?}");
+            assert_eq!(got.body, b"hello", "{which:?}: {}", got.head);
+            assert!(
+                got.header("content-length") == Some("5")
+                    || got.header("transfer-encoding").is_some(),
+                "{which:?}: an unframed response: {}",
+                got.head
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_response_with_a_content_length_is_framed_by_its_chunks() {
+    let backend = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+          28\r\n0123456789012345678901234567890123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = proxy(backend.addr, "").await;
+    for which in PATHS {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let two = which.get("/a") + &which.get("/b");
+        s.write_all(two.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..2 {
+            let got = tokio::time::timeout(HANG, read_one(&mut s, &mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{which:?}: hung"))
+                .unwrap_or_else(|| panic!("{which:?}: closed early"));
+            assert_eq!(got.body.len(), 40, "{which:?}: {}", got.head);
+            assert_ne!(got.header("content-length"), Some("3"), "{which:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_response_length_that_is_not_digits_is_a_502_on_both_paths() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\xc2\xa0\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: +5\r\n\r\nhello",
+    ] {
+        let leaked: &'static [u8] = Box::leak(response.to_vec().into_boxed_slice());
+        let backend = Scripted::start(leaked).await;
+        let p = proxy(backend.addr, "retry = { tries = 1 }\n").await;
+        for which in PATHS {
+            let got = exchange(p.addr, which.get("/").as_bytes()).await;
+            assert_eq!(
+                got.as_ref().map(|g| g.status),
+                Some(502),
+                "{which:?}: {:?} relayed as {got:?}",
+                String::from_utf8_lossy(response)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_with_a_bare_lf_or_bytes_past_its_end_is_not_relayed_as_a_message() {
+    let backend = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\nHTTP/1.1 200 OK\r\n\r\n",
+    )
+    .await;
+    let p = proxy(backend.addr, "retry = { tries = 1 }\n").await;
+    for which in PATHS {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let two = which.get("/a") + &which.get("/b");
+        s.write_all(two.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let first = tokio::time::timeout(HANG, read_one(&mut s, &mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{which:?}: hung"));
+        // Either a 502 before anything was relayed, or a cut connection: never
+        // a whole 200 followed by the server's stray bytes as a second answer.
+        match first {
+            Some(g) if g.status == 502 => {}
+            Some(g) => panic!("{which:?}: relayed as a message: {} {:?}", g.head, g.body),
+            None => {}
+        }
+    }
+}
+
+// ------------------------------------------------------------------- 3. Host
+
+#[tokio::test]
+async fn one_valid_host_per_http11_request() {
+    let backend = Scripted::start(OK).await;
+    let p = proxy(backend.addr, "").await;
+    for (what, bytes) in [
+        (
+            "two Host headers",
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+        ),
+        (
+            "an invalid Host, then a valid one",
+            b"GET / HTTP/1.1\r\nHost: \xff\r\nHost: a\r\n\r\n",
+        ),
+        ("no Host", b"GET / HTTP/1.1\r\n\r\n"),
+        (
+            "a Host with userinfo",
+            b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+        ),
+    ] {
+        for extra in ["", "TE: trailers\r\n"] {
+            let text =
+                String::from_utf8_lossy(bytes).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
+            let mut raw = bytes.to_vec();
+            if !extra.is_empty() {
+                raw = text.into_bytes();
+                // Keep the \xff byte as it was.
+                if bytes.contains(&0xff) {
+                    raw = [&bytes[..bytes.len() - 2], extra.as_bytes(), b"\r\n"].concat();
+                }
+            }
+            let got = exchange(p.addr, &raw).await;
+            assert_eq!(
+                got.as_ref().map(|g| g.status),
+                Some(400),
+                "{what} ({extra:?}): {got:?}"
+            );
+        }
+    }
+    assert!(
+        !backend.received().contains("GET"),
+        "a bad request reached the server"
+    );
+
+    // The absolute form: its authority is the Host the server sees.
+    let got = exchange(
+        p.addr,
+        b"GET http://h.example/x HTTP/1.1\r\nHost: other\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.map(|g| g.status), Some(200));
+    let seen = backend.received().to_ascii_lowercase();
+    assert!(seen.contains("host: h.example\r\n"), "{seen}");
+    assert!(!seen.contains("host: other"), "{seen}");
+}
