@@ -17,7 +17,8 @@
 //! has to be installed.
 
 use std::fmt;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -26,11 +27,86 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName, UnixTime};
 use tracing::{info, warn};
 
 use crate::config::{self, Scheme, TlsVersion, UpstreamProtocol, UpstreamTls};
+
+/// Why a certificate, a key or a TLS configuration could not be loaded or built.
+/// The files are named in the message: operators read it in the log, in the
+/// admin API's answer to a reload, and at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {}: {source}", path.display())]
+    ReadCerts { path: PathBuf, source: pem::Error },
+    #[error("bad certificate PEM in {}: {source}", path.display())]
+    CertPem { path: PathBuf, source: pem::Error },
+    #[error("no certificate in {}", path.display())]
+    NoCertInFile { path: PathBuf },
+    #[error("cannot read a private key from {}: {source}", path.display())]
+    ReadKey { path: PathBuf, source: pem::Error },
+    /// The key parsed but the provider cannot sign with it.
+    #[error("unusable private key {}: {source}", path.display())]
+    UnusableKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{} and {} do not belong together: {source}", cert.display(), key.display())]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("no certificate configured")]
+    NoCertificates,
+    #[error("TLS versions: {0}")]
+    Versions(#[source] rustls::Error),
+    #[error("bad CA certificate in {}: {source}", path.display())]
+    CaCert {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("client certificate {}: {source}", path.display())]
+    ClientCert {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{host:?} cannot be a TLS server name: {source}")]
+    ServerName {
+        host: String,
+        source: InvalidDnsNameError,
+    },
+}
+
+/// One listener whose certificates could not be reloaded.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {listen}: {source}")]
+pub struct ListenerReloadError {
+    pub listen: SocketAddr,
+    pub source: TlsError,
+}
+
+/// Every listener a reload failed for (the others took their new files).
+#[derive(Debug)]
+pub struct TlsReloadError {
+    pub failures: Vec<ListenerReloadError>,
+}
+
+impl fmt::Display for TlsReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, failure) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{failure}")?;
+        }
+        Ok(())
+    }
+}
+
+// No single source: each failure is a whole error of its own, all in the message.
+impl std::error::Error for TlsReloadError {}
 
 /// The crypto provider every configuration here is built with.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -38,21 +114,31 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Every certificate of a PEM file, in order (leaf first for a chain).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+        .map_err(|source| TlsError::ReadCerts {
+            path: path.to_path_buf(),
+            source,
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad certificate PEM in {}: {e}", path.display()))?;
+        .map_err(|source| TlsError::CertPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("no certificate in {}", path.display()));
+        return Err(TlsError::NoCertInFile {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
@@ -105,7 +191,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Builds a listener's server configuration from its files.
-pub fn server_config(tls: &config::ListenerTls) -> Result<ServerConfig, String> {
+pub fn server_config(tls: &config::ListenerTls) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let mut certs = Vec::new();
     for pair in &tls.certificates {
@@ -114,27 +200,30 @@ pub fn server_config(tls: &config::ListenerTls) -> Result<ServerConfig, String> 
         let signing = provider
             .key_provider
             .load_private_key(key)
-            .map_err(|e| format!("unusable private key {}: {e}", pair.key.display()))?;
+            .map_err(|source| TlsError::UnusableKey {
+                path: pair.key.clone(),
+                source,
+            })?;
         let leaf = chain[0].clone();
         let certified = CertifiedKey::new(chain, signing);
-        certified.keys_match().map_err(|e| {
-            format!(
-                "{} and {} do not belong together: {e}",
-                pair.cert.display(),
-                pair.key.display()
-            )
-        })?;
+        certified
+            .keys_match()
+            .map_err(|source| TlsError::KeyMismatch {
+                cert: pair.cert.clone(),
+                key: pair.key.clone(),
+                source,
+            })?;
         certs.push(Loaded {
             key: Arc::new(certified),
             leaf,
         });
     }
     if certs.is_empty() {
-        return Err("no certificate configured".into());
+        return Err(TlsError::NoCertificates);
     }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(tls.min_version))
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(TlsError::Versions)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -160,7 +249,7 @@ impl ListenerTls {
     pub fn new(
         listen: std::net::SocketAddr,
         source: &config::ListenerTls,
-    ) -> Result<ListenerTls, String> {
+    ) -> Result<ListenerTls, TlsError> {
         Ok(ListenerTls {
             listen,
             source: source.clone(),
@@ -174,7 +263,7 @@ impl ListenerTls {
     }
 
     /// Reads the files again; on any problem the old configuration stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = server_config(&self.source)?;
         self.current.store(Arc::new(fresh));
         Ok(())
@@ -210,22 +299,25 @@ impl TlsReloader {
 
     /// Reloads every listener's certificates; returns how many were reloaded, or
     /// every failure (those listeners keep serving their old certificates).
-    pub fn reload(&self) -> Result<usize, String> {
+    pub fn reload(&self) -> Result<usize, TlsReloadError> {
         let mut failures = Vec::new();
         let listeners = self.listeners.load_full();
         for l in listeners.iter() {
             match l.reload() {
                 Ok(()) => info!(listen = %l.listen, "TLS certificates reloaded"),
-                Err(e) => {
-                    warn!(listen = %l.listen, error = %e, "TLS reload failed; the old certificates stay");
-                    failures.push(format!("listener {}: {e}", l.listen));
+                Err(source) => {
+                    warn!(listen = %l.listen, error = %source, "TLS reload failed; the old certificates stay");
+                    failures.push(ListenerReloadError {
+                        listen: l.listen,
+                        source,
+                    });
                 }
             }
         }
         if failures.is_empty() {
             Ok(listeners.len())
         } else {
-            Err(failures.join("; "))
+            Err(TlsReloadError { failures })
         }
     }
 }
@@ -281,11 +373,11 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// A client configuration for an upstream's servers, offering `alpn`.
-pub fn client_config(tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
+pub fn client_config(tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?;
+        .map_err(TlsError::Versions)?;
     let builder = if !tls.verify {
         builder
             .dangerous()
@@ -295,9 +387,10 @@ pub fn client_config(tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig, 
         match &tls.ca {
             Some(path) => {
                 for cert in load_certs(path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+                    roots.add(cert).map_err(|source| TlsError::CaCert {
+                        path: path.clone(),
+                        source,
+                    })?;
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -307,7 +400,10 @@ pub fn client_config(tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig, 
     let mut config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| format!("client certificate {}: {e}", cert.display()))?,
+            .map_err(|source| TlsError::ClientCert {
+                path: cert.clone(),
+                source,
+            })?,
         _ => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -345,7 +441,7 @@ impl TlsClient {
         scheme: Scheme,
         protocol: UpstreamProtocol,
         tls: &UpstreamTls,
-    ) -> Result<TlsClient, String> {
+    ) -> Result<TlsClient, TlsError> {
         if !tls.verify {
             warn!(
                 %upstream,
@@ -365,7 +461,7 @@ impl TlsClient {
 
 /// The name sent as SNI and verified: `tls_server_name`, else the host of the
 /// server's `host:port` address.
-pub fn server_name(tls: &UpstreamTls, addr: &str) -> Result<ServerName<'static>, String> {
+pub fn server_name(tls: &UpstreamTls, addr: &str) -> Result<ServerName<'static>, TlsError> {
     let host = match &tls.server_name {
         Some(n) => n.as_str(),
         None => match addr.strip_prefix('[') {
@@ -373,6 +469,8 @@ pub fn server_name(tls: &UpstreamTls, addr: &str) -> Result<ServerName<'static>,
             None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
         },
     };
-    ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host:?} cannot be a TLS server name: {e}"))
+    ServerName::try_from(host.to_string()).map_err(|source| TlsError::ServerName {
+        host: host.to_string(),
+        source,
+    })
 }

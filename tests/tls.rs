@@ -584,7 +584,7 @@ servers = [{{ addr = "{}" }}]
     let new = ca.issue(&["site.test"], false);
     std::fs::copy(&new.cert, &cert).unwrap();
     std::fs::copy(&new.key, &key).unwrap();
-    assert_eq!(reloader.reload(), Ok(1));
+    assert_eq!(reloader.reload().map_err(|e| e.to_string()), Ok(1));
 
     let fresh = tls_connect(addrs[0], &ca.pem_path(), "site.test", &[b"http/1.1"]).await;
     assert!(

@@ -17,7 +17,7 @@ pub async fn tls_reload(State(app): State<AppState>) -> Response {
     // File reads and key parsing: off the admin runtime's only thread.
     match tokio::task::spawn_blocking(move || tls.reload()).await {
         Ok(Ok(n)) => axum::Json(serde_json::json!({ "reloaded": n })).into_response(),
-        Ok(Err(e)) => ApiError::unprocessable("TlsReloadFailed", e).into_response(),
+        Ok(Err(e)) => ApiError::unprocessable("TlsReloadFailed", e.to_string()).into_response(),
         Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "TlsReloadFailed",

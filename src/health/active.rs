@@ -26,11 +26,62 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::debug;
 
 use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::tls::TlsError;
 use crate::upstream::{Health, Server, ServerStats, Table};
 
 /// The most of a check response that is read; the rest is cut, never read
 /// forever.
 pub const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Why a probe failed: the server did not answer as a healthy one does. Only
+/// logged (at debug) and counted; the server's health follows `fall`/`rise`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The upstream's TLS files could not be loaded: every probe fails so.
+    #[error("TLS settings: {0}")]
+    TlsSettings(#[source] Arc<TlsError>),
+    /// The name to verify is not one (`tls_server_name`, or the address's host).
+    #[error(transparent)]
+    ServerName(TlsError),
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("send: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("connection closed before a whole response")]
+    Closed,
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    #[error(transparent)]
+    Verdict(#[from] CheckFailed),
+}
+
+/// What a check response was, if not an HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("response headers incomplete")]
+    Incomplete,
+    #[error("not an HTTP response: {0}")]
+    NotHttp(#[source] httparse::Error),
+    #[error("no status code")]
+    NoStatus,
+}
+
+/// Why a whole response does not pass the check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckFailed {
+    #[error("status {0}")]
+    Status(u16),
+    #[error("body does not contain {0:?}")]
+    BodyLacks(String),
+    #[error("body does not match /{0}/")]
+    BodyMismatch(String),
+}
 
 /// Starts the process's checker on the current runtime.
 pub fn spawn(table: Arc<Table>) -> JoinHandle<()> {
@@ -109,8 +160,10 @@ async fn supervise(table: Arc<Table>) {
 
 /// The TLS side of an `https` check: the upstream's client configuration for
 /// checks, and the name to verify. A check whose TLS files fail to load fails
-/// every probe with that reason (it never passes unverified).
-type ProbeTls = Option<Result<(Arc<rustls::ClientConfig>, crate::config::UpstreamTls), String>>;
+/// every probe with that reason (it never passes unverified); shared, so each
+/// probe can report it.
+type ProbeTls =
+    Option<Result<(Arc<rustls::ClientConfig>, crate::config::UpstreamTls), Arc<TlsError>>>;
 
 fn tls_for(name: &str, settings: &crate::upstream::UpstreamSettings) -> ProbeTls {
     let check = settings.health_check.as_ref()?;
@@ -124,7 +177,11 @@ fn tls_for(name: &str, settings: &crate::upstream::UpstreamSettings) -> ProbeTls
                 .map(|c| c.check)
         }
     };
-    Some(client.map(|c| (c, (*settings.tls).clone())))
+    Some(
+        client
+            .map(|c| (c, (*settings.tls).clone()))
+            .map_err(Arc::new),
+    )
 }
 
 struct Probe {
@@ -182,7 +239,7 @@ impl Probe {
                 };
                 match timeout(self.check.timeout, self.probe()).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("no answer within {:?}", self.check.timeout)),
+                    Err(_) => Err(ProbeError::Timeout(self.check.timeout)),
                 }
             };
             if let Err(reason) = &outcome {
@@ -212,10 +269,10 @@ impl Probe {
         SocketAddr::new(addr.ip(), self.check.port.unwrap_or(addr.port()))
     }
 
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), ProbeError> {
         let stream = TcpStream::connect(self.target())
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(ProbeError::Connect)?;
         // Close with a reset: a check connection has nothing left to say, and
         // this spares both ends a FIN exchange and the TIME_WAIT state, which
         // add up at thousands of checks a second.
@@ -225,32 +282,33 @@ impl Probe {
         }
         let response = match &self.tls {
             None => self.exchange(stream).await?,
-            Some(Err(e)) => return Err(format!("TLS settings: {e}")),
+            Some(Err(e)) => return Err(ProbeError::TlsSettings(Arc::clone(e))),
             // Boxed: a TLS handshake's state is large, and inline it would make
             // every probe task that large, TLS or not.
             Some(Ok((client, tls))) => {
                 Box::pin(async {
-                    let name = crate::tls::server_name(tls, &self.server.addr)?;
+                    let name = crate::tls::server_name(tls, &self.server.addr)
+                        .map_err(ProbeError::ServerName)?;
                     let stream = tokio_rustls::TlsConnector::from(Arc::clone(client))
                         .connect(name, stream)
                         .await
-                        .map_err(|e| format!("TLS handshake: {e}"))?;
+                        .map_err(ProbeError::Handshake)?;
                     self.exchange(stream).await
                 })
                 .await?
             }
         };
-        judge(&self.check, self.body_regex.as_ref(), &response)
+        Ok(judge(&self.check, self.body_regex.as_ref(), &response)?)
     }
 
-    async fn exchange<S>(&self, mut stream: S) -> Result<CheckResponse, String>
+    async fn exchange<S>(&self, mut stream: S) -> Result<CheckResponse, ProbeError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         stream
             .write_all(&self.request)
             .await
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(ProbeError::Send)?;
         read_response(&mut stream).await
     }
 }
@@ -280,7 +338,7 @@ pub struct CheckResponse {
     pub body: Vec<u8>,
 }
 
-async fn read_response<S>(stream: &mut S) -> Result<CheckResponse, String>
+async fn read_response<S>(stream: &mut S) -> Result<CheckResponse, ProbeError>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
@@ -295,12 +353,12 @@ where
             Ok(n) => n,
             // A TLS server that closes without close_notify: the end all the same.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(format!("read: {e}")),
+            Err(e) => return Err(ProbeError::Read(e)),
         };
         buf.truncate(MAX_RESPONSE);
         match parse_response(&buf, n == 0 || buf.len() >= MAX_RESPONSE)? {
             Some(r) => return Ok(r),
-            None if n == 0 => return Err("connection closed before a whole response".into()),
+            None if n == 0 => return Err(ProbeError::Closed),
             None => {}
         }
     }
@@ -308,18 +366,18 @@ where
 
 /// Parses what was read so far: `Ok(None)` when more is needed. `done` means no
 /// more will come (end of stream, or the size bound was reached).
-pub fn parse_response(buf: &[u8], done: bool) -> Result<Option<CheckResponse>, String> {
+pub fn parse_response(buf: &[u8], done: bool) -> Result<Option<CheckResponse>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if done => {
-            return Err("response headers incomplete".into());
+            return Err(ResponseError::Incomplete);
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("not an HTTP response: {e}")),
+        Err(e) => return Err(ResponseError::NotHttp(e)),
     };
-    let status = resp.code.ok_or("no status code")?;
+    let status = resp.code.ok_or(ResponseError::NoStatus)?;
     let header = |name: &str| {
         resp.headers
             .iter()
@@ -379,25 +437,25 @@ pub fn judge(
     check: &HealthCheckConfig,
     body_regex: Option<&Regex>,
     r: &CheckResponse,
-) -> Result<(), String> {
+) -> Result<(), CheckFailed> {
     let status_ok = if check.valid_statuses.is_empty() {
         (200..400).contains(&r.status)
     } else {
         check.valid_statuses.contains(&r.status)
     };
     if !status_ok {
-        return Err(format!("status {}", r.status));
+        return Err(CheckFailed::Status(r.status));
     }
     let body = String::from_utf8_lossy(&r.body);
     if let Some(needle) = &check.body
         && !body.contains(needle.as_str())
     {
-        return Err(format!("body does not contain {needle:?}"));
+        return Err(CheckFailed::BodyLacks(needle.clone()));
     }
     if let Some(re) = body_regex
         && !re.is_match(&body)
     {
-        return Err(format!("body does not match /{}/", re.as_str()));
+        return Err(CheckFailed::BodyMismatch(re.as_str().to_string()));
     }
     Ok(())
 }

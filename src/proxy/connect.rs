@@ -58,7 +58,8 @@ async fn connect(server: &Server, settings: &UpstreamSettings) -> Result<Sender,
             "the upstream has no TLS client configuration".into(),
         ));
     };
-    let name = crate::tls::server_name(&settings.tls, &server.addr).map_err(AttemptError::Tls)?;
+    let name = crate::tls::server_name(&settings.tls, &server.addr)
+        .map_err(|e| AttemptError::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&client.proxy));
     let tls = match tokio::time::timeout_at(deadline, connector.connect(name.clone(), io)).await {
         Ok(Ok(s)) => s,

@@ -10,8 +10,12 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listener {addr}: TLS: {reason}")]
-    Tls { addr: SocketAddr, reason: String },
+    /// Boxed: the TLS error names files and is large; this one is rare.
+    #[error("listener {addr}: TLS: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: Box<crate::tls::TlsError>,
+    },
     #[error("the proxy is not serving")]
     NotServing,
 }

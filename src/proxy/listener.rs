@@ -91,9 +91,9 @@ impl Listening {
         let router = Router::new(&l.routes, |name| table.slot(name));
         let tls = match &l.tls {
             Some(t) => Some(Arc::new(ListenerTls::new(l.listen, t).map_err(
-                |reason| ProxyError::Tls {
+                |source| ProxyError::Tls {
                     addr: l.listen,
-                    reason,
+                    source: Box::new(source),
                 },
             )?)),
             None => None,
