@@ -64,10 +64,34 @@ pub(crate) struct Write {
     pub meta: String,
 }
 
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum WriteError {
     /// Something under the prefix changed after `base`: the newest revision there.
+    #[error("something under the prefix changed since; newest revision {0}")]
     Conflict(u64),
-    Unavailable(String),
+    #[error("etcd write failed: {0}")]
+    Unavailable(#[source] EtcdError),
+    /// Nothing came back within the store's deadline (`ClusterStore::run`).
+    #[error(transparent)]
+    Unanswered(EtcdError),
+}
+
+/// Why the store's view could not be read, or an empty prefix seeded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("etcd read failed: {0}")]
+    Read(#[source] EtcdError),
+    #[error("etcd write failed: {0}")]
+    Seed(#[source] EtcdError),
+    /// The first piece of the seed was written; a later one was not.
+    #[error("etcd write failed while seeding: {0}")]
+    SeedRest(#[source] EtcdError),
+    /// The task that took the table's saved form, to seed with, panicked.
+    #[error("{0}")]
+    Snapshot(#[source] tokio::task::JoinError),
+    /// Nothing came back within the store's deadline (`ClusterStore::run`).
+    #[error(transparent)]
+    Unanswered(EtcdError),
 }
 
 /// Writes `w` in one transaction that holds only if no key under the prefix
@@ -87,9 +111,7 @@ pub(crate) async fn write(conn: Connection, w: Write) -> Result<u64, WriteError>
         success,
         failure: vec![RequestOp::Range(RangeRequest::newest_under(&all))],
     };
-    let resp = txn(&conn, &req)
-        .await
-        .map_err(|e| WriteError::Unavailable(format!("etcd write failed: {e}")))?;
+    let resp = txn(&conn, &req).await.map_err(WriteError::Unavailable)?;
     let revision = ResponseHeader::revision(resp.header.as_ref());
     if resp.succeeded {
         return Ok(revision);
@@ -113,14 +135,14 @@ pub(crate) async fn write(conn: Connection, w: Write) -> Result<u64, WriteError>
 pub(crate) async fn read_all<S: Follower>(
     store: &Arc<S>,
     table: &Arc<Table>,
-) -> Result<(Kvs, u64), String> {
+) -> Result<(Kvs, u64), ReadError> {
     let prefix = store.prefix().to_string();
     let all = range(&prefix);
     let conn = store.connection();
     loop {
         let resp = get(conn, &RangeRequest::prefix(&all))
             .await
-            .map_err(|e| format!("etcd read failed: {e}"))?;
+            .map_err(ReadError::Read)?;
         let revision = ResponseHeader::revision(resp.header.as_ref());
         if !resp.kvs.is_empty() {
             let newest = newest_in(&resp.kvs);
@@ -134,7 +156,7 @@ pub(crate) async fn read_all<S: Follower>(
         let t = Arc::clone(table);
         let doc = tokio::task::spawn_blocking(move || t.saved_form())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ReadError::Snapshot)?;
         let want = keys::to_kvs(&prefix, &doc);
         let meta = keys::meta_key(&prefix);
         let mut ops: Vec<RequestOp> = want
@@ -151,9 +173,7 @@ pub(crate) async fn read_all<S: Follower>(
             success: ops,
             failure: Vec::new(),
         };
-        let resp = txn(conn, &first)
-            .await
-            .map_err(|e| format!("etcd write failed: {e}"))?;
+        let resp = txn(conn, &first).await.map_err(ReadError::Seed)?;
         if !resp.succeeded {
             continue; // another instance seeded it first: read theirs
         }
@@ -163,9 +183,7 @@ pub(crate) async fn read_all<S: Follower>(
                 success: chunk.to_vec(),
                 ..TxnRequest::default()
             };
-            let resp = txn(conn, &more)
-                .await
-                .map_err(|e| format!("etcd write failed while seeding: {e}"))?;
+            let resp = txn(conn, &more).await.map_err(ReadError::SeedRest)?;
             revision = ResponseHeader::revision(resp.header.as_ref());
         }
         info!(prefix = %prefix, keys = want.len(), revision, "the cluster store was empty: seeded it from this instance's table");
@@ -208,7 +226,7 @@ pub(crate) async fn watch_forever<S: Follower>(
                     pause = RETRY_MIN;
                 }
                 Err(e) => {
-                    store.set_down(&e);
+                    store.set_down(&e.to_string());
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RETRY_MAX);
                 }

@@ -108,7 +108,7 @@ struct Inner {
 
 impl Gateway {
     /// The client `cfg` describes; fails only on TLS files that cannot be read.
-    pub(crate) fn new(cfg: &ClusterConfig) -> Result<Gateway, String> {
+    pub(crate) fn new(cfg: &ClusterConfig) -> Result<Gateway, crate::tls::TlsError> {
         let tls = cfg.tls_ca.is_some()
             || cfg.tls_cert.is_some()
             || cfg.endpoints.iter().any(|e| e.starts_with("https://"));
@@ -134,8 +134,7 @@ impl Gateway {
             },
             // hyper-rustls offers ALPN itself (HTTP/1.1 only, as enabled below).
             &[],
-        )
-        .map_err(|e| format!("TLS to etcd: {e}"))?;
+        )?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

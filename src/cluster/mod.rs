@@ -35,7 +35,8 @@ use crate::config::ClusterConfig;
 pub use crate::state::ClusterStatus;
 use crate::state::{FileStore, StateDoc, StateError, StateStore};
 use crate::upstream::Table;
-use etcd::Follower;
+use etcd::{Follower, ReadError, WriteError};
+use gateway::EtcdError;
 use keys::Kvs;
 
 /// The table as the store had it at `revision`, in canonical keys: the base a
@@ -82,8 +83,8 @@ impl std::fmt::Debug for ClusterStore {
 pub enum ClusterError {
     #[error("cluster: cannot start its runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cluster: {0}")]
-    Tls(String),
+    #[error("cluster: TLS to etcd: {0}")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 impl ClusterStore {
@@ -127,6 +128,7 @@ impl ClusterStore {
                 async move { etcd::read_all(&store, &table).await },
                 deadline,
             )
+            .unwrap_or_else(|e| Err(ReadError::Unanswered(e)))
         };
         let view = match first {
             Ok(view) => {
@@ -143,6 +145,7 @@ impl ClusterStore {
                 Some(view)
             }
             Err(e) => {
+                let e = e.to_string();
                 self.set_down(&e);
                 self.follow_cache(table, &e)
             }
@@ -230,23 +233,22 @@ impl ClusterStore {
     }
 
     /// Runs `fut` on the store's runtime and waits for it from this (blocking)
-    /// thread, at most `within`.
+    /// thread, at most `within` (then [`EtcdError::Timeout`]).
     fn run<T: Send + 'static>(
         &self,
-        fut: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
         within: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, EtcdError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let task = self.runtime.spawn(async move {
             let _ = tx.send(fut.await);
         });
         match rx.recv_timeout(within + Duration::from_millis(500)) {
-            Ok(r) => r,
+            Ok(r) => Ok(r),
             Err(_) => {
                 task.abort();
-                Err(format!(
-                    "no answer from etcd within {}",
-                    humantime::format_duration(within)
+                Err(EtcdError::Timeout(
+                    humantime::format_duration(within).to_string(),
                 ))
             }
         }
@@ -354,16 +356,16 @@ impl StateStore for ClusterStore {
             .to_string(),
         };
         let client = self.client.clone();
-        let outcome = self.run(
-            async move { Ok(etcd::write(client, write).await) },
-            self.cfg.timeout,
-        );
+        let outcome = self
+            .run(etcd::write(client, write), self.cfg.timeout)
+            .unwrap_or_else(|e| Err(WriteError::Unanswered(e)));
         let revision = match outcome {
-            Ok(Ok(revision)) => revision,
-            Ok(Err(etcd::WriteError::Conflict(latest))) => {
+            Ok(revision) => revision,
+            Err(WriteError::Conflict(latest)) => {
                 return Err(StateError::Conflict { revision: latest });
             }
-            Ok(Err(etcd::WriteError::Unavailable(e))) | Err(e) => {
+            Err(e) => {
+                let e = e.to_string();
                 self.set_down(&e);
                 return Err(StateError::Unavailable(e));
             }
