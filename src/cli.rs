@@ -64,8 +64,10 @@ impl LogArgs {
     }
 }
 
-fn log_format(s: &str) -> Result<LogFormat, String> {
-    LogFormat::parse(s).ok_or_else(|| "expected text or json".to_string())
+/// clap's parser for `--log-format`; clap puts the flag and value before the
+/// message.
+fn log_format(s: &str) -> Result<LogFormat> {
+    LogFormat::parse(s).context("expected text or json")
 }
 
 /// Options about the saved state, shared by the commands that serve.
@@ -646,9 +648,7 @@ fn admin_config(cfg: &Config, admin: Option<SocketAddr>) -> Result<Option<AdminC
         (None, c) => c.clone(),
     };
     if let Some(a) = &admin_cfg {
-        crate::admin::Access::from_config(a)
-            .check_exposure(a.listen)
-            .map_err(anyhow::Error::msg)?;
+        crate::admin::Access::from_config(a).check_exposure(a.listen)?;
     }
     Ok(admin_cfg)
 }

@@ -18,6 +18,18 @@ pub struct Access {
     token: Option<String>,
 }
 
+/// An admin listener anyone on the network could reach and steer: not on
+/// loopback, with neither `allow` rules nor a token. Refused before binding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "admin listener {listen} is not on loopback and has no allow rules and no token: \
+     anyone who can reach it could change the table; add `allow` rules or a `token`, \
+     or listen on 127.0.0.1"
+)]
+pub struct Exposed {
+    pub listen: SocketAddr,
+}
+
 /// Why a request was refused, with the status that fits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
@@ -85,13 +97,9 @@ impl Access {
     }
 
     /// Refuses an admin listener that anyone on the network could steer.
-    pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), String> {
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), Exposed> {
         if !listen.ip().is_loopback() && self.rules.is_empty() && self.token.is_none() {
-            return Err(format!(
-                "admin listener {listen} is not on loopback and has no allow rules and no token: \
-                 anyone who can reach it could change the table; add `allow` rules or a `token`, \
-                 or listen on 127.0.0.1"
-            ));
+            return Err(Exposed { listen });
         }
         Ok(())
     }

@@ -25,6 +25,12 @@ pub struct AppState {
     pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
 
+/// The table's writer did not come back: it panicked (or its task was
+/// cancelled), so whether the change was made is unknown to the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("the table's writer failed: {0}")]
+pub(crate) struct WriterFailed(#[source] tokio::task::JoinError);
+
 /// Runs the table's single writer off the async threads (it fsyncs the state
 /// file). Every door's writes go through here; the outer error is a writer that
 /// panicked, the inner one a refused change (with the failing command's index).
@@ -32,11 +38,11 @@ pub(crate) async fn write(
     table: &Arc<Table>,
     commands: Vec<Command>,
     origin: String,
-) -> Result<Result<Vec<Arc<Server>>, BatchError>, String> {
+) -> Result<Result<Vec<Arc<Server>>, BatchError>, WriterFailed> {
     let table = Arc::clone(table);
     // A task of its own so that a writer's panic (resumed by `apply_batch_as`)
     // still answers with the outer error rather than dropping the connection.
     tokio::spawn(async move { table.apply_batch_as(commands, &origin).await })
         .await
-        .map_err(|e| format!("the table's writer failed: {e}"))
+        .map_err(WriterFailed)
 }

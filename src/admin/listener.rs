@@ -24,8 +24,8 @@ pub enum AdminError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Exposed(String),
+    #[error(transparent)]
+    Exposed(super::access::Exposed),
     #[error("cannot start the admin thread: {0}")]
     Thread(std::io::Error),
 }

@@ -428,7 +428,7 @@ pub(super) async fn apply(
 ) -> Result<Vec<Arc<crate::upstream::Server>>, ApiError> {
     write(&app.table, commands, origin)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?
         .map_err(|e| ApiError::from(e.error))
 }
 
@@ -700,7 +700,7 @@ pub(super) async fn batch(
     }
     let result = write(&app.table, commands, who(client))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
     match result {
         Ok(touched) => {
             let now = now();

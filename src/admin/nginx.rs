@@ -541,7 +541,7 @@ fn weight(v: &Value) -> Result<u32, NgxError> {
 
 fn dur(key: &str, v: &Value) -> Result<Duration, NgxError> {
     let parsed = match v {
-        Value::String(s) => parse_duration(s),
+        Value::String(s) => parse_duration(s).map_err(|e| e.to_string()),
         Value::Number(n) => n
             .as_u64()
             .map(Duration::from_secs)
@@ -700,7 +700,13 @@ async fn apply(
 ) -> Result<Vec<Arc<Server>>, NgxError> {
     super::app::write(&app.table, commands, origin)
         .await
-        .map_err(|e| NgxError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?
+        .map_err(|e| {
+            NgxError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?
         .map_err(|e| NgxError::from(e.error))
 }
 

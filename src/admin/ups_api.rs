@@ -323,7 +323,7 @@ async fn set_state(
         .collect();
     let result = write(&app.table, commands, client.to_string())
         .await
-        .map_err(|e| UpsError::new(StatusCode::INTERNAL_SERVER_ERROR, "E002", e))?;
+        .map_err(|e| UpsError::new(StatusCode::INTERNAL_SERVER_ERROR, "E002", e.to_string()))?;
     match result.map_err(|e| e.error) {
         Ok(changed) => Ok(changed),
         Err(TableError::UnknownUpstream(_)) => Err(unknown_upstream(ups)),

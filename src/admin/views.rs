@@ -19,14 +19,25 @@ pub fn duration(d: std::time::Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 
+/// A duration the API (or `ctl --wait`) could not read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("bad duration {text:?}: {source}")]
+pub struct DurationError {
+    pub text: String,
+    pub source: humantime::DurationError,
+}
+
 /// Parses a duration as the API takes it: `"10s"`, `"500ms"`, `"1m"`, or a bare
 /// number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));
     }
-    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+    humantime::parse_duration(s).map_err(|source| DurationError {
+        text: s.to_string(),
+        source,
+    })
 }
 
 /// Health as observed (never what an operator asked for): the active checks'

@@ -115,7 +115,7 @@ pub struct ChangeArgs {
     pub wait: Option<Duration>,
 }
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
+fn duration_arg(s: &str) -> Result<Duration, crate::admin::views::DurationError> {
     crate::admin::views::parse_duration(s)
 }
 
