@@ -206,7 +206,10 @@ pub async fn run<T: Transport>(
                     attempt.failed(Fault::Client, &error);
                     return Err(answer);
                 }
-                attempt.failed(Fault::Server, &error);
+                if let Some(outcome) = attempt.failed(Fault::Server, &error) {
+                    let server = &attempt.server().addr;
+                    warn!(upstream = %upstream.name, %server, %error, outcome = %outcome.as_str(), "upstream attempt failed");
+                }
                 last_error = Some(error);
             }
         }
@@ -341,20 +344,26 @@ impl Attempt {
         self.finished_in(self.since_sent());
     }
 
-    /// The exchange broke, by `fault`: only a server's fault counts against it.
-    pub fn failed(&mut self, fault: Fault, error: &dyn std::fmt::Display) {
+    /// The exchange broke, by `fault`: only a server's fault counts against
+    /// it (what that did to the server is returned).
+    pub fn failed(
+        &mut self,
+        fault: Fault,
+        error: &dyn std::fmt::Display,
+    ) -> Option<passive::FailureOutcome> {
         if self.stage == Stage::Over {
-            return;
+            return None;
         }
         self.stage = Stage::Over;
         let server = self.server();
         match fault {
             Fault::Server => {
-                let outcome = passive::record_failure(server, crate::clock::now_ms());
-                warn!(server = %server.addr, error = %error, outcome = %outcome.as_str(), "upstream attempt failed");
+                debug!(server = %server.addr, error = %error, "exchange broken by the server");
+                Some(passive::record_failure(server, crate::clock::now_ms()))
             }
             Fault::Client => {
                 debug!(server = %server.addr, error = %error, "exchange broken by the client");
+                None
             }
         }
     }

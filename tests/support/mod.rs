@@ -474,10 +474,11 @@ pub async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, addr.to_string());
+    let mut req = Request::builder().method(method).uri(path);
+    // A `host` among `headers` replaces the default (two would be a 400).
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header(header::HOST, addr.to_string());
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
