@@ -454,3 +454,94 @@ async fn one_valid_host_per_http11_request() {
     assert!(seen.contains("host: h.example\r\n"), "{seen}");
     assert!(!seen.contains("host: other"), "{seen}");
 }
+
+// ------------------------------------------------------ 4. client_send_timeout
+
+/// A backend that answers with a body of `len` bytes, written as fast as it
+/// is taken.
+async fn large_backend(len: usize) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind(any_port()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => head.push(byte[0]),
+                    }
+                }
+                let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                if stream.write_all(h.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'z'; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_client_send_timeout_without_blame() {
+    let (backend, task) = large_backend(32 * 1024 * 1024).await;
+    let text = format!(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ upstream = \"default\" }}]\n\
+         client_send_timeout = \"300ms\"\n\n\
+         [upstream.default]\nread_timeout = \"30s\"\nservers = [{{ addr = \"{backend}\" }}]\n"
+    );
+    let config = switchyard::config::parse(&text, "send_timeout.toml").unwrap();
+    let p = InProcess::start(&config).await;
+    for which in PATHS {
+        let started = std::time::Instant::now();
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(which.get("/big").as_bytes()).await.unwrap();
+        // Never read: the proxy's writes stall once the socket buffers fill.
+        let server = &p.servers()[0];
+        while server.runtime.stats.requests.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = server.runtime.wait_idle(Duration::from_secs(10)).await;
+        assert_eq!(left, 0, "{which:?}: the exchange still holds the server");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "{which:?}: {took:?}");
+        assert_eq!(
+            fails(&p),
+            0,
+            "{which:?}: a slow client was counted against the server"
+        );
+        // The client's connection is closed: reading drains what was buffered,
+        // then ends.
+        let mut sink = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        let ended = tokio::time::timeout(HANG, async {
+            loop {
+                match s.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "{which:?}: the client connection was left open"
+        );
+        assert!(
+            total < 32 * 1024 * 1024,
+            "{which:?}: the whole body arrived"
+        );
+        server.runtime.stats.requests.store(0, SeqCst);
+    }
+    task.abort();
+}

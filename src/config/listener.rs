@@ -153,6 +153,10 @@ pub struct ClientLimits {
     /// Most client connections open at once (`max_connections`, default 10000);
     /// further ones wait in the kernel's accept queue until one closes.
     pub max_connections: usize,
+    /// A client that takes no bytes of its response for this long is cut off,
+    /// and the server's side of the exchange closed without blame
+    /// (`client_send_timeout`, default 60s, as nginx's `send_timeout`).
+    pub send_timeout: Duration,
 }
 
 impl ClientLimits {
@@ -171,6 +175,7 @@ impl Default for ClientLimits {
             max_header_size: 64 * 1024,
             max_uri_length: 8 * 1024,
             max_connections: 10_000,
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::time::{Instant, timeout};
 
 use super::access_log::{Record, Text};
 use super::body::{LoggedBody, ProxyBody, UpstreamResponse};
+use super::client_io::SendTimeout;
 use super::connect::connect_pooled;
 use super::exchange::{self, Answered, AttemptError, Route, SendError, Transport};
 use super::listener::{Forwarder, Listening};
@@ -576,9 +577,10 @@ pub(super) async fn serve_hyper<I>(
         }
         Either::Right(Box::pin(Arc::clone(&forwarder).handle(req, client.clone())))
     });
-    let conn = listening
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = listening.builder.serve_connection_with_upgrades(
+        TokioIo::new(SendTimeout::new(io, listening.limits.send_timeout)),
+        service,
+    );
     tokio::pin!(conn);
     if !*shutdown.borrow() {
         tokio::select! {

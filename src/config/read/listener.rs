@@ -20,6 +20,7 @@ const LISTENER_KEYS: &[&str] = &[
     "health_uri",
     "tls",
     "client_header_timeout",
+    "client_send_timeout",
     "max_headers",
     "max_header_size",
     "max_uri_length",
@@ -155,16 +156,28 @@ fn read_limits(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ClientLimits {
             .unwrap_or(d.max_uri_length),
         max_connections: limit(t, sink, "max_connections", ClientLimits::MAX_CONNECTIONS)
             .unwrap_or(d.max_connections),
+        send_timeout: t
+            .duration(sink, "client_send_timeout")
+            .unwrap_or(d.send_timeout),
     };
-    if limits.header_timeout.is_zero() {
-        if let Some(v) = t.get("client_header_timeout") {
-            t.err(
-                sink,
-                &v.span(),
-                "client_header_timeout must be greater than 0",
-            );
+    for (key, value, default) in [
+        (
+            "client_header_timeout",
+            &mut limits.header_timeout,
+            d.header_timeout,
+        ),
+        (
+            "client_send_timeout",
+            &mut limits.send_timeout,
+            d.send_timeout,
+        ),
+    ] {
+        if value.is_zero() {
+            if let Some(v) = t.get(key) {
+                t.err(sink, &v.span(), format!("{key} must be greater than 0"));
+            }
+            *value = default;
         }
-        limits.header_timeout = d.header_timeout;
     }
     limits
 }

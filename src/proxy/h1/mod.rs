@@ -265,6 +265,8 @@ pub fn sweep_every(header_timeout: Duration) -> Duration {
 /// The client's half of a connection, as one exchange uses it.
 struct Side<'a> {
     stream: &'a mut TcpStream,
+    /// `client_send_timeout`.
+    send_timeout: Duration,
     shutdown: &'a watch::Receiver<bool>,
     response_timer: &'a mut Option<Pin<Box<Sleep>>>,
 }
@@ -330,6 +332,7 @@ async fn exchange(
     let forwarder = &listening.forwarder;
     let mut conn = Side {
         stream,
+        send_timeout: listening.limits.send_timeout,
         shutdown,
         response_timer: &mut timers.response,
     };
@@ -768,7 +771,7 @@ async fn relay(
     let first = &read[head.len..end.unwrap_or(read.len())];
     // Bytes past the response: the connection is out of step; not reused.
     let mut clean = end.is_none_or(|e| e == read.len());
-    let written = write_two(conn.stream, &client_head, first).await;
+    let written = write_two(conn.stream, &client_head, first, conn.send_timeout).await;
     let head_len = client_head.len() as u64;
     buffers::give(client_head);
     if written.is_err() {
@@ -786,6 +789,7 @@ async fn relay(
             left: body.left,
             scan: body.scan,
             read_timeout: settings.timeouts.read,
+            send_timeout: conn.send_timeout,
         };
         match stream
             .relay(conn.stream, &mut read, &mut attempt, sent)
@@ -817,6 +821,8 @@ struct BodyStream<'a> {
     left: u64,
     scan: ChunkedScan,
     read_timeout: Duration,
+    /// `client_send_timeout`.
+    send_timeout: Duration,
 }
 
 impl BodyStream<'_> {
@@ -868,7 +874,10 @@ impl BodyStream<'_> {
                 },
                 Framing::Empty | Framing::UntilClose => (n, false),
             };
-            if client.write_all(&read[..part]).await.is_err() {
+            if write_two(client, &read[..part], &[], self.send_timeout)
+                .await
+                .is_err()
+            {
                 return None;
             }
             sent.1 += part as u64;
@@ -887,15 +896,28 @@ fn give_up(read: Vec<u8>) -> bool {
 }
 
 /// Writes `a` then `b`, in one system call when the socket takes them.
-async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8], limit: Duration) -> io::Result<()> {
     let (mut a, mut b) = (a, b);
     while !a.is_empty() || !b.is_empty() {
-        let n = stream
-            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+        let n = match stream.try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            // The client is not taking bytes: wait, but not past
+            // `client_send_timeout` (a timer only then).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match timeout(limit, stream.writable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the client took nothing for {limit:?} (client_send_timeout)"),
+                        ));
+                    }
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let from_a = n.min(a.len());
         a = &a[from_a..];
         b = &b[n - from_a..];
@@ -926,7 +948,9 @@ async fn answer(
     }
     out.extend_from_slice(b"\r\n\r\n");
     let body = if plan.head_request { "" } else { text };
-    let ok = write_two(conn.stream, &out, body.as_bytes()).await.is_ok();
+    let ok = write_two(conn.stream, &out, body.as_bytes(), conn.send_timeout)
+        .await
+        .is_ok();
     if let Some(r) = record.as_mut() {
         r.finish(status.as_u16(), out.len() as u64, body.len() as u64);
     }
@@ -964,7 +988,10 @@ async fn health(conn: &mut Side<'_>, probe: Probe, mut buf: Vec<u8>) -> Next {
     let close = probe.close || *conn.shutdown.borrow();
     let mut out = buffers::take();
     readiness::write_h1(probe.ok, probe.head_request, close, &date::now(), &mut out);
-    let keep = conn.stream.write_all(&out).await.is_ok() && !close;
+    let keep = write_two(conn.stream, &out, &[], conn.send_timeout)
+        .await
+        .is_ok()
+        && !close;
     buffers::give(out);
     buf.drain(..probe.head_len);
     next(keep, buf)
