@@ -302,7 +302,10 @@ impl Run {
                 server: ServerSpec::resolve(ServerConfig::new(format!("127.0.0.1:{PROBE_PORT}")))
                     .unwrap(),
             };
-            let there = reloaded.apply_blocking(std::slice::from_ref(&probe)).unwrap()[0].id;
+            let there = reloaded
+                .apply_blocking(std::slice::from_ref(&probe))
+                .unwrap()[0]
+                .id;
             assert!(
                 self.step(std::slice::from_ref(&probe), context),
                 "{context}: probe refused"
