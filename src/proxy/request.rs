@@ -192,10 +192,14 @@ pub(super) fn names_framing(token: &[u8]) -> bool {
 }
 
 /// A `Host` value as RFC 9112 §3.2 wants it: an authority without userinfo
-/// (`name`, `name:port`, `[v6]:port`), or empty.
+/// (`name`, `name:port`, `[v6]:port`), or empty. Checked byte by byte against
+/// RFC 3986's characters for a host and port (the plain path asks this of
+/// every request: no parse, no allocation).
 pub(super) fn valid_host(value: &[u8]) -> bool {
-    value.is_empty()
-        || (!value.contains(&b'@') && hyper::http::uri::Authority::try_from(value).is_ok())
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+        && value.iter().filter(|&&b| b == b'[').count() <= 1
 }
 
 /// Whether a header name, in any case, is one of [`HOP_BY_HOP`]. The plain
@@ -298,6 +302,32 @@ pub(super) fn request_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_an_authority_without_userinfo() {
+        for ok in [
+            &b""[..],
+            b"a",
+            b"a.example:8080",
+            b"[::1]:80",
+            b"[::1]",
+            b"xn--bcher-kva.example",
+        ] {
+            assert!(valid_host(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"u@a"[..],
+            b"\xff",
+            b"a b",
+            b"a/b",
+            b"a?b",
+            b"a#b",
+            b"a\tb",
+            b"[[::1]]",
+        ] {
+            assert!(!valid_host(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn hex16_writes_every_digit_as_format_does() {
