@@ -217,7 +217,7 @@ pub enum TableError {
     UnknownServer { upstream: String, server: String },
     #[error("upstream {upstream:?} already has a server {addr}")]
     DuplicateServer { upstream: String, addr: String },
-    #[error("weight {0} out of range 1..=1000")]
+    #[error("weight {0} out of range {MIN_WEIGHT}..={MAX_WEIGHT}", MIN_WEIGHT = crate::config::MIN_WEIGHT, MAX_WEIGHT = crate::config::MAX_WEIGHT)]
     BadWeight(u32),
     #[error("backup servers cannot be used with balance {0:?}")]
     BackupWithHash(&'static str),

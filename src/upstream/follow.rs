@@ -134,7 +134,7 @@ fn patch_between(h: &ServerState, w: &ServerState) -> ServerPatch {
     let ms = Duration::from_millis;
     ServerPatch {
         state: (h.state != w.state).then_some(w.state),
-        weight: (h.weight != w.weight).then_some(w.weight.clamp(1, 1000)),
+        weight: (h.weight != w.weight).then_some(crate::config::rules::clamp_weight(w.weight)),
         max_conns: (h.max_conns != w.max_conns).then_some(w.max_conns),
         max_fails: (h.max_fails != w.max_fails).then_some(w.max_fails),
         fail_timeout: (h.fail_timeout_ms != w.fail_timeout_ms).then(|| ms(w.fail_timeout_ms)),

@@ -17,7 +17,7 @@ use super::events::Event;
 use super::published::{TableSnapshot, Upstream};
 use super::server::{AdminState, Health, Server, ServerRuntime};
 use super::settings::UpstreamSettings;
-use crate::config::{Balance, HealthCheckConfig, KeepaliveConfig};
+use crate::config::{Balance, HealthCheckConfig, KeepaliveConfig, WEIGHTS};
 
 /// What the writer keeps between batches, besides the snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -521,7 +521,7 @@ fn validate_new<'a>(
     mut addrs: impl Iterator<Item = &'a str>,
     spec: &ServerSpec,
 ) -> Result<(), TableError> {
-    if !(1..=1000).contains(&spec.config.weight) {
+    if !WEIGHTS.contains(&spec.config.weight) {
         return Err(TableError::BadWeight(spec.config.weight));
     }
     check_backup(settings, spec.config.backup)?;
@@ -541,7 +541,7 @@ fn patched(
 ) -> Result<Server, TableError> {
     let mut s = old.clone_settings();
     if let Some(w) = p.weight {
-        if !(1..=1000).contains(&w) {
+        if !WEIGHTS.contains(&w) {
             return Err(TableError::BadWeight(w));
         }
         s.weight = w;
