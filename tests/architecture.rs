@@ -457,7 +457,10 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "clock", "cluster", "config", "health", "proxy", "reload", "state", "tls", "upstream",
         ],
     ),
-    ("reload", &["config", "logging", "proxy", "state", "tls", "upstream"]),
+    (
+        "reload",
+        &["config", "logging", "proxy", "state", "tls", "upstream"],
+    ),
     ("import", &["config"]),
     ("ctl", &["admin", "config"]),
     ("demo", &["config"]),
