@@ -22,6 +22,7 @@
 # CAP cores by a CPU cgroup quota (10 ms period; cgroup v1 or v2, as root), so that
 # the proxy, not wrk or the backend that share the cores, sets the pace: requests/s
 # per core of proxy. The backend and wrk are not capped. Knobs (environment):
+# SY_BIN=PATH (a switchyard binary to use instead of building this tree)
 # DURATION=5s CONNS=64 ROUNDS=3 WORKERS="1 2" WRK_THREADS=1 IDLE_CONNS=10000
 # EXTRA_WORKERS=1 (worker counts for the scenarios beyond the two small-GET ones)
 # CAP=0.5 (cores for each proxy in --get-capped) TLS_KEY=ec
@@ -88,9 +89,14 @@ fi
 export PATH=$PATH:/usr/sbin
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-echo "building switchyard (release)..." >&2
-cargo build --release --quiet
-SY=$TARGET_DIR/release/switchyard
+if [ -n "${SY_BIN:-}" ]; then
+  # A binary built elsewhere (an A/B of two commits: run once with each).
+  SY=$SY_BIN
+else
+  echo "building switchyard (release)..." >&2
+  cargo build --release --quiet
+  SY=$TARGET_DIR/release/switchyard
+fi
 
 # --- layout ------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
