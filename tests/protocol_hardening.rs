@@ -545,3 +545,33 @@ async fn a_client_that_stops_reading_is_cut_off_after_client_send_timeout_withou
     }
     task.abort();
 }
+
+// ------------------------------------------------------ transfer codings
+
+#[tokio::test]
+async fn a_request_body_is_forwarded_or_refused_never_dropped() {
+    let backend = Scripted::start(OK).await;
+    let p = proxy(backend.addr, "").await;
+    // A GET with a chunked body: forwarded, body and all.
+    let got = exchange(
+        p.addr,
+        b"GET /g HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.map(|g| g.status), Some(200));
+    let seen = backend.received();
+    assert!(
+        seen.contains("hello"),
+        "the GET's body was dropped: {seen:?}"
+    );
+
+    // A transfer coding other than chunked alone is refused (nginx: 501).
+    for coding in ["identity, chunked", "gzip, chunked", "chunked, chunked"] {
+        let req = format!(
+            "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let got = exchange(p.addr, req.as_bytes()).await;
+        assert_eq!(got.map(|g| g.status), Some(501), "{coding}");
+    }
+    assert_eq!(backend.received().matches("POST").count(), 0);
+}

@@ -87,6 +87,8 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// An HTTP/2 request carries its scheme and authority in the URI.
 fn h2_form(mut req: Request<UpstreamBody>, scheme: Scheme) -> Request<UpstreamBody> {
+    // HTTP/2 frames bodies itself; the HTTP/1.1 coding header is not allowed.
+    req.headers_mut().remove(header::TRANSFER_ENCODING);
     if req.uri().authority().is_some() {
         return req;
     }
@@ -160,6 +162,12 @@ impl Forwarder {
         if let Err(why) = settle_host(&mut req) {
             return text_response(StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n"));
         }
+        if !plain_chunked(&req) {
+            return text_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "501 Not Implemented: the only transfer coding taken is chunked\n".into(),
+            );
+        }
         let Some(target) = self.router.route(request_host(&req), req.uri().path()) else {
             return text_response(
                 StatusCode::NOT_FOUND,
@@ -230,6 +238,21 @@ fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         (None, _) => {}
     }
     Ok(())
+}
+
+/// Whether a request's transfer coding, if it has one, is `chunked` alone:
+/// other codings (`gzip, chunked`, `identity, chunked`) are not decoded here,
+/// and nginx refuses them too (501).
+fn plain_chunked<B>(req: &Request<B>) -> bool {
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 /// The access-log record of a request that starts now.
@@ -468,6 +491,17 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     upstream_head(forwarder, &client, &mut parts, upgrade);
+    // hyper's client sends a GET's or HEAD's body only when the head says how
+    // it is framed; a body of unknown length would be dropped without it.
+    if !body.is_end_stream()
+        && matches!(parts.method, Method::GET | Method::HEAD)
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 
     let settings = &upstream.settings;
     let replay = (body.is_end_stream()
