@@ -145,8 +145,9 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
     /// Most request headers (`max_headers`, default 100; more: 431).
     pub max_headers: usize,
-    /// Most bytes of request line and headers (`max_header_size`, default 64 KiB,
-    /// at least 8 KiB; more: 431).
+    /// Most bytes of request line and headers (`max_header_size`, default 32 KiB,
+    /// at least 8 KiB; more: 431). 32 KiB is nginx's bound too (four 8 KiB
+    /// buffers), and what an unfinished head can hold of a connection's memory.
     pub max_header_size: usize,
     /// Longest request target (`max_uri_length`, default 8 KiB; longer: 414).
     pub max_uri_length: usize,
@@ -172,7 +173,7 @@ impl Default for ClientLimits {
         ClientLimits {
             header_timeout: Duration::from_secs(30),
             max_headers: 100,
-            max_header_size: 64 * 1024,
+            max_header_size: 32 * 1024,
             max_uri_length: 8 * 1024,
             max_connections: 10_000,
             send_timeout: Duration::from_secs(60),
