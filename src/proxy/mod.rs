@@ -45,6 +45,13 @@ use crate::config::{Config, ListenerConfig};
 use crate::tls::{ListenerTls, TlsReloader};
 use crate::upstream::Table;
 pub use error::ProxyError;
+
+/// The plain path's framing invariants, for the cargo-fuzz target in `fuzz/`
+/// (each function panics when an invariant breaks; see SECURITY.md).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::h1::checks::{chunked, request, response};
+}
 pub use listener::Forwarder;
 use listener::Listening;
 pub use readiness::Readiness;

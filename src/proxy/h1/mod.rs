@@ -22,6 +22,7 @@
 //!
 //! It reads the upstream table's snapshots and never changes them.
 
+pub(crate) mod checks;
 mod chunked;
 mod head;
 
