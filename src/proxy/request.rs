@@ -196,10 +196,33 @@ pub(super) fn names_framing(token: &[u8]) -> bool {
 /// RFC 3986's characters for a host and port (the plain path asks this of
 /// every request: no parse, no allocation).
 pub(super) fn valid_host(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
-        && value.iter().filter(|&&b| b == b'[').count() <= 1
+    let mut brackets = 0;
+    for &b in value {
+        if !HOST_BYTES[usize::from(b)] {
+            return false;
+        }
+        brackets += usize::from(b == b'[');
+    }
+    brackets <= 1
+}
+
+/// The bytes a `Host` may hold: a lookup per byte, not a search.
+static HOST_BYTES: [bool; 256] = byte_set(b"-._~!$&'()*+,;=%:[]");
+
+/// ASCII letters and digits, and `extra`, as a table indexed by byte.
+pub(super) const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        set[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        set[extra[i] as usize] = true;
+        i += 1;
+    }
+    set
 }
 
 /// Whether a header name, in any case, is one of [`HOP_BY_HOP`]. The plain

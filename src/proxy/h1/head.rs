@@ -127,11 +127,11 @@ fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Characters of a request target that every URI parser takes: anything else
 /// goes to hyper, which decides.
 fn plain_target(target: &str) -> bool {
-    target.starts_with('/')
-        && target
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b))
+    target.starts_with('/') && target.bytes().all(|b| TARGET_BYTES[usize::from(b)])
 }
+
+/// The bytes [`plain_target`] takes: a lookup per byte, not a search.
+static TARGET_BYTES: [bool; 256] = crate::proxy::request::byte_set(b"-._~!$&'()*+,;=:@/?%[]");
 
 /// Parses a request head at the start of `buf`.
 pub fn parse_request<'h, 'b>(
@@ -442,6 +442,8 @@ fn write_client_headers(
     named: &[&[u8]],
     framing: Framing,
 ) {
+    // Equal `Content-Length`s (different ones were refused) go out once.
+    let mut length_written = false;
     for h in headers {
         let name = h.name;
         // Hop-by-hop (RFC 9110 §7.6.1) as the hyper path counts them;
@@ -450,8 +452,10 @@ fn write_client_headers(
             || named
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
-        let replaced_length = name.eq_ignore_ascii_case("content-length")
-            && matches!(framing, Framing::Chunked | Framing::UntilClose);
+        let is_length = name.eq_ignore_ascii_case("content-length");
+        let replaced_length = is_length
+            && (length_written || matches!(framing, Framing::Chunked | Framing::UntilClose));
+        length_written |= is_length;
         if hop || replaced_length {
             // The server's chunked coding, with any coding before it, is relayed
             // as it is.
