@@ -24,6 +24,11 @@ pub struct ListenerConfig {
     pub request_id: bool,
     /// Add an RFC 7239 `Forwarded` header (`forwarded`, default false).
     pub forwarded: bool,
+    /// Whether cleartext keep-alive GETs and HEADs take the plain HTTP/1.1
+    /// path (`plain_http1`, default true); false sends every request through
+    /// hyper (for side-by-side comparisons of the two paths, or to rule the
+    /// plain one out).
+    pub plain_http1: bool,
 }
 
 /// Where an access log goes and how its lines look.

@@ -194,6 +194,7 @@ impl Config {
                 access_log: None,
                 request_id: true,
                 forwarded: false,
+                plain_http1: true,
             }],
             upstreams,
         }

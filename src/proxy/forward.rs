@@ -23,7 +23,7 @@ use super::access_log::{Record, Text};
 use super::body::{LoggedBody, ProxyBody, UpstreamResponse};
 use super::client_io::SendTimeout;
 use super::connect::connect_pooled;
-use super::exchange::{self, Answered, AttemptError, Route, SendError, Transport};
+use super::exchange::{self, Answered, AttemptError, Fault, Route, SendError, Transport};
 use super::listener::{Forwarder, Listening};
 use super::pool::{self, Sender};
 use super::request::{
@@ -567,6 +567,19 @@ fn respond(
             ));
         }
         return Response::from_parts(parts, ProxyBody::empty());
+    }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A switch the client never asked for: the connection would be left
+        // speaking nothing the client knows.
+        let mut attempt = attempt;
+        attempt.failed(Fault::Server, &"101 Switching Protocols without an upgrade");
+        return text_response(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "502 Bad Gateway: upstream \"{}\" switched protocols unasked\n",
+                upstream.name
+            ),
+        );
     }
     let (mut parts, body) = resp.into_parts();
     // A chunked body's length is the chunks': a `Content-Length` beside it

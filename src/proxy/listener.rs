@@ -77,6 +77,8 @@ pub(super) struct Listening {
     pub builder: auto::Builder<TokioExecutor>,
     /// `health_uri`: answered here, before routing.
     pub health: Option<Arc<HealthUri>>,
+    /// Cleartext connections start on the plain HTTP/1.1 path (`plain_http1`).
+    pub plain_http1: bool,
 }
 
 impl Listening {
@@ -111,6 +113,7 @@ impl Listening {
             limits: l.limits,
             builder: connection_builder(&l.limits),
             health,
+            plain_http1: l.plain_http1,
         })
     }
 }

@@ -569,6 +569,13 @@ fn start_connection(
     let _ = stream.set_nodelay(true);
     let client = request::Client::new(addr);
     let Some(tls) = listening.tls.as_ref().map(|t| t.current()) else {
+        if !listening.plain_http1 {
+            tokio::spawn(async move {
+                forward::serve_hyper(stream, &listening, client, shutdown).await;
+                drop(permit);
+            });
+            return;
+        }
         tokio::spawn(serve_cleartext(h1::Conn {
             stream,
             client,

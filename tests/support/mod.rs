@@ -504,6 +504,8 @@ pub fn config(servers: Vec<ServerConfig>) -> Config {
 /// A proxy running inside the test's runtime; stopped on drop.
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// Every listener's address, in the configuration's order.
+    pub addrs: Vec<SocketAddr>,
     pub table: Arc<Table>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<Shutdown>>,
@@ -513,13 +515,15 @@ impl InProcess {
     pub async fn start(config: &Config) -> InProcess {
         let table = Arc::new(Table::from_config(config).unwrap());
         let proxy = Proxy::bind(config, Arc::clone(&table)).await.unwrap();
-        let addr = proxy.local_addrs()[0];
+        let addrs = proxy.local_addrs();
+        let addr = addrs[0];
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(proxy.run(async move {
             let _ = rx.await;
         }));
         InProcess {
             addr,
+            addrs,
             table,
             stop: Some(tx),
             done: Some(done),

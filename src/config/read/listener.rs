@@ -28,6 +28,7 @@ const LISTENER_KEYS: &[&str] = &[
     "access_log",
     "request_id",
     "forwarded",
+    "plain_http1",
 ];
 const LISTENER_TLS_KEYS: &[&str] = &["certificates", "min_version"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
@@ -59,6 +60,7 @@ pub(super) fn read_listener(
         .and_then(|a| read_access_log(&a, sink));
     let request_id = t.bool(sink, "request_id").is_none_or(|(b, _)| b);
     let forwarded = t.bool(sink, "forwarded").is_some_and(|(b, _)| b);
+    let plain_http1 = t.bool(sink, "plain_http1").is_none_or(|(b, _)| b);
     Some(ListenerConfig {
         listen: listen?,
         routes,
@@ -68,6 +70,7 @@ pub(super) fn read_listener(
         access_log,
         request_id,
         forwarded,
+        plain_http1,
     })
 }
 
