@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::exchange::{Attempt, Fault};
 use super::pool::{self, Sender};
+use super::request_body::BodyVerdict;
 pub use super::request_body::BoxError;
 
 /// A response body on its way to the client.
@@ -72,10 +73,19 @@ pub struct UpstreamResponse {
     /// Armed lazily: a body that is always ready never allocates a timer.
     timer: Option<Pin<Box<Sleep>>>,
     progressed: bool,
+    /// How the request's body ended, when it had one still coming: a response
+    /// that breaks because the client broke its upload is not the server's fault.
+    verdict: Option<Arc<BodyVerdict>>,
 }
 
 impl UpstreamResponse {
-    pub fn new(body: Incoming, attempt: Attempt, conn: Sender, read_timeout: Duration) -> Self {
+    pub fn new(
+        body: Incoming,
+        attempt: Attempt,
+        conn: Sender,
+        read_timeout: Duration,
+        verdict: Option<Arc<BodyVerdict>>,
+    ) -> Self {
         let ended = body.is_end_stream();
         let mut this = UpstreamResponse {
             body,
@@ -85,6 +95,7 @@ impl UpstreamResponse {
             read_timeout,
             timer: None,
             progressed: false,
+            verdict,
         };
         if ended {
             this.finish();
@@ -103,12 +114,16 @@ impl UpstreamResponse {
         }
     }
 
-    /// The server broke the exchange: the connection is dropped (closed), the
-    /// failure counted against it.
+    /// The exchange broke: the connection is dropped (closed), the failure
+    /// counted against the server unless the client's own upload broke it.
     fn fail(&mut self, error: &dyn std::fmt::Display) {
         self.conn = None;
+        let fault = match self.verdict.as_ref().and_then(|v| v.fault()) {
+            Some(_) => Fault::Client,
+            None => Fault::Server,
+        };
         if let Some(mut attempt) = self.attempt.take() {
-            attempt.failed(Fault::Server, error);
+            attempt.failed(fault, error);
         }
     }
 }

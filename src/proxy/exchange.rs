@@ -235,6 +235,7 @@ async fn try_server<T: Transport>(
     let Some(server) = lease.as_ref().map(Lease::server) else {
         return Err(AttemptError::ClosedBeforeReady);
     };
+    let mut stale_resends = 0;
     loop {
         let pooled = transport.checkout(server);
         let reused = pooled.is_some();
@@ -265,13 +266,22 @@ async fn try_server<T: Transport>(
         *stage = Stage::Sent;
         match transport.send(conn, server, settings, now).await {
             Ok(response) => return Ok(response),
-            Err(SendError::Stale(e)) if reused && transport.can_send() => {
+            Err(SendError::Stale(e))
+                if reused && transport.can_send() && stale_resends < MAX_STALE_RESENDS =>
+            {
+                stale_resends += 1;
                 debug!(server = %server.addr, error = %e, "stale keep-alive connection, sending again");
             }
             Err(SendError::Stale(e) | SendError::Failed(e)) => return Err(e),
         }
     }
 }
+
+/// Resends of one try on pooled connections that turned out stale. Bounded:
+/// a shared HTTP/2 connection stays in the pool after one stream fails, so a
+/// server that resets every stream of a request would otherwise be sent it
+/// again without end.
+const MAX_STALE_RESENDS: u32 = 4;
 
 /// Where one try stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

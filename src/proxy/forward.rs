@@ -23,7 +23,7 @@ use super::access_log::{Record, Text};
 use super::body::{LoggedBody, ProxyBody, UpstreamResponse};
 use super::client_io::SendTimeout;
 use super::connect::connect_pooled;
-use super::exchange::{self, Answered, AttemptError, Fault, Route, SendError, Transport};
+use super::exchange::{self, Answered, AttemptError, Route, SendError, Transport};
 use super::listener::{Forwarder, Listening};
 use super::pool::{self, Sender};
 use super::request::{
@@ -443,6 +443,14 @@ impl Transport for HyperTransport {
         }
         let read = settings.timeouts.read;
         match timeout(read, conn.send(req)).await {
+            // A switch the client never asked for would leave its connection
+            // speaking nothing it knows: the server's failure, as on the
+            // plain path.
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !self.upgrade => {
+                Err(SendError::Failed(AttemptError::Response(
+                    "101 Switching Protocols without an upgrade".into(),
+                )))
+            }
             Ok(Ok(resp)) => Ok((resp, conn)),
             Ok(Err(mut e)) => {
                 self.pending = e.take_message();
@@ -538,7 +546,10 @@ async fn forward(
         key,
     };
     match exchange::run(&route, &mut transport, record).await {
-        Ok(answered) => respond(upstream, answered, client_upgrade),
+        Ok(answered) => {
+            let verdict = transport.verdict.take();
+            respond(upstream, answered, client_upgrade, verdict)
+        }
         Err((status, text)) => text_response(status, text),
     }
 }
@@ -547,6 +558,7 @@ fn respond(
     upstream: &Upstream,
     answered: Answered<(Response<Incoming>, Sender)>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    verdict: Option<Arc<BodyVerdict>>,
 ) -> Response<ProxyBody> {
     let Answered {
         response: (mut resp, sender),
@@ -568,19 +580,6 @@ fn respond(
         }
         return Response::from_parts(parts, ProxyBody::empty());
     }
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // A switch the client never asked for: the connection would be left
-        // speaking nothing the client knows.
-        let mut attempt = attempt;
-        attempt.failed(Fault::Server, &"101 Switching Protocols without an upgrade");
-        return text_response(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "502 Bad Gateway: upstream \"{}\" switched protocols unasked\n",
-                upstream.name
-            ),
-        );
-    }
     let (mut parts, body) = resp.into_parts();
     // A chunked body's length is the chunks': a `Content-Length` beside it
     // is the server's mistake and would frame the client's copy wrong.
@@ -598,6 +597,7 @@ fn respond(
             attempt,
             sender,
             upstream.settings.timeouts.read,
+            verdict,
         )),
     )
 }
