@@ -575,3 +575,56 @@ async fn a_request_body_is_forwarded_or_refused_never_dropped() {
     }
     assert_eq!(backend.received().matches("POST").count(), 0);
 }
+
+// ------------------------------------------ an answer before the upload ends
+
+#[tokio::test]
+async fn a_connection_whose_upload_is_still_running_is_not_reused() {
+    // Answers every request at once, before reading its body.
+    let backend = Scripted::start(OK).await;
+    let p = proxy(backend.addr, "").await;
+    // A client that announces 1 MiB and sends 10 bytes, then keeps its
+    // connection open without sending more.
+    let mut slow = TcpStream::connect(p.addr).await.unwrap();
+    slow.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let first = tokio::time::timeout(HANG, read_one(&mut slow, &mut buf))
+        .await
+        .expect("the early answer")
+        .expect("a response");
+    assert_eq!(first.status, 200);
+    // The next requests, on both paths, must not wait for that upload.
+    for which in PATHS {
+        let got = tokio::time::timeout(
+            Duration::from_secs(3),
+            exchange(p.addr, which.get("/next").as_bytes()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{which:?}: waited on another client's upload"));
+        assert_eq!(got.map(|g| g.status), Some(200), "{which:?}");
+    }
+    drop(slow);
+}
+
+#[tokio::test]
+async fn a_connection_whose_upload_ended_goes_back_to_the_pool() {
+    let backend = support::sink().await;
+    let p = proxy(backend.addr, "").await;
+    for _ in 0..3 {
+        let got = exchange(
+            p.addr,
+            b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        )
+        .await;
+        assert!(got.is_some_and(|g| g.status < 500));
+    }
+    // One connection, kept idle between the three (none closed for an upload
+    // that looked unfinished).
+    let idle = p.servers()[0].runtime.pool.idle_len();
+    assert_eq!(
+        idle, 1,
+        "the upstream connection was not reused after full uploads"
+    );
+}

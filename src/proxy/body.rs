@@ -108,7 +108,13 @@ impl UpstreamResponse {
         self.ended = true;
         if let Some(mut attempt) = self.attempt.take() {
             attempt.finished();
-            if let (Some(conn), Some(pool)) = (self.conn.take(), pool::of(attempt.server())) {
+            // A server may answer before the request's body is all sent; until
+            // it is, the connection cannot take another request (it closes
+            // when the upload ends instead).
+            let uploaded = self.verdict.as_ref().is_none_or(|v| v.ended());
+            if let (Some(conn), Some(pool), true) =
+                (self.conn.take(), pool::of(attempt.server()), uploaded)
+            {
                 pool.checkin(conn);
             }
         }

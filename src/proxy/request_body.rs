@@ -42,12 +42,21 @@ pub enum ClientBodyFault {
     Malformed,
 }
 
-/// What became of a watched body, set by the body as it fails, read by the
-/// exchange when the send failed: whose fault was it?
+/// What became of a watched body, set by the body as it fails or ends, read
+/// by the exchange: whose fault was a failure, and has the upload ended (a
+/// connection still uploading cannot take the next request)?
 #[derive(Debug, Default)]
 pub struct BodyVerdict(AtomicU8);
 
+/// The body was sent to its end.
+const ENDED: u8 = 4;
+
 impl BodyVerdict {
+    /// Whether the whole body was sent.
+    pub fn ended(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ENDED
+    }
+
     pub fn fault(&self) -> Option<ClientBodyFault> {
         match self.0.load(Ordering::Acquire) {
             1 => Some(ClientBodyFault::TooLarge),
@@ -88,7 +97,11 @@ impl Body for UpstreamBody {
                 left,
                 verdict,
             } => {
-                let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                    None => {
+                        verdict.0.store(ENDED, Ordering::Release);
+                        return Poll::Ready(None);
+                    }
                     Some(Err(e)) => {
                         verdict.set(if e.is_incomplete_message() {
                             ClientBodyFault::Aborted
@@ -109,6 +122,11 @@ impl Body for UpstreamBody {
                             return Poll::Ready(Some(Err(BodyTooLarge.into())));
                         }
                     }
+                }
+                // hyper stops polling a body that says it is over, so its end
+                // is noted here too, not only on a last `None`.
+                if body.is_end_stream() {
+                    verdict.0.store(ENDED, Ordering::Release);
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
