@@ -168,11 +168,20 @@ async fn status_endpoints_count_what_the_listeners_served() {
         json!(["requests", "server_zones", "upstreams"])
     );
 
-    // Nothing served yet: every zone at 0.
-    let zones = raw.get("/api/6/http/server_zones").await;
-    let names: Vec<&String> = zones.as_object().unwrap().keys().collect();
+    // Nothing served yet: every zone at 0. A listener is listed once its
+    // accept loop runs, which may be a moment after its address is printed.
     let mut want = [la.to_string(), lb.to_string()];
     want.sort();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let zones = loop {
+        let zones = raw.get("/api/6/http/server_zones").await;
+        let listed = zones.as_object().map_or(0, |z| z.len());
+        if listed == want.len() || std::time::Instant::now() > deadline {
+            break zones;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let names: Vec<&String> = zones.as_object().unwrap().keys().collect();
     assert_eq!(names, want.iter().collect::<Vec<_>>(), "{zones}");
     assert_eq!(zones[la.to_string()]["requests"], 0);
     assert_eq!(
