@@ -21,9 +21,9 @@ use tokio::time::{Instant, timeout};
 
 use super::access_log::{Record, Text};
 use super::body::{LoggedBody, ProxyBody, UpstreamResponse};
-use super::client_io::SendTimeout;
 use super::connect::connect_pooled;
 use super::exchange::{self, Answered, AttemptError, Route, SendError, Transport};
+use super::io::SendTimeout;
 use super::listener::{Forwarder, Listening};
 use super::pool::{self, Sender};
 use super::request::{
@@ -625,7 +625,7 @@ pub(super) async fn serve_hyper<I>(
         Either::Right(Box::pin(Arc::clone(&forwarder).handle(req, client.clone())))
     });
     let conn = listening.builder.serve_connection_with_upgrades(
-        TokioIo::new(SendTimeout::new(io, listening.limits.send_timeout)),
+        TokioIo::new(SendTimeout::client(io, listening.limits.send_timeout)),
         service,
     );
     tokio::pin!(conn);

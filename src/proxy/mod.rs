@@ -11,7 +11,6 @@
 
 pub mod access_log;
 pub mod body;
-mod client_io;
 mod connect;
 mod error;
 mod exchange;
