@@ -204,6 +204,34 @@ async fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Got> {
     Some(got)
 }
 
+/// Two GETs (`/a`, `/b`) pipelined on one new connection through `which`
+/// path; read their answers with [`Pipelined::next`].
+struct Pipelined {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    which: Path,
+}
+
+impl Pipelined {
+    async fn send(proxy: SocketAddr, which: Path) -> Pipelined {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let two = which.get("/a") + &which.get("/b");
+        stream.write_all(two.as_bytes()).await.unwrap();
+        Pipelined {
+            stream,
+            buf: Vec::new(),
+            which,
+        }
+    }
+
+    /// The next response, `None` if the connection closed first.
+    async fn next(&mut self) -> Option<Got> {
+        tokio::time::timeout(HANG, read_one(&mut self.stream, &mut self.buf))
+            .await
+            .unwrap_or_else(|_| panic!("{:?}: hung", self.which))
+    }
+}
+
 /// Sends `bytes` on a new connection and reads one response.
 async fn exchange(proxy: SocketAddr, bytes: &[u8]) -> Option<Got> {
     tokio::time::timeout(HANG, async {
@@ -306,14 +334,9 @@ async fn a_connection_token_never_unframes_a_response() {
     for which in PATHS {
         // Two requests pipelined on one connection: the second response must
         // not be glued to the first body.
-        let mut s = TcpStream::connect(p.addr).await.unwrap();
-        let two = which.get("/a") + &which.get("/b");
-        s.write_all(two.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
+        let mut two = Pipelined::send(p.addr, which).await;
         for _ in 0..2 {
-            let got = tokio::time::timeout(HANG, read_one(&mut s, &mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("{which:?}: hung"));
+            let got = two.next().await;
             let got = got.unwrap_or_else(|| panic!("{which:?}: closed early"));
             assert_eq!(got.status, 200, "{which:?}");
             assert_eq!(got.body, b"hello", "{which:?}: {}", got.head);
@@ -336,14 +359,11 @@ async fn a_chunked_response_with_a_content_length_is_framed_by_its_chunks() {
     .await;
     let p = proxy(backend.addr, "").await;
     for which in PATHS {
-        let mut s = TcpStream::connect(p.addr).await.unwrap();
-        let two = which.get("/a") + &which.get("/b");
-        s.write_all(two.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
+        let mut two = Pipelined::send(p.addr, which).await;
         for _ in 0..2 {
-            let got = tokio::time::timeout(HANG, read_one(&mut s, &mut buf))
+            let got = two
+                .next()
                 .await
-                .unwrap_or_else(|_| panic!("{which:?}: hung"))
                 .unwrap_or_else(|| panic!("{which:?}: closed early"));
             assert_eq!(got.body.len(), 40, "{which:?}: {}", got.head);
             assert_ne!(got.header("content-length"), Some("3"), "{which:?}");
@@ -381,13 +401,7 @@ async fn a_chunked_body_with_a_bare_lf_or_bytes_past_its_end_is_not_relayed_as_a
     .await;
     let p = proxy(backend.addr, "retry = { tries = 1 }\n").await;
     for which in PATHS {
-        let mut s = TcpStream::connect(p.addr).await.unwrap();
-        let two = which.get("/a") + &which.get("/b");
-        s.write_all(two.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let first = tokio::time::timeout(HANG, read_one(&mut s, &mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("{which:?}: hung"));
+        let first = Pipelined::send(p.addr, which).await.next().await;
         // Either a 502 before anything was relayed, or a cut connection: never
         // a whole 200 followed by the server's stray bytes as a second answer.
         match first {
