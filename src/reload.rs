@@ -27,8 +27,8 @@ use crate::config::{self, Config, ServerConfig};
 use crate::logging::joined;
 use crate::proxy::ProxyHandle;
 use crate::upstream::{
-    AdminState, Command, ServerPatch, ServerRef, ServerSpec, Table, TableError, TableSnapshot,
-    TlsSetupError, UpstreamSettings,
+    AdminState, Command, Origin, ServerPatch, ServerRef, ServerSpec, Table, TableError,
+    TableSnapshot, TlsSetupError, UpstreamSettings,
 };
 
 /// One change the file made to its upstreams.
@@ -92,7 +92,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
             out.push(Change::CreateUpstream {
                 name: name.clone(),
                 settings: UpstreamSettings::from_config(up),
-                servers: up.servers.clone(),
+                servers: fixed(&up.servers).cloned().collect(),
             });
             continue;
         };
@@ -103,16 +103,18 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
                 settings,
             });
         }
-        for s in &was.servers {
-            if !up.servers.iter().any(|n| n.addr == s.addr) {
+        // Entries with `resolve = true` are the resolver's (`discovery`),
+        // read at start-up: a reload leaves their servers alone.
+        for s in fixed(&was.servers) {
+            if !fixed(&up.servers).any(|n| n.addr == s.addr) {
                 out.push(Change::RemoveServer {
                     upstream: name.clone(),
                     addr: s.addr.clone(),
                 });
             }
         }
-        for s in &up.servers {
-            match was.servers.iter().find(|o| o.addr == s.addr) {
+        for s in fixed(&up.servers) {
+            match fixed(&was.servers).find(|o| o.addr == s.addr) {
                 None => out.push(Change::AddServer {
                     upstream: name.clone(),
                     server: s.clone(),
@@ -131,6 +133,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
         }
     }
     out
+}
+
+/// The entries that are one server each (not names the resolver follows).
+fn fixed(servers: &[ServerConfig]) -> impl Iterator<Item = &ServerConfig> {
+    servers.iter().filter(|s| !s.is_dynamic())
 }
 
 /// The changes that still apply to `table`, in the order they can be applied
@@ -185,7 +192,11 @@ pub enum CommandError {
 /// TLS client files (blocking: run on a blocking thread). A TLS client that the
 /// change does not touch is kept as it is.
 pub fn commands(changes: &[Change], table: &TableSnapshot) -> Result<Vec<Command>, CommandError> {
-    let resolve = |c: &ServerConfig| ServerSpec::resolve(c.clone()).map_err(CommandError::from);
+    let resolve = |c: &ServerConfig| {
+        ServerSpec::resolve(c.clone())
+            .map(|s| s.with_origin(Origin::Config))
+            .map_err(CommandError::from)
+    };
     let prepare = |name: &str, settings: &UpstreamSettings| {
         let mut s = settings.clone();
         if let Some(cur) = table.upstreams.get(name) {

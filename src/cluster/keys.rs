@@ -175,6 +175,7 @@ mod tests {
             slow_start_ms: 0,
             backup: false,
             state: AdminState::Up,
+            origin: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod health_check;
 mod listener;
 mod log;
 mod read;
+mod resolver;
 mod root;
 pub mod rules;
 mod server;
@@ -39,8 +40,11 @@ pub use listener::{
 };
 pub use log::{LogConfig, LogFormat, LogLevel, LogLevelError};
 pub use read::{load, parse, peek_log};
+pub use resolver::{DNS_PORT, ResolverConfig, ResolverError, parse_name_server};
 pub use root::{AccessRule, AdminConfig, ClusterConfig, Config, RuntimeConfig};
-pub use server::{MAX_WEIGHT, MIN_WEIGHT, ServerConfig, ServerError, WEIGHTS};
+pub use server::{
+    MAX_WEIGHT, MIN_WEIGHT, ServerConfig, ServerError, ServiceError, WEIGHTS, check_service_name,
+};
 pub use upstream::{
     Balance, HashKey, KeepaliveConfig, MIN_TRIES, RetryPolicy, Scheme, Timeouts, UpstreamConfig,
     UpstreamError, UpstreamProtocol, UpstreamTls,

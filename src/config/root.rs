@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use super::health_check::HealthCheckKind;
 use super::listener::{ClientLimits, ListenerConfig, RouteConfig};
 use super::log::LogConfig;
+use super::resolver::ResolverConfig;
 use super::server::ServerConfig;
 use super::upstream::{
     Balance, KeepaliveConfig, RetryPolicy, Scheme, Timeouts, UpstreamConfig, UpstreamProtocol,
@@ -28,6 +29,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[log]`: the log's format and level (the command line can override both).
     pub log: LogConfig,
+    /// `[resolver]`: how names of servers with `resolve = true` are looked up.
+    pub resolver: ResolverConfig,
     pub listeners: Vec<ListenerConfig>,
     /// Upstreams by name. Every route's `upstream` names a key of this map.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -180,6 +183,7 @@ impl Config {
             cluster: None,
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
+            resolver: ResolverConfig::default(),
             listeners: vec![ListenerConfig {
                 listen,
                 routes: vec![RouteConfig {

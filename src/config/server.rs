@@ -25,6 +25,42 @@ pub enum ServerError {
     BadWeight(u32),
 }
 
+/// Why an entry with `service` (SRV records) is refused. Its own type: only
+/// the file has such entries, and the API's answers to [`ServerError`] stay as
+/// they are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    #[error("service needs resolve = true (servers from SRV records are looked up while running)")]
+    ServiceWithoutResolve,
+    #[error("give addr or service, not both (service takes ports from the SRV records)")]
+    ServiceWithAddr,
+    #[error(
+        "backup is taken from the SRV records' priorities (the lowest is primary, the others backup)"
+    )]
+    BackupWithService,
+    #[error("bad service name {0:?} (expected a name such as \"_http._tcp.app.internal\")")]
+    BadService(String),
+}
+
+/// A name to ask SRV records of: labels of letters, digits, `-` and `_`
+/// (`_http._tcp.app.internal`), at most 253 characters.
+pub fn check_service_name(name: &str) -> Result<(), ServiceError> {
+    let bad = || ServiceError::BadService(name.to_string());
+    let name_part = name.strip_suffix('.').unwrap_or(name);
+    if name_part.is_empty() || name_part.len() > 253 {
+        return Err(bad());
+    }
+    for label in name_part.split('.') {
+        let ok_chars = label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if label.is_empty() || label.len() > 63 || !ok_chars {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
 /// `w`, when it is a weight a server may have.
 pub fn check_weight(w: u32) -> Result<u32, ServerError> {
     if WEIGHTS.contains(&w) {
@@ -59,6 +95,13 @@ pub struct ServerConfig {
     pub backup: bool,
     /// Starts with admin state `down`.
     pub down: bool,
+    /// `resolve = true`: `addr` is a name the resolver keeps re-resolving, one
+    /// table server per address (`discovery`), instead of once at start-up.
+    pub resolve: bool,
+    /// `service = "_http._tcp.NAME"` (with `resolve`): servers from SRV
+    /// records, which give their ports and weights. `addr` then holds the same
+    /// name, so that messages and duplicate checks have one identity.
+    pub service: Option<String>,
 }
 
 impl ServerConfig {
@@ -73,18 +116,42 @@ impl ServerConfig {
             slow_start: Duration::ZERO,
             backup: false,
             down: false,
+            resolve: false,
+            service: None,
         }
+    }
+
+    /// Whether the entry stands for servers the resolver finds (`resolve =
+    /// true`) rather than for one server.
+    pub fn is_dynamic(&self) -> bool {
+        self.resolve
     }
 
     /// Checks every rule a server follows on its own (the address, then the
     /// weight). Rules that need the upstream — backups with hashing, duplicate
     /// addresses — are the upstream's and the table's.
+    /// (An entry with `service` has no address to check: see
+    /// [`ServerConfig::check_service`].)
     pub fn validate(&self) -> Result<(), ServerError> {
-        check_server_addr(&self.addr).map_err(|reason| ServerError::BadAddress {
-            addr: self.addr.clone(),
-            reason,
-        })?;
+        if self.service.is_none() {
+            check_server_addr(&self.addr).map_err(|reason| ServerError::BadAddress {
+                addr: self.addr.clone(),
+                reason,
+            })?;
+        }
         check_weight(self.weight)?;
+        Ok(())
+    }
+
+    /// The rules of an SRV entry: `resolve` on, no `backup` of its own.
+    pub fn check_service(&self, service: &str) -> Result<(), ServiceError> {
+        check_service_name(service)?;
+        if !self.resolve {
+            return Err(ServiceError::ServiceWithoutResolve);
+        }
+        if self.backup {
+            return Err(ServiceError::BackupWithService);
+        }
         Ok(())
     }
 }

@@ -102,6 +102,7 @@ mod tests {
             backup: false,
             state: AdminState::Up,
             runtime: Arc::new(ServerRuntime::new(crate::config::KeepaliveConfig::default())),
+            origin: Default::default(),
         }
     }
 

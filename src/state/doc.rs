@@ -132,4 +132,9 @@ pub struct ServerState {
     pub slow_start_ms: u64,
     pub backup: bool,
     pub state: AdminState,
+    /// Where the server came from: `config`, `api` or `dns: NAME` (a name the
+    /// resolver keeps in step). Absent in files written before origins were
+    /// kept, and for servers from the configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }

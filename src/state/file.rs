@@ -152,6 +152,7 @@ mod tests {
                     slow_start_ms: 0,
                     backup: false,
                     state: AdminState::Drain,
+                    origin: None,
                 }],
             },
         );

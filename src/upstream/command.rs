@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::server::{AdminState, Server};
+use super::server::{AdminState, Origin, Server};
 use super::settings::UpstreamSettings;
 use crate::config::{HealthCheckConfig, ServerConfig};
 
@@ -15,13 +15,34 @@ use crate::config::{HealthCheckConfig, ServerConfig};
 pub struct ServerSpec {
     pub config: ServerConfig,
     pub sockaddr: SocketAddr,
+    /// Where it comes from, for the API to show and the resolver to find its own.
+    pub origin: Origin,
 }
 
 impl ServerSpec {
     /// Resolves `config.addr` (blocking: for start-up, or on a blocking thread).
+    /// The server is the API's unless [`ServerSpec::with_origin`] says otherwise.
     pub fn resolve(config: ServerConfig) -> Result<ServerSpec, TableError> {
         let sockaddr = resolve(&config.addr)?;
-        Ok(ServerSpec { config, sockaddr })
+        Ok(ServerSpec {
+            config,
+            sockaddr,
+            origin: Origin::Api,
+        })
+    }
+
+    /// A server whose address is already known (the resolver's): no lookup.
+    pub fn at(config: ServerConfig, sockaddr: SocketAddr, origin: Origin) -> ServerSpec {
+        ServerSpec {
+            config,
+            sockaddr,
+            origin,
+        }
+    }
+
+    pub fn with_origin(mut self, origin: Origin) -> ServerSpec {
+        self.origin = origin;
+        self
     }
 }
 

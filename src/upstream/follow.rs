@@ -8,7 +8,9 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::command::{Command, ServerPatch, ServerRef, ServerSpec};
-use super::persist::{server_from_state, server_to_state, settings_from_saved, settings_to_state};
+use super::persist::{
+    origin_from_state, server_from_state, server_to_state, settings_from_saved, settings_to_state,
+};
 use super::published::TableSnapshot;
 use super::settings::UpstreamSettings;
 use crate::state::{ServerState, StateDoc, UpstreamState};
@@ -113,7 +115,8 @@ fn servers_toward(
             }
             None => {
                 let (config, state) = server_from_state(w);
-                match ServerSpec::resolve(config) {
+                let spec = ServerSpec::resolve(config).map(|s| s.with_origin(origin_from_state(w)));
+                match spec {
                     Ok(server) => restores.push(Command::Restore {
                         upstream: upstream.to_string(),
                         id: w.id,

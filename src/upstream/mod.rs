@@ -34,7 +34,7 @@ pub use events::Event;
 pub use pick_stats::{PickSlot, PickStats};
 pub use published::{TableSnapshot, Upstream};
 pub use server::{
-    AdminState, Connections, Health, IdleConnections, Server, ServerRuntime, ServerStats,
+    AdminState, Connections, Health, IdleConnections, Origin, Server, ServerRuntime, ServerStats,
 };
 pub use settings::{TlsSetupError, UpstreamSettings};
 pub use snapshot::{Lease, Snapshot, Tried};

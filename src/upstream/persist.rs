@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::published::Upstream;
-use super::server::{AdminState, Server};
+use super::server::{AdminState, Origin, Server};
 use super::settings::UpstreamSettings;
 use crate::config::rules::{MIN_COUNT, check_hash_key, check_protocol, clamp_weight};
 use crate::config::{
@@ -158,6 +158,7 @@ pub(crate) fn settings_from_saved(
     })
 }
 
+/// A saved server's settings and admin state; its origin is [`origin_from_state`].
 pub(crate) fn server_from_state(s: &ServerState) -> (ServerConfig, AdminState) {
     let config = ServerConfig {
         addr: s.addr.clone(),
@@ -168,8 +169,13 @@ pub(crate) fn server_from_state(s: &ServerState) -> (ServerConfig, AdminState) {
         slow_start: Duration::from_millis(s.slow_start_ms),
         backup: s.backup,
         down: s.state == AdminState::Down,
+        ..ServerConfig::new(s.addr.clone())
     };
     (config, s.state)
+}
+
+pub(crate) fn origin_from_state(s: &ServerState) -> Origin {
+    Origin::parse(s.origin.as_deref())
 }
 
 pub(crate) fn server_to_state(s: &Server) -> ServerState {
@@ -183,6 +189,8 @@ pub(crate) fn server_to_state(s: &Server) -> ServerState {
         slow_start_ms: ms(s.slow_start),
         backup: s.backup,
         state: s.state,
+        // A config server is saved as before origins were kept.
+        origin: (s.origin != Origin::Config).then(|| s.origin.to_string()),
     }
 }
 

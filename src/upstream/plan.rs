@@ -488,6 +488,7 @@ pub(super) fn new_server(id: u32, spec: &ServerSpec, keepalive: KeepaliveConfig)
             AdminState::Up
         },
         runtime: Arc::new(ServerRuntime::new(keepalive)),
+        origin: spec.origin.clone(),
     }
 }
 

@@ -82,6 +82,58 @@ pub struct Server {
     pub sockaddr: SocketAddr,
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// Where the server came from (cold: only the API and the resolver read it).
+    pub origin: Origin,
+}
+
+/// Where a server came from: the configuration file, the API (or a door like
+/// it), or a DNS name that the resolver keeps in step (`discovery`). The
+/// resolver changes only servers of its own name; an operator's change to one
+/// of them (say, `down`) is kept as long as the address stays in the records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origin {
+    #[default]
+    Config,
+    Api,
+    /// The entry's name as written: `app.internal:8080` or `_http._tcp.app.internal`.
+    Dns(Arc<str>),
+}
+
+impl Origin {
+    pub fn dns(name: &str) -> Origin {
+        Origin::Dns(Arc::from(name))
+    }
+
+    /// The saved form back (see `Display`); anything unknown, or nothing (a
+    /// file written before origins were kept), is `config`.
+    pub fn parse(s: Option<&str>) -> Origin {
+        match s {
+            Some("api") => Origin::Api,
+            Some(s) => match s.strip_prefix("dns:") {
+                Some(name) if !name.trim().is_empty() => Origin::dns(name.trim()),
+                _ => Origin::Config,
+            },
+            None => Origin::Config,
+        }
+    }
+
+    /// The DNS name, for a server that came from one.
+    pub fn dns_name(&self) -> Option<&str> {
+        match self {
+            Origin::Dns(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Config => f.write_str("config"),
+            Origin::Api => f.write_str("api"),
+            Origin::Dns(name) => write!(f, "dns: {name}"),
+        }
+    }
 }
 
 impl Server {
@@ -99,6 +151,7 @@ impl Server {
             backup: self.backup,
             state: self.state,
             runtime: Arc::clone(&self.runtime),
+            origin: self.origin.clone(),
         }
     }
 

@@ -12,10 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::command::{ServerSpec, TableError};
-use super::persist::{SavedSettingsError, server_from_state, settings_from_saved};
+use super::persist::{
+    SavedSettingsError, origin_from_state, server_from_state, settings_from_saved,
+};
 use super::plan::{Ledger, dense, new_server};
 use super::published::{TableSnapshot, Upstream};
-use super::server::{AdminState, Health};
+use super::server::{AdminState, Health, Origin};
 use super::settings::{TlsSetupError, UpstreamSettings};
 use crate::config::{Config, UpstreamConfig};
 use crate::state::{StateDoc, StateError, UpstreamState};
@@ -107,7 +109,13 @@ fn from_config(
             continue;
         }
         let mut servers = Vec::new();
+        // Entries with `resolve = true` are the resolver's to fill in, once it
+        // runs (`discovery`): a name that does not resolve yet is no reason
+        // not to start. Ids stay those of the entries' places in the file.
         for (i, s) in up.servers.iter().enumerate() {
+            if s.is_dynamic() {
+                continue;
+            }
             let state = if s.down {
                 AdminState::Down
             } else {
@@ -115,11 +123,11 @@ fn from_config(
             };
             servers.push(StartServer {
                 id: i as u32,
-                spec: ServerSpec::resolve(s.clone())?,
+                spec: ServerSpec::resolve(s.clone())?.with_origin(Origin::Config),
                 state,
             });
         }
-        let next_id = servers.len() as u32;
+        let next_id = up.servers.len() as u32;
         let settings = UpstreamSettings::from_config(up);
         drafts.insert(
             name.clone(),
@@ -183,7 +191,7 @@ fn saved_draft(settings: UpstreamSettings, up: &UpstreamState) -> Result<StartDr
         let (config, state) = server_from_state(s);
         servers.push(StartServer {
             id: s.id,
-            spec: ServerSpec::resolve(config)?,
+            spec: ServerSpec::resolve(config)?.with_origin(origin_from_state(s)),
             state,
         });
     }

@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue};
 use crate::config::addr::socket_addr;
 use crate::config::{
     AccessRule, AdminConfig, ClusterConfig, Config, ConfigError, ConfigErrors, LogConfig,
-    LogFormat, LogLevel, RuntimeConfig, UpstreamConfig,
+    LogFormat, LogLevel, ResolverConfig, RuntimeConfig, UpstreamConfig, parse_name_server,
 };
 #[cfg(test)]
 pub(super) use fields::line_col;
@@ -55,7 +55,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-const TOP_KEYS: &[&str] = &["admin", "cluster", "runtime", "log", "listener", "upstream"];
+const TOP_KEYS: &[&str] = &[
+    "admin", "cluster", "runtime", "log", "resolver", "listener", "upstream",
+];
+const RESOLVER_KEYS: &[&str] = &["servers", "valid", "timeout", "ipv4", "ipv6"];
 const CLUSTER_KEYS: &[&str] = &[
     "store",
     "endpoints",
@@ -132,6 +135,10 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
         .table(sink, "log", "log")
         .map(|t| read_log(&t, sink))
         .unwrap_or_default();
+    let resolver = root
+        .table(sink, "resolver", "resolver")
+        .map(|t| read_resolver(&t, sink))
+        .unwrap_or_default();
 
     let mut upstreams = BTreeMap::new();
     // Every name is known to routes, even of upstreams too broken to build, so a
@@ -196,6 +203,7 @@ fn read_config(root: &Table<'_, '_>, sink: &mut Sink<'_>) -> Config {
         cluster,
         runtime,
         log,
+        resolver,
         listeners,
         upstreams,
     }
@@ -399,6 +407,36 @@ fn read_runtime(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> RuntimeConfig {
         runtime.shutdown_delay = d;
     }
     runtime
+}
+
+/// `[resolver]`: name servers, `valid`, `timeout`, `ipv4`, `ipv6`.
+fn read_resolver(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ResolverConfig {
+    t.check_keys(sink, RESOLVER_KEYS);
+    let mut r = ResolverConfig::default();
+    if let Some((list, _)) = t.array(sink, "servers") {
+        for v in list.iter() {
+            let parsed = v.get_ref().as_str().map(parse_name_server);
+            match parsed {
+                Some(Ok(a)) => r.servers.push(a),
+                Some(Err(e)) => t.err(sink, &v.span(), e.to_string()),
+                None => t.wrong_type(sink, "servers", v, "a string (IP or IP:PORT)"),
+            }
+        }
+    }
+    r.valid = t.duration(sink, "valid");
+    if let Some(d) = t.duration(sink, "timeout") {
+        r.timeout = d;
+    }
+    if let Some((b, _)) = t.bool(sink, "ipv4") {
+        r.ipv4 = b;
+    }
+    if let Some((b, _)) = t.bool(sink, "ipv6") {
+        r.ipv6 = b;
+    }
+    if let Err(e) = r.validate() {
+        t.err(sink, &t.span, e.to_string());
+    }
+    r
 }
 
 fn read_log(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> LogConfig {

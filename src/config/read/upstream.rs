@@ -16,8 +16,8 @@ use crate::config::rules::{
 };
 use crate::config::{
     Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, MAX_WEIGHT, MIN_TRIES,
-    MIN_WEIGHT, RetryPolicy, Scheme, ServerConfig, Timeouts, UpstreamConfig, UpstreamError,
-    UpstreamProtocol, UpstreamTls, check_server_addr,
+    MIN_WEIGHT, RetryPolicy, Scheme, ServerConfig, ServiceError, Timeouts, UpstreamConfig,
+    UpstreamError, UpstreamProtocol, UpstreamTls, check_server_addr,
 };
 
 const UPSTREAM_KEYS: &[&str] = &[
@@ -48,6 +48,8 @@ const SERVER_KEYS: &[&str] = &[
     "slow_start",
     "backup",
     "down",
+    "resolve",
+    "service",
 ];
 const RETRY_KEYS: &[&str] = &["tries", "timeout", "non_idempotent"];
 const HEALTH_KEYS: &[&str] = &[
@@ -232,7 +234,10 @@ fn read_servers(t: &Table<'_, '_>, sink: &mut Sink<'_>, balance: Balance) -> Vec
     let mut servers = Vec::new();
     for (i, v) in list.iter().enumerate() {
         let addr = match v.get_ref() {
-            DeValue::Table(m) => m.get("addr").and_then(|a| a.get_ref().as_str()),
+            DeValue::Table(m) => m
+                .get("addr")
+                .or_else(|| m.get("service"))
+                .and_then(|a| a.get_ref().as_str()),
             _ => None,
         };
         let ctx = match addr {
@@ -286,18 +291,7 @@ fn read_server(
     sink: &mut Sink<'_>,
 ) -> (ServerConfig, Option<Span>, Option<Span>) {
     s.check_keys(sink, SERVER_KEYS);
-    let addr = s.str(sink, "addr");
-    let mut ok = addr.is_some();
-    if let Some((a, span)) = &addr
-        && let Err(e) = check_server_addr(a)
-    {
-        s.err(sink, span, format!("bad address: {e}"));
-        ok = false;
-    }
-    if s.get("addr").is_none() {
-        s.missing(sink, "addr");
-    }
-    let (addr, addr_span) = addr.unwrap_or_default();
+    let (ok, addr, addr_span, service) = read_server_name(s, sink);
     let mut server = ServerConfig::new(addr);
     if let Some(w) = s.int(sink, "weight", MIN_WEIGHT.into(), MAX_WEIGHT.into()) {
         server.weight = w;
@@ -321,11 +315,61 @@ fn read_server(
     if let Some((d, _)) = s.bool(sink, "down") {
         server.down = d;
     }
+    if let Some((r, _)) = s.bool(sink, "resolve") {
+        server.resolve = r;
+    }
+    if let Some((name, span)) = service {
+        server.service = Some(name.to_string());
+        // A backup flag is reported at itself, the other rules at the name.
+        match (server.check_service(name), &backup) {
+            (Err(e @ ServiceError::BackupWithService), Some((_, at))) => {
+                s.err(sink, at, e.to_string())
+            }
+            (Err(e), _) => s.err(sink, &span, e.to_string()),
+            (Ok(()), _) => {}
+        }
+    }
     (
         server,
         ok.then_some(addr_span),
         backup.map(|(_, span)| span),
     )
+}
+
+/// `addr` or `service` (an SRV name), whichever the entry has: whether it is
+/// usable, the name, where it is, and the service with its place.
+fn read_server_name<'a>(
+    s: &Table<'a, '_>,
+    sink: &mut Sink<'_>,
+) -> (bool, String, Span, Option<(&'a str, Span)>) {
+    let addr = s.str(sink, "addr");
+    let service = s.str(sink, "service");
+    let mut ok = true;
+    match (&addr, &service) {
+        (Some((a, span)), None) => {
+            if let Err(e) = check_server_addr(a) {
+                s.err(sink, span, format!("bad address: {e}"));
+                ok = false;
+            }
+        }
+        (Some((_, span)), Some(_)) => {
+            s.err(sink, span, ServiceError::ServiceWithAddr.to_string());
+            ok = false;
+        }
+        (None, Some(_)) => {}
+        (None, None) => {
+            if s.get("addr").is_none() && s.get("service").is_none() {
+                s.missing(sink, "addr");
+            }
+            ok = false;
+        }
+    }
+    let (name, span) = match (addr, &service) {
+        (Some((a, span)), _) => (a.to_string(), span),
+        (None, Some((svc, span))) => (svc.to_string(), span.clone()),
+        (None, None) => (String::new(), s.span.clone()),
+    };
+    (ok, name, span, service)
 }
 
 fn read_retry(r: &Table<'_, '_>, sink: &mut Sink<'_>) -> RetryPolicy {
