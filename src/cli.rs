@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::admin::AdminServer;
 use crate::config::{self, AdminConfig, Config, LogConfig, LogFormat, LogLevel, ServerConfig};
+use crate::discovery::Leadership;
 use crate::proxy::{Proxy, Shutdown};
 use crate::state::{FileStore, StateError, StateStore};
 use crate::upstream::{OpenError, Table};
@@ -595,7 +596,13 @@ async fn serve(
     let state_file = state
         .state_file
         .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));
-    let table = serve_table(&cfg, state_file.as_ref(), state.discard_bad_state)?;
+    let (table, leadership) = serve_table(&cfg, state_file.as_ref(), state.discard_bad_state)?;
+    // Names with `resolve = true` are looked up before the listeners open (at
+    // most a few lookups' time), so the first requests find their servers.
+    let mut discovery = crate::discovery::spawn(&cfg, Arc::clone(&table), leadership);
+    if let Some(d) = &mut discovery {
+        d.first_round(cfg.resolver.timeout * 4).await;
+    }
     let shutdown = shutdown_signal();
     // Before the listeners print their lines: a SIGUSR1 from then on reopens
     // the access logs instead of ending the process (its default action).
@@ -625,6 +632,7 @@ async fn serve(
     // Lines still buffered go out before the process ends.
     crate::proxy::access_log::flush_all(std::time::Duration::from_secs(2));
     checker.abort();
+    drop(discovery);
     if let Some(h) = hup {
         h.abort();
     }
@@ -656,17 +664,16 @@ fn admin_config(cfg: &Config, admin: Option<SocketAddr>) -> Result<Option<AdminC
 /// The table `serve` runs: shared through etcd with `[cluster]` (the state
 /// file, if any, its local cache), else from the configuration and the state
 /// file.
+/// Also who resolves DNS names: this instance alone, or in a fleet the
+/// holder of each upstream's resolver lease.
 fn serve_table(
     cfg: &Config,
     state_file: Option<&PathBuf>,
     discard_bad_state: bool,
-) -> Result<Arc<Table>> {
+) -> Result<(Arc<Table>, Arc<dyn Leadership>)> {
     let Some(cluster) = &cfg.cluster else {
-        return Ok(Arc::new(open_table(
-            cfg,
-            state_file.cloned(),
-            discard_bad_state,
-        )?));
+        let table = open_table(cfg, state_file.cloned(), discard_bad_state)?;
+        return Ok((Arc::new(table), Arc::new(crate::discovery::Alone)));
     };
     let cache = state_file.map(FileStore::new);
     if cache.is_none() {
@@ -684,7 +691,22 @@ fn serve_table(
         Some(Arc::clone(&store) as Arc<dyn StateStore>),
     )?);
     store.start(&table);
-    Ok(table)
+    let resolved: std::collections::BTreeSet<String> = crate::discovery::entries(cfg)
+        .into_iter()
+        .map(|e| e.upstream)
+        .collect();
+    let leases = store.resolver_leases(resolved.into_iter().collect());
+    Ok((table, Arc::new(LeaseHolder(leases))))
+}
+
+/// In a fleet, an upstream's names are resolved by the instance that holds
+/// its lease in etcd (`cluster::lease`).
+struct LeaseHolder(Arc<crate::cluster::ResolverLeases>);
+
+impl Leadership for LeaseHolder {
+    fn is_resolver(&self, upstream: &str) -> bool {
+        self.0.holds(upstream)
+    }
 }
 
 /// What reloads what: with a file, the reloader (`SIGHUP` and the channel

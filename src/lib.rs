@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod import;
 pub mod logging;

@@ -27,6 +27,9 @@
 //! | `switchyard_server_sent_bytes_total` | counter | |
 //! | `switchyard_server_received_bytes_total` | counter | |
 //! | `switchyard_upstream_eligible_servers` | gauge | `upstream` |
+//! | `switchyard_dns_resolutions_total` | counter | `upstream`, `name` (lookups of a `resolve = true` entry) |
+//! | `switchyard_dns_resolution_failures_total` | counter | `upstream`, `name` (failed or empty: the last good set stayed) |
+//! | `switchyard_dns_addresses` | gauge | `upstream`, `name` (addresses in the last good answer) |
 //! | `switchyard_admin_changes_total` | counter | (table changes published) |
 //! | `switchyard_uptime_seconds` | gauge | |
 //! | `switchyard_cluster_store_up` | gauge | (fleet mode only: 1 while etcd answers) |
@@ -129,6 +132,7 @@ pub fn registry(table: Arc<Table>) -> Registry {
         started: Instant::now(),
     }));
     ours.register_collector(Box::new(ListenerCollector));
+    ours.register_collector(Box::new(DnsCollector));
     registry.register_collector(Box::new(ProcessCollector));
     registry
 }
@@ -767,6 +771,59 @@ impl Collector for ProcessCollector {
                 MetricType::Gauge,
             )?;
             m.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The resolver's counters per DNS entry (`discovery`); nothing without
+/// `resolve = true` entries.
+#[derive(Debug)]
+struct DnsCollector;
+
+impl Collector for DnsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let names = crate::discovery::readings();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let families: [(
+            &str,
+            &str,
+            MetricType,
+            fn(&crate::discovery::NameReading) -> u64,
+        ); 3] = [
+            (
+                "dns_resolutions",
+                "Lookups of a DNS entry's name (resolve = true).",
+                MetricType::Counter,
+                |r| r.resolutions,
+            ),
+            (
+                "dns_resolution_failures",
+                "Lookups that failed or found nothing; the last good set stayed.",
+                MetricType::Counter,
+                |r| r.failures,
+            ),
+            (
+                "dns_addresses",
+                "Addresses in the entry's last good answer.",
+                MetricType::Gauge,
+                |r| r.addresses,
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            let counter = matches!(kind, MetricType::Counter);
+            let mut m = enc.encode_descriptor(name, help, None, kind)?;
+            for r in &names {
+                let labels = [("upstream", r.upstream.as_str()), ("name", r.name.as_str())];
+                let mut f = m.encode_family(&labels)?;
+                if counter {
+                    f.encode_counter::<NoExemplar, _, u64>(&value(r), None)?;
+                } else {
+                    f.encode_gauge(&value(r))?;
+                }
+            }
         }
         Ok(())
     }

@@ -131,6 +131,9 @@ pub struct ServerView {
     pub fail_timeout: String,
     pub slow_start: String,
     pub backup: bool,
+    /// Where it came from: `config`, `api`, or `dns: NAME` (kept in step by
+    /// the resolver).
+    pub origin: String,
     /// What an operator asked for: `up`, `down`, `drain`.
     pub state: AdminState,
     /// What was observed: `healthy`, `unhealthy`, `checking` (active checks), or
@@ -170,6 +173,7 @@ impl ServerView {
             fail_timeout: duration(s.fail_timeout),
             slow_start: duration(s.slow_start),
             backup: s.backup,
+            origin: s.origin.to_string(),
             state: s.state,
             health: health(s, now_ms),
             passive: if st.is_unavail(now_ms) {

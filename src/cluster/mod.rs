@@ -24,6 +24,7 @@
 mod etcd;
 mod gateway;
 mod keys;
+mod lease;
 mod wire;
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
 pub use crate::state::ClusterStatus;
+pub use lease::ResolverLeases;
 use crate::state::{FileStore, StateDoc, StateError, StateStore};
 use crate::upstream::Table;
 use etcd::{Follower, ReadError, WriteError};

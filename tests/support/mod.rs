@@ -4,6 +4,7 @@
 //! Every socket is on 127.0.0.1 with a port the kernel picks.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod etcd;
 
 use std::convert::Infallible;
