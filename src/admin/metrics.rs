@@ -36,6 +36,7 @@
 //! | `switchyard_cluster_applied_revision` | gauge | (fleet mode: revision applied here) |
 //! | `switchyard_cluster_store_revision` | gauge | (fleet mode: newest revision seen) |
 //! | `switchyard_cluster_lag_seconds` | gauge | (fleet mode: 0 while in step) |
+//! | `switchyard_cluster_store_errors_total` | counter | `kind` (fleet mode: failed etcd calls and looked-up writes) |
 //! | `switchyard_listener_requests_total` | counter | `listener` (bound address), `code` (`1xx`..`5xx`): answered requests |
 //! | `switchyard_listener_request_duration_seconds` | histogram | `listener` (from the request's head to its response's head) |
 //! | `switchyard_listener_connections` | gauge | `listener` (open now) |
@@ -238,6 +239,19 @@ fn histogram(
 
 /// No exemplars are ever attached; this names their (unused) label type.
 type NoExemplar = NoLabelSet;
+
+/// Every kind `switchyard_cluster_store_errors_total` counts, each shown from
+/// zero so that a rate can be taken before the first error.
+const STORE_ERROR_KINDS: [&str; 8] = [
+    "connect",
+    "timeout",
+    "transport",
+    "status",
+    "decode",
+    "conflict",
+    "outcome_looked_up",
+    "outcome_unknown",
+];
 
 /// The per-server label pairs of every family, with the server they describe.
 type ServerRows<'a> = [(Labels<'a>, &'a Arc<Server>)];
@@ -493,6 +507,17 @@ impl TableCollector {
         for (name, help, unit, value) in gauges {
             let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
             m.encode_gauge(&value)?;
+        }
+        let mut m = e.encode_descriptor(
+            "cluster_store_errors",
+            "Failed calls to the cluster store by kind (connect, timeout, transport, status, decode), writes refused by a concurrent change (conflict), and writes whose outcome had to be looked up (outcome_looked_up) or stayed unknown (outcome_unknown).",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in STORE_ERROR_KINDS {
+            let n = c.errors.get(kind).copied().unwrap_or(0);
+            m.encode_family(&[("kind", kind)])?
+                .encode_counter::<NoExemplar, _, f64>(&n, None)?;
         }
         Ok(())
     }

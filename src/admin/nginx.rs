@@ -103,6 +103,9 @@ impl From<TableError> for NgxError {
             TableError::StoreUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable")
             }
+            TableError::StoreOutcomeUnknown(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "StoreOutcomeUnknown")
+            }
         };
         NgxError::new(status, code, text)
     }

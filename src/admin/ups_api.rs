@@ -335,7 +335,9 @@ async fn set_state(
         .with_data(serde_json::json!([server]))),
         Err(e) => {
             let status = match e {
-                TableError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                TableError::StoreUnavailable(_) | TableError::StoreOutcomeUnknown(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 TableError::Conflict(_) => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };

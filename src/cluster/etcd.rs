@@ -1,6 +1,7 @@
-//! The conversation with etcd: the guarded write, the full read (with the
-//! seeding of an empty prefix), the watch that follows the store, and the ping
-//! that measures how far behind this instance is.
+//! The conversation with etcd: the guarded write (and, when its answer is
+//! lost, finding out whether it was applied), the full read (with the seeding
+//! of an empty prefix), the watch that follows the store, and the ping that
+//! measures how far behind this instance is and probes each endpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,18 +9,21 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::gateway::{EtcdError, Gateway};
-use super::keys::{self, Kvs};
+use super::keys;
 use super::wire::{
     Compare, EventType, KeyValue, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
     TxnRequest, TxnResponse, WatchRequest,
 };
-use crate::state::StateDoc;
 use crate::upstream::Table;
 
 /// etcd refuses a transaction of more than 128 operations by default
 /// (`--max-txn-ops`); seeding writes in pieces below that.
 const MAX_TXN_OPS: usize = 100;
 const RETRY_MIN: Duration = Duration::from_millis(100);
+/// A write's pauses between tries: short, since it holds the table's writer
+/// and the client waits; an election on loopback takes a few hundred ms.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX_WRITE: Duration = Duration::from_millis(320);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(1);
 
@@ -38,9 +42,13 @@ pub(crate) trait Follower: Send + Sync + 'static {
     /// etcd answered; `store_revision` is the newest revision it showed.
     fn set_up(&self, store_revision: Option<u64>);
     fn set_down(&self, error: &str);
-    /// Applies the store's view at `revision` to the table (blocking: the
-    /// table's writer lock); how many changes that made.
-    fn follow(&self, table: &Table, doc: &StateDoc, revision: u64) -> usize;
+    /// Everything under the prefix, as a full read at `revision` found it.
+    fn reset_view(&self, read: Snapshot);
+    /// Changes the watch brought (a `None` value: deleted), up to `newest`.
+    fn merge(&self, events: Vec<(String, Option<Vec<u8>>, u64)>, newest: u64);
+    /// Brings the table in line with the view (blocking: the table's writer
+    /// lock); how many changes that made.
+    fn follow_view(&self, table: &Table) -> usize;
 }
 
 fn range(prefix: &str) -> String {
@@ -55,25 +63,194 @@ async fn txn(conn: &Gateway, req: &TxnRequest) -> Result<TxnResponse, EtcdError>
     conn.call("/v3/kv/txn", req).await
 }
 
-/// A local change, as keys to put and delete on top of revision `base`.
+/// A local change, as keys to put and delete, each guarded by the revision
+/// of the value the change was computed from.
 pub(crate) struct Write {
     pub prefix: String,
-    pub base: u64,
     pub puts: Vec<(String, Vec<u8>)>,
     pub deletes: Vec<String>,
+    /// Every key put or deleted, with the revision it was last written at as
+    /// this instance knows it (`None`: absent). The write holds only if none
+    /// of them changed since: a change to another key is no conflict.
+    pub guards: Vec<(String, Option<u64>)>,
     pub meta: String,
+    /// This instance's writer key (`keys::writer_key`), its revision as last
+    /// written here, and the id this write leaves in it.
+    pub writer_key: String,
+    pub writer_rev: Option<u64>,
+    pub id: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum WriteError {
-    /// Something under the prefix changed after `base`: the newest revision there.
-    #[error("something under the prefix changed since; newest revision {0}")]
+/// How a write ended.
+#[derive(Debug)]
+pub(crate) enum WriteEnd {
+    /// Applied at this revision.
+    Applied(u64),
+    /// A guarded key changed first; the newest revision under the prefix.
     Conflict(u64),
-    #[error("etcd write failed: {0}")]
-    Unavailable(#[source] EtcdError),
-    /// Nothing came back within the store's deadline (`ClusterStore::run`).
-    #[error(transparent)]
-    Unanswered(EtcdError),
+    /// Not applied: etcd could not be reached, or refused before proposing,
+    /// until the deadline; or the write was looked up and found not applied
+    /// (and fenced off) and the retries ran out of time.
+    NotApplied(EtcdError),
+    /// Sent, and whether it was applied could not be found out in time.
+    Unknown(EtcdError),
+}
+
+/// What one transaction did.
+enum Written {
+    Applied(u64),
+    /// The newest revision under the prefix, and the writer key's revision.
+    Conflict(u64, Option<u64>),
+}
+
+fn guard(key: &str, revision: Option<u64>) -> Compare {
+    match revision {
+        Some(r) => Compare::unchanged_since(key, i64::try_from(r).unwrap_or(i64::MAX)),
+        None => Compare::absent(key),
+    }
+}
+
+/// One try of `w`, in one transaction.
+async fn write_once(conn: &Connection, w: &Write) -> Result<Written, EtcdError> {
+    let mut success: Vec<RequestOp> = w
+        .puts
+        .iter()
+        .map(|(k, v)| RequestOp::put(k.clone(), v.clone()))
+        .collect();
+    success.extend(w.deletes.iter().cloned().map(RequestOp::delete));
+    success.push(RequestOp::put(keys::meta_key(&w.prefix), w.meta.clone()));
+    success.push(RequestOp::put(w.writer_key.clone(), w.id.clone()));
+    let mut compare: Vec<Compare> = w.guards.iter().map(|(k, r)| guard(k, *r)).collect();
+    compare.push(guard(&w.writer_key, w.writer_rev));
+    let req = TxnRequest {
+        compare,
+        success,
+        failure: vec![
+            RequestOp::Range(RangeRequest::newest_under(&range(&w.prefix))),
+            RequestOp::Range(RangeRequest::key(&w.writer_key)),
+        ],
+    };
+    let resp = txn(conn, &req).await?;
+    let revision = ResponseHeader::revision(resp.header.as_ref());
+    if resp.succeeded {
+        return Ok(Written::Applied(revision));
+    }
+    let first = |i: usize| {
+        resp.responses.get(i).and_then(|r| {
+            r.response_range
+                .as_ref()?
+                .kvs
+                .first()
+                .map(KeyValue::mod_revision)
+        })
+    };
+    Ok(Written::Conflict(first(0).unwrap_or(revision), first(1)))
+}
+
+/// Whether the write that left `id` in `writer_key` was applied: if the key
+/// holds it, at which revision; if not, the key is overwritten in the same
+/// transaction, so that the write, should it still be on its way, fails its
+/// guard on the key and can never be applied after this answer.
+async fn look_up(conn: &Connection, writer_key: &str, id: &str) -> Result<Written, EtcdError> {
+    let req = TxnRequest {
+        compare: vec![Compare::holds(writer_key, id.as_bytes())],
+        success: vec![RequestOp::Range(RangeRequest::key(writer_key))],
+        failure: vec![RequestOp::put(writer_key, format!("fenced {id}"))],
+    };
+    let resp = txn(conn, &req).await?;
+    let revision = ResponseHeader::revision(resp.header.as_ref());
+    if resp.succeeded {
+        let at = resp
+            .responses
+            .first()
+            .and_then(|r| {
+                r.response_range
+                    .as_ref()?
+                    .kvs
+                    .first()
+                    .map(KeyValue::mod_revision)
+            })
+            .unwrap_or(revision);
+        return Ok(Written::Applied(at));
+    }
+    // Not applied; the fence's revision is the writer key's revision now.
+    Ok(Written::Conflict(0, Some(revision)))
+}
+
+/// Writes `w` until it is applied, refused by a guard, or `deadline` passes.
+/// A failure that sent nothing is tried again (after a pause, on the next
+/// endpoint); a failure after which the write may have been applied is looked
+/// up first (`look_up`), so that a write is never applied twice and never
+/// reported unapplied when it was. Returns how it ended and the writer key's
+/// revision as now known. `count` counts every failed call by kind.
+pub(crate) async fn write(
+    conn: Connection,
+    mut w: Write,
+    deadline: tokio::time::Instant,
+    count: impl Fn(&'static str) + Send,
+) -> (WriteEnd, Option<u64>) {
+    let mut pause = RETRY_FIRST;
+    let mut attempt = 0u32;
+    let base_id = w.id.clone();
+    loop {
+        let error = match write_once(&conn, &w).await {
+            Ok(Written::Applied(r)) => return (WriteEnd::Applied(r), Some(r)),
+            // Only this instance writes its writer key; one that moved (an
+            // earlier write's outcome unknown, a restart under the same name)
+            // is taken as it is and the write sent again.
+            Ok(Written::Conflict(_, writer)) if writer != w.writer_rev && attempt < 3 => {
+                attempt += 1;
+                w.writer_rev = writer;
+                continue;
+            }
+            Ok(Written::Conflict(newest, _)) => return (WriteEnd::Conflict(newest), w.writer_rev),
+            Err(e) => e,
+        };
+        count(error.kind());
+        if !error.not_sent() {
+            count("outcome_looked_up");
+            match settle(&conn, &w, deadline, &mut pause, &count).await {
+                Settled::Applied(r) => return (WriteEnd::Applied(r), Some(r)),
+                Settled::NotApplied(fence) => w.writer_rev = Some(fence),
+                Settled::Unknown => return (WriteEnd::Unknown(error), None),
+            }
+        }
+        if tokio::time::Instant::now() + pause >= deadline {
+            return (WriteEnd::NotApplied(error), w.writer_rev);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX_WRITE);
+        attempt += 1;
+        w.id = format!("{base_id}.{attempt}");
+    }
+}
+
+enum Settled {
+    Applied(u64),
+    NotApplied(u64),
+    Unknown,
+}
+
+/// Looks the write up until etcd answers or `deadline` passes.
+async fn settle(
+    conn: &Connection,
+    w: &Write,
+    deadline: tokio::time::Instant,
+    pause: &mut Duration,
+    count: &impl Fn(&'static str),
+) -> Settled {
+    loop {
+        match look_up(conn, &w.writer_key, &w.id).await {
+            Ok(Written::Applied(r)) => return Settled::Applied(r),
+            Ok(Written::Conflict(_, fence)) => return Settled::NotApplied(fence.unwrap_or(0)),
+            Err(e) => count(e.kind()),
+        }
+        if tokio::time::Instant::now() + *pause >= deadline {
+            return Settled::Unknown;
+        }
+        tokio::time::sleep(*pause).await;
+        *pause = (*pause * 2).min(RETRY_MAX_WRITE);
+    }
 }
 
 /// Why the store's view could not be read, or an empty prefix seeded.
@@ -94,48 +271,21 @@ pub(crate) enum ReadError {
     Unanswered(EtcdError),
 }
 
-/// Writes `w` in one transaction that holds only if no key under the prefix
-/// changed after `w.base`; the new revision.
-pub(crate) async fn write(conn: Connection, w: Write) -> Result<u64, WriteError> {
-    let all = range(&w.prefix);
-    let mut success: Vec<RequestOp> = w
-        .puts
-        .into_iter()
-        .map(|(k, v)| RequestOp::put(k, v))
-        .collect();
-    success.extend(w.deletes.into_iter().map(RequestOp::delete));
-    success.push(RequestOp::put(keys::meta_key(&w.prefix), w.meta));
-    let base = i64::try_from(w.base).unwrap_or(i64::MAX - 1);
-    let req = TxnRequest {
-        compare: vec![Compare::none_changed_since(&all, base + 1)],
-        success,
-        failure: vec![RequestOp::Range(RangeRequest::newest_under(&all))],
-    };
-    let resp = txn(&conn, &req).await.map_err(WriteError::Unavailable)?;
-    let revision = ResponseHeader::revision(resp.header.as_ref());
-    if resp.succeeded {
-        return Ok(revision);
-    }
-    let latest = resp
-        .responses
-        .iter()
-        .find_map(|r| {
-            r.response_range
-                .as_ref()?
-                .kvs
-                .first()
-                .map(KeyValue::mod_revision)
-        })
-        .unwrap_or(revision);
-    Err(WriteError::Conflict(latest))
+/// Everything under the prefix, with the revision each key was last written
+/// at, and the revision of the read.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub entries: Vec<(String, Vec<u8>, u64)>,
+    pub revision: u64,
 }
 
-/// Everything under the prefix and its revision. An empty prefix is seeded
-/// first with `table` as it is (the first instance's configuration).
+/// Everything under the prefix, with each key's revision. An empty prefix is
+/// seeded first with `table` as it is (the first instance's configuration),
+/// then read.
 pub(crate) async fn read_all<S: Follower>(
     store: &Arc<S>,
     table: &Arc<Table>,
-) -> Result<(Kvs, u64), ReadError> {
+) -> Result<Snapshot, ReadError> {
     let prefix = store.prefix().to_string();
     let all = range(&prefix);
     let conn = store.connection();
@@ -146,66 +296,75 @@ pub(crate) async fn read_all<S: Follower>(
         let revision = ResponseHeader::revision(resp.header.as_ref());
         if !resp.kvs.is_empty() {
             let newest = newest_in(&resp.kvs);
-            let mut kvs = Kvs::new();
-            for kv in resp.kvs {
-                kvs.insert(String::from_utf8_lossy(&kv.key).into_owned(), kv.value);
-            }
+            let entries = resp
+                .kvs
+                .into_iter()
+                .map(|kv| {
+                    let r = kv.mod_revision();
+                    (String::from_utf8_lossy(&kv.key).into_owned(), kv.value, r)
+                })
+                .collect();
             store.set_up(Some(newest.unwrap_or(revision)));
-            return Ok((kvs, revision));
+            return Ok(Snapshot { entries, revision });
         }
-        let t = Arc::clone(table);
-        let doc = tokio::task::spawn_blocking(move || t.saved_form())
-            .await
-            .map_err(ReadError::Snapshot)?;
-        let want = keys::to_kvs(&prefix, &doc);
-        let meta = keys::meta_key(&prefix);
-        let mut ops: Vec<RequestOp> = want
-            .iter()
-            .map(|(k, v)| RequestOp::put(k.clone(), v.clone()))
-            .collect();
-        let rest = ops.split_off(ops.len().min(MAX_TXN_OPS));
-        ops.push(RequestOp::put(
-            meta.clone(),
-            serde_json::json!({ "writer": store.instance(), "seeded": true }).to_string(),
-        ));
-        let first = TxnRequest {
-            compare: vec![Compare::absent(&meta)],
-            success: ops,
-            failure: Vec::new(),
-        };
-        let resp = txn(conn, &first).await.map_err(ReadError::Seed)?;
-        if !resp.succeeded {
-            continue; // another instance seeded it first: read theirs
-        }
-        let mut revision = ResponseHeader::revision(resp.header.as_ref());
-        for chunk in rest.chunks(MAX_TXN_OPS) {
-            let more = TxnRequest {
-                success: chunk.to_vec(),
-                ..TxnRequest::default()
-            };
-            let resp = txn(conn, &more).await.map_err(ReadError::SeedRest)?;
-            revision = ResponseHeader::revision(resp.header.as_ref());
-        }
-        info!(prefix = %prefix, keys = want.len(), revision, "the cluster store was empty: seeded it from this instance's table");
-        let mut kvs = want;
-        kvs.insert(keys::meta_key(&prefix), Vec::new());
-        store.set_up(Some(revision));
-        return Ok((kvs, revision));
+        seed(store, table, &prefix).await?;
+        // Read it back: each key with the revision it was written at.
     }
+}
+
+/// Seeds the empty prefix from `table`, unless another instance does first.
+async fn seed<S: Follower>(
+    store: &Arc<S>,
+    table: &Arc<Table>,
+    prefix: &str,
+) -> Result<(), ReadError> {
+    let conn = store.connection();
+    let t = Arc::clone(table);
+    let doc = tokio::task::spawn_blocking(move || t.saved_form())
+        .await
+        .map_err(ReadError::Snapshot)?;
+    let want = keys::to_kvs(prefix, &doc);
+    let meta = keys::meta_key(prefix);
+    let mut ops: Vec<RequestOp> = want
+        .iter()
+        .map(|(k, v)| RequestOp::put(k.clone(), v.clone()))
+        .collect();
+    let rest = ops.split_off(ops.len().min(MAX_TXN_OPS));
+    ops.push(RequestOp::put(
+        meta.clone(),
+        serde_json::json!({ "writer": store.instance(), "seeded": true }).to_string(),
+    ));
+    let first = TxnRequest {
+        compare: vec![Compare::absent(&meta)],
+        success: ops,
+        failure: Vec::new(),
+    };
+    let resp = txn(conn, &first).await.map_err(ReadError::Seed)?;
+    if !resp.succeeded {
+        return Ok(()); // another instance seeded it first: read theirs
+    }
+    let mut revision = ResponseHeader::revision(resp.header.as_ref());
+    for chunk in rest.chunks(MAX_TXN_OPS) {
+        let more = TxnRequest {
+            success: chunk.to_vec(),
+            ..TxnRequest::default()
+        };
+        let resp = txn(conn, &more).await.map_err(ReadError::SeedRest)?;
+        revision = ResponseHeader::revision(resp.header.as_ref());
+    }
+    info!(prefix = %prefix, keys = want.len(), revision, "the cluster store was empty: seeded it from this instance's table");
+    Ok(())
 }
 
 fn newest_in(raw: &[KeyValue]) -> Option<u64> {
     raw.iter().map(KeyValue::mod_revision).max()
 }
 
-async fn follow<S: Follower>(store: &Arc<S>, table: &Arc<Table>, kvs: &Kvs, revision: u64) {
-    let (doc, problems) = keys::from_kvs(store.prefix(), kvs);
-    for p in problems {
-        warn!(problem = %p, "cluster store: entry left out");
-    }
+/// Brings the table in line with the store's view, on a blocking thread.
+async fn follow<S: Follower>(store: &Arc<S>, table: &Arc<Table>) {
     let s = Arc::clone(store);
     let t = Arc::clone(table);
-    let _ = tokio::task::spawn_blocking(move || s.follow(&t, &doc, revision)).await;
+    let _ = tokio::task::spawn_blocking(move || s.follow_view(&t)).await;
 }
 
 /// Follows the store for the life of the process: resumes the watch from the
@@ -214,15 +373,17 @@ async fn follow<S: Follower>(store: &Arc<S>, table: &Arc<Table>, kvs: &Kvs, revi
 pub(crate) async fn watch_forever<S: Follower>(
     store: Arc<S>,
     table: Arc<Table>,
-    mut view: Option<(Kvs, u64)>,
+    mut seen: Option<u64>,
 ) {
     let mut pause = RETRY_MIN;
     loop {
-        let Some((kvs, revision)) = view.as_mut() else {
+        let Some(revision) = seen.as_mut() else {
             match read_all(&store, &table).await {
-                Ok((kvs, revision)) => {
-                    follow(&store, &table, &kvs, revision).await;
-                    view = Some((kvs, revision));
+                Ok(read) => {
+                    let r = read.revision;
+                    store.reset_view(read);
+                    follow(&store, &table).await;
+                    seen = Some(r);
                     pause = RETRY_MIN;
                 }
                 Err(e) => {
@@ -244,62 +405,9 @@ pub(crate) async fn watch_forever<S: Follower>(
                 continue;
             }
         };
-        let mut resync = false;
-        loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    if resp.compact_revision > 0 {
-                        warn!(
-                            from = *revision + 1,
-                            compacted = resp.compact_revision,
-                            "cluster store: the revisions this instance missed were compacted; reading everything again"
-                        );
-                        resync = true;
-                        break;
-                    }
-                    if resp.canceled {
-                        warn!(
-                            reason = %resp.cancel_reason,
-                            "cluster store: watch cancelled; reading everything again"
-                        );
-                        resync = true;
-                        break;
-                    }
-                    pause = RETRY_MIN;
-                    if resp.events.is_empty() {
-                        continue;
-                    }
-                    let mut newest = *revision;
-                    for ev in resp.events {
-                        let Some(kv) = ev.kv else { continue };
-                        newest = newest.max(kv.mod_revision());
-                        let key = String::from_utf8_lossy(&kv.key).into_owned();
-                        match ev.kind {
-                            EventType::Put => {
-                                kvs.insert(key, kv.value);
-                            }
-                            EventType::Delete => {
-                                kvs.remove(&key);
-                            }
-                        }
-                    }
-                    *revision = newest;
-                    follow(&store, &table, kvs, newest).await;
-                    // After following: connected, and in step if nothing newer came.
-                    store.set_up(None);
-                }
-                Ok(None) => {
-                    store.set_down("etcd closed the watch");
-                    break;
-                }
-                Err(e) => {
-                    store.set_down(&format!("etcd watch broke: {e}"));
-                    break;
-                }
-            }
-        }
+        let resync = follow_stream(&store, &table, &mut stream, revision, &mut pause).await;
         if resync {
-            view = None;
+            seen = None;
         } else {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
@@ -307,8 +415,71 @@ pub(crate) async fn watch_forever<S: Follower>(
     }
 }
 
+/// Applies what an open watch brings until it breaks; whether everything must
+/// be read again (the revisions missed were compacted, or etcd cancelled it).
+async fn follow_stream<S: Follower>(
+    store: &Arc<S>,
+    table: &Arc<Table>,
+    stream: &mut super::gateway::WatchStream,
+    revision: &mut u64,
+    pause: &mut Duration,
+) -> bool {
+    loop {
+        match stream.message().await {
+            Ok(Some(resp)) => {
+                if resp.compact_revision > 0 {
+                    warn!(
+                        from = *revision + 1,
+                        compacted = resp.compact_revision,
+                        "cluster store: the revisions this instance missed were compacted; reading everything again"
+                    );
+                    return true;
+                }
+                if resp.canceled {
+                    warn!(
+                        reason = %resp.cancel_reason,
+                        "cluster store: watch cancelled; reading everything again"
+                    );
+                    return true;
+                }
+                *pause = RETRY_MIN;
+                if resp.events.is_empty() {
+                    continue;
+                }
+                let mut newest = *revision;
+                let mut events = Vec::with_capacity(resp.events.len());
+                for ev in resp.events {
+                    let Some(kv) = ev.kv else { continue };
+                    let r = kv.mod_revision();
+                    newest = newest.max(r);
+                    let key = String::from_utf8_lossy(&kv.key).into_owned();
+                    let value = match ev.kind {
+                        EventType::Put => Some(kv.value),
+                        EventType::Delete => None,
+                    };
+                    events.push((key, value, r));
+                }
+                *revision = newest;
+                store.merge(events, newest);
+                follow(store, table).await;
+                // After following: connected, and in step if nothing newer came.
+                store.set_up(None);
+            }
+            Ok(None) => {
+                store.set_down("etcd closed the watch");
+                return false;
+            }
+            Err(e) => {
+                store.set_down(&format!("etcd watch broke: {e}"));
+                return false;
+            }
+        }
+    }
+}
+
 /// Every second: the newest revision under the prefix, so that the status can
-/// tell how far behind the table is, and whether etcd answers at all.
+/// tell how far behind the table is, and whether etcd answers at all; and each
+/// endpoint's health and leadership.
 pub(crate) async fn ping_forever<S: Follower>(store: Arc<S>) {
     let newest = RangeRequest::newest_under(&range(store.prefix()));
     let mut tick = tokio::time::interval(PING_EVERY);
@@ -322,5 +493,6 @@ pub(crate) async fn ping_forever<S: Follower>(store: Arc<S>) {
             }
             Err(e) => store.set_down(&format!("etcd does not answer: {e}")),
         }
+        store.connection().probe().await;
     }
 }

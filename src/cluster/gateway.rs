@@ -10,7 +10,12 @@
 //! What the gRPC client did for us and this one now does itself:
 //! - **Endpoints**: calls go to one endpoint until it cannot be connected to;
 //!   then the next is tried, in the same call (a refused connection sent
-//!   nothing, so trying elsewhere cannot apply anything twice).
+//!   nothing, so trying elsewhere cannot apply anything twice). A call that was
+//!   sent and got no answer (the member died, or cannot reach the leader)
+//!   fails, and the next call starts at the next endpoint: whether to send it
+//!   again is the caller's decision (`etcd::write` finds out first).
+//! - **Health**: each endpoint's last result, and, from `probe`, whether it is
+//!   the leader, for `/api/v1/cluster`.
 //! - **Authentication**: with `username`/`password`, a token is fetched on
 //!   first use and again whenever etcd says it is invalid (etcd forgets tokens
 //!   when it restarts, and expires them after `--auth-token-ttl`).
@@ -36,9 +41,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::{
-    AuthenticateRequest, AuthenticateResponse, ErrorBody, WatchMessage, WatchRequest, WatchResponse,
+    AuthenticateRequest, AuthenticateResponse, ErrorBody, StatusRequest, StatusResponse,
+    WatchMessage, WatchRequest, WatchResponse,
 };
 use crate::config::{ClusterConfig, UpstreamTls};
+use crate::state::EndpointStatus;
 
 /// gRPC's `UNAUTHENTICATED`: etcd's answer to a token it does not know.
 const UNAUTHENTICATED: i32 = 16;
@@ -62,6 +69,47 @@ pub(crate) enum EtcdError {
 }
 
 impl EtcdError {
+    /// The kind, for the error counters.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            EtcdError::Connect(_) => "connect",
+            EtcdError::Status { .. } => "status",
+            EtcdError::Transport(_) => "transport",
+            EtcdError::Timeout(_) => "timeout",
+            EtcdError::Decode(_) => "decode",
+        }
+    }
+
+    /// Nothing reached etcd, or etcd said it did not take the request: a
+    /// write that failed so was certainly not applied.
+    pub(crate) fn not_sent(&self) -> bool {
+        match self {
+            EtcdError::Connect(_) => true,
+            // Refusals before anything is proposed: no leader to propose to
+            // (14), a bad request (3), no permission (7), too many requests
+            // (8), an unknown token (16). Anything else ("request timed
+            // out", possibly after the proposal) may have been applied.
+            EtcdError::Status { code, message } => {
+                message.contains("no leader") || matches!(code, 3 | 7 | 8 | 16)
+            }
+            EtcdError::Transport(_) | EtcdError::Timeout(_) | EtcdError::Decode(_) => false,
+        }
+    }
+
+    /// The endpoint that gave this is worth leaving for the next one: it
+    /// took the request and did not answer, or cannot reach a leader.
+    fn member_trouble(&self) -> bool {
+        match self {
+            EtcdError::Connect(_) => false,
+            // 14: Unavailable ("no leader", "leader changed"); 4:
+            // DeadlineExceeded ("request timed out").
+            EtcdError::Status { code, message } => {
+                *code == 14 || *code == 4 || message.contains("leader")
+            }
+            EtcdError::Transport(_) | EtcdError::Timeout(_) | EtcdError::Decode(_) => true,
+        }
+    }
+
     fn is_unauthenticated(&self) -> bool {
         match self {
             EtcdError::Status { code, message } => {
@@ -104,6 +152,8 @@ struct Inner {
     credentials: Option<AuthenticateRequest>,
     token: Mutex<Option<String>>,
     timeout: Duration,
+    /// Each endpoint's last result, in `endpoints` order.
+    health: Mutex<Vec<EndpointStatus>>,
 }
 
 impl Gateway {
@@ -160,8 +210,19 @@ impl Gateway {
             }),
             _ => None,
         };
+        let health = cfg
+            .endpoints
+            .iter()
+            .map(|e| EndpointStatus {
+                endpoint: e.clone(),
+                reachable: None,
+                leader: None,
+                last_error: None,
+            })
+            .collect();
         Ok(Gateway {
             inner: std::sync::Arc::new(Inner {
+                health: Mutex::new(health),
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 http: client,
@@ -195,14 +256,44 @@ impl Gateway {
     }
 
     /// One POST and its decoded answer, within the timeout (no token renewal).
+    /// An endpoint that took the request and then failed to answer is noted,
+    /// and the next call starts at the next one.
     async fn exchange<R: DeserializeOwned>(
         &self,
         path: &str,
         body: Bytes,
         token: Option<&str>,
     ) -> Result<R, EtcdError> {
+        let at = AtomicUsize::new(usize::MAX);
         let answer = async {
-            let resp = self.send(path, body, token).await?;
+            let (resp, _) = self.send(path, body, token, None, &at).await?;
+            self.read_answer(resp).await
+        };
+        let result = tokio::time::timeout(self.inner.timeout, answer)
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out()));
+        let used = at.load(Ordering::Relaxed);
+        if let Err(e) = &result
+            && used != usize::MAX
+            && e.member_trouble()
+        {
+            self.mark(used, Some(e.to_string()));
+            let _ = self.inner.preferred.compare_exchange(
+                used,
+                (used + 1) % self.inner.endpoints.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        result
+    }
+
+    /// The body of an answer, decoded, or etcd's error.
+    async fn read_answer<R: DeserializeOwned>(
+        &self,
+        resp: hyper::Response<Incoming>,
+    ) -> Result<R, EtcdError> {
+        {
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -214,10 +305,70 @@ impl Gateway {
                 return Err(status_error(status, &bytes));
             }
             serde_json::from_slice::<R>(&bytes).map_err(|e| EtcdError::Decode(e.to_string()))
+        }
+    }
+
+    /// Asks every endpoint, one by one, whether it is up and whether it is the
+    /// leader (`/v3/maintenance/status`), for the status page.
+    pub(crate) async fn probe(&self) {
+        let body = match encode(&StatusRequest {}) {
+            Ok(b) => b,
+            Err(_) => return,
         };
-        tokio::time::timeout(self.inner.timeout, answer)
-            .await
-            .unwrap_or_else(|_| Err(self.timed_out()))
+        for at in 0..self.inner.endpoints.len() {
+            let asked = async {
+                let token = self.token(false).await?;
+                let tried = AtomicUsize::new(at);
+                let (resp, _) = self
+                    .send(
+                        "/v3/maintenance/status",
+                        body.clone(),
+                        token.as_deref(),
+                        Some(at),
+                        &tried,
+                    )
+                    .await?;
+                self.read_answer::<StatusResponse>(resp).await
+            };
+            let answer = tokio::time::timeout(self.inner.timeout, asked)
+                .await
+                .unwrap_or_else(|_| Err(self.timed_out()));
+            let mut health = self.lock_health();
+            if let Some(h) = health.get_mut(at) {
+                match answer {
+                    Ok(s) => {
+                        h.reachable = Some(true);
+                        h.leader = Some(s.is_leader());
+                        h.last_error = None;
+                    }
+                    Err(e) => {
+                        h.reachable = Some(false);
+                        h.leader = None;
+                        h.last_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each endpoint as last found.
+    pub(crate) fn health(&self) -> Vec<EndpointStatus> {
+        self.lock_health().clone()
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Vec<EndpointStatus>> {
+        self.inner.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes the result of a call to endpoint `at`: reached, or this error.
+    fn mark(&self, at: usize, error: Option<String>) {
+        if let Some(h) = self.lock_health().get_mut(at) {
+            h.reachable = Some(error.is_none());
+            if error.is_some() {
+                h.leader = None;
+            }
+            h.last_error = error;
+        }
     }
 
     /// Opens a watch and waits for etcd to confirm it.
@@ -227,8 +378,9 @@ impl Gateway {
         loop {
             let token = self.token(renewed).await?;
             let opened = async {
-                let resp = self
-                    .send("/v3/watch", body.clone(), token.as_deref())
+                let tried = AtomicUsize::new(usize::MAX);
+                let (resp, _) = self
+                    .send("/v3/watch", body.clone(), token.as_deref(), None, &tried)
                     .await?;
                 let status = resp.status();
                 if status != StatusCode::OK {
@@ -314,17 +466,21 @@ impl Gateway {
     }
 
     /// Sends a POST to the preferred endpoint, or, when it cannot be connected
-    /// to, to the next one, until one takes it.
+    /// to, to the next one, until one takes it; `only`: to that endpoint alone.
+    /// The answer's head, and the endpoint that gave it.
     async fn send(
         &self,
         path: &str,
         body: Bytes,
         token: Option<&str>,
-    ) -> Result<hyper::Response<Incoming>, EtcdError> {
+        only: Option<usize>,
+        trying: &AtomicUsize,
+    ) -> Result<(hyper::Response<Incoming>, usize), EtcdError> {
         let n = self.inner.endpoints.len();
-        let first = self.inner.preferred.load(Ordering::Relaxed);
+        let first = only.unwrap_or_else(|| self.inner.preferred.load(Ordering::Relaxed) % n);
+        let tries = if only.is_some() { 1 } else { n };
         let mut refused = Vec::new();
-        for i in 0..n {
+        for i in 0..tries {
             let at = (first + i) % n;
             let endpoint = &self.inner.endpoints[at];
             let mut req = Request::builder()
@@ -337,21 +493,27 @@ impl Gateway {
             let req = req
                 .body(Full::new(body.clone()))
                 .map_err(|e| EtcdError::Connect(format!("bad endpoint {endpoint:?}: {e}")))?;
+            trying.store(at, Ordering::Relaxed);
             match self.inner.http.request(req).await {
                 Ok(resp) => {
-                    if at != first {
+                    if at != first && only.is_none() {
                         self.inner.preferred.store(at, Ordering::Relaxed);
                     }
-                    return Ok(resp);
+                    self.mark(at, None);
+                    return Ok((resp, at));
                 }
                 Err(e) if e.is_connect() => {
-                    refused.push(format!("{endpoint}: {}", root_cause(&e)));
+                    let why = format!("{endpoint}: {}", root_cause(&e));
+                    self.mark(at, Some(why.clone()));
+                    refused.push(why);
                 }
                 Err(e) => {
-                    return Err(EtcdError::Transport(format!(
-                        "{endpoint}: {}",
-                        root_cause(&e)
-                    )));
+                    let why = format!("{endpoint}: {}", root_cause(&e));
+                    self.mark(at, Some(why.clone()));
+                    if only.is_none() {
+                        self.inner.preferred.store((at + 1) % n, Ordering::Relaxed);
+                    }
+                    return Err(EtcdError::Transport(why));
                 }
             }
         }

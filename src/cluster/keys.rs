@@ -7,6 +7,7 @@
 //! {prefix}/upstreams/{name}         {"settings":{...},"next_id":N}
 //! {prefix}/servers/{name}/{id:010}  {"id":N,"addr":"…","weight":…,"state":"up",…}
 //! {prefix}/deleted/{name}           a config upstream deleted through the API
+//! {prefix}/writers/{instance}       the id of that instance's last write (see `writer_key`)
 //! ```
 //!
 //! Pure functions, no I/O: the etcd side lives in `etcd.rs`.
@@ -31,7 +32,33 @@ pub(crate) fn meta_key(prefix: &str) -> String {
     format!("{prefix}/meta")
 }
 
-/// Every key of `doc` (not `meta`).
+/// Where an instance records the id of each write it makes, in the same
+/// transaction: after an answer that never came, reading it back tells whether
+/// the write was applied (see `etcd::resolve`). One key per running instance,
+/// which nobody else writes.
+pub(crate) fn writer_key(prefix: &str, instance: &str) -> String {
+    let name: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}/writers/{name}")
+}
+
+/// Whether `key` holds part of the table (not `meta`, not a writer key).
+pub(crate) fn is_table_key(prefix: &str, key: &str) -> bool {
+    match key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
+        Some(rest) => rest != "meta" && !rest.starts_with("writers/"),
+        None => false,
+    }
+}
+
+/// Every key of `doc` (not `meta`, not the writers' keys).
 pub(crate) fn to_kvs(prefix: &str, doc: &StateDoc) -> Kvs {
     let mut out = Kvs::new();
     for (name, up) in &doc.upstreams {
@@ -103,7 +130,7 @@ pub(crate) fn from_kvs(prefix: &str, kvs: &Kvs) -> (StateDoc, Vec<String>) {
             Some(("deleted", name)) if !name.is_empty() => {
                 doc.deleted.insert(name.to_string());
             }
-            _ if rest == "meta" => {}
+            _ if rest == "meta" || rest.starts_with("writers/") => {}
             _ => bad("not a key switchyard knows".into()),
         }
     }
@@ -225,6 +252,7 @@ mod tests {
         );
         kvs.insert("/sy/what".into(), b"1".to_vec());
         kvs.insert("/sy/meta".into(), b"{}".to_vec());
+        kvs.insert("/sy/writers/h_pid_1".into(), b"w-1".to_vec());
         let (back, problems) = from_kvs("/sy", &kvs);
         assert_eq!(back, doc());
         assert_eq!(problems.len(), 4, "{problems:?}");

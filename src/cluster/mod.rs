@@ -2,14 +2,22 @@
 //!
 //! [`ClusterStore`] is the table's [`StateStore`] when `[cluster]` is
 //! configured. A change made through any door of any instance is written to etcd
-//! in one transaction that holds only if nothing under the prefix changed since
-//! the revision this instance's table reflects; then it is published locally in
-//! the same swap as any change (read-your-writes) and the API answers. If another
-//! instance wrote first, the transaction fails, the table waits until the watch
-//! has brought that write in, and runs the command again on top of it (the
-//! writer's retry loop in `Table::apply_batch_as`). Every instance follows the
-//! store through one watch, in revision order, with `Table::follow`; a watch that
-//! fell behind a compaction re-reads everything and applies the difference.
+//! in one transaction that holds only if none of the keys it changes was written
+//! since the revision this instance's table holds of it (`view`): instances that
+//! change different servers do not get in each other's way. Then it is published
+//! locally in the same swap as any change (read-your-writes) and the API answers.
+//! If another instance changed one of those keys first, the transaction fails,
+//! the table waits until the watch has brought that write in, and runs the
+//! command again on top of it (the writer's retry loop in
+//! `Table::apply_batch_as`). Every instance follows the store through one watch,
+//! in revision order, with `Table::follow`; a watch that fell behind a
+//! compaction re-reads everything and applies the difference.
+//!
+//! A write whose answer is lost (the member died with it, or timed out) may have
+//! been applied: before answering, the store finds out (`etcd::write`), through
+//! the id every write leaves in this instance's writer key. Applied: the API
+//! says so; not applied: the write is fenced off and sent again; still unknown
+//! at the write's deadline: `StateError::OutcomeUnknown`, never "not applied".
 //!
 //! Admin state, weights and membership are shared; health is not: each instance
 //! checks from where it stands and no key carries a verdict.
@@ -18,15 +26,19 @@
 //! and the local state file keeps a copy of the last table with its revision, so
 //! a restart during the outage comes back with it.
 //!
-//! This module owns the key layout (`keys`) and the etcd conversation (`etcd`);
-//! it changes the table only through `Table::follow` and the store interface.
+//! This module owns the key layout (`keys`), the per-key view (`view`) and the
+//! etcd conversation (`etcd`); it changes the table only through
+//! `Table::follow` and the store interface.
 
 mod etcd;
 mod gateway;
 mod keys;
 mod lease;
+mod view;
 mod wire;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,16 +49,53 @@ pub use crate::state::ClusterStatus;
 pub use lease::ResolverLeases;
 use crate::state::{FileStore, StateDoc, StateError, StateStore};
 use crate::upstream::Table;
-use etcd::{Follower, ReadError, WriteError};
+use etcd::{Follower, ReadError, Snapshot, WriteEnd};
 use gateway::EtcdError;
 use keys::Kvs;
+use view::{Revisions, View};
 
-/// The table as the store had it at `revision`, in canonical keys: the base a
-/// local write's difference is taken from.
+/// A write is tried, and looked up, for at most this many `[cluster]
+/// timeout`s: long enough to ride out an election (a member's `timeout` spent
+/// waiting for a dead leader, the lookup, the try again).
+const WRITE_DEADLINE_TIMEOUTS: u32 = 3;
+
+/// The table's side: what it holds, in canonical keys (the base a local
+/// write's difference is taken from), and the revision of each key it holds
+/// (what a write's guards name).
 #[derive(Debug, Default)]
 struct Mirror {
     kvs: Kvs,
+    revs: Revisions,
+    /// The view's version the table holds (see `View::version`).
+    version: u64,
+    /// Everything the watch delivered up to here is in the table.
+    followed: u64,
+    /// The newest revision in the table, own writes included.
     revision: u64,
+}
+
+/// The view and the table's side of it, under one lock.
+#[derive(Debug, Default)]
+struct Shared {
+    view: View,
+    mirror: Mirror,
+    /// This instance's writer key's revision, as last written here.
+    writer_rev: Option<u64>,
+}
+
+/// Failed calls and looked-up writes, by kind, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counters(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Counters {
+    fn add(&self, kind: &'static str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(kind).or_default() += 1;
+    }
+
+    fn get(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[derive(Debug)]
@@ -65,10 +114,14 @@ pub struct ClusterStore {
     instance: String,
     runtime: tokio::runtime::Handle,
     client: etcd::Connection,
-    mirror: Mutex<Mirror>,
+    shared: Mutex<Shared>,
+    /// Signalled whenever `Mirror::followed` moves (for `catch_up`).
     applied: Condvar,
     cache: Option<FileStore>,
     link: Mutex<Link>,
+    errors: Arc<Counters>,
+    /// Numbers this instance's writes (their ids in the writer key).
+    writes: AtomicU64,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -105,9 +158,11 @@ impl ClusterStore {
             instance,
             runtime,
             client,
-            mirror: Mutex::new(Mirror::default()),
+            shared: Mutex::new(Shared::default()),
             applied: Condvar::new(),
             cache,
+            errors: Arc::new(Counters::default()),
+            writes: AtomicU64::new(0),
             link: Mutex::new(Link {
                 connected: false,
                 store_revision: 0,
@@ -132,10 +187,11 @@ impl ClusterStore {
             )
             .unwrap_or_else(|e| Err(ReadError::Unanswered(e)))
         };
-        let view = match first {
-            Ok(view) => {
-                let (doc, _) = keys::from_kvs(&self.cfg.prefix, &view.0);
-                let n = self.follow(table, &doc, view.1);
+        let seen = match first {
+            Ok(read) => {
+                let revision = read.revision;
+                self.reset_view(read);
+                let n = self.follow_view(table);
                 if n > 0 {
                     warn!(
                         changes = n,
@@ -143,30 +199,33 @@ impl ClusterStore {
                         "this instance's configuration differs from the cluster store; following the store (each difference is logged above as a table change)"
                     );
                 }
-                info!(prefix = %self.cfg.prefix, revision = view.1, "following the cluster store");
-                Some(view)
+                info!(prefix = %self.cfg.prefix, revision, "following the cluster store");
+                Some(revision)
             }
             Err(e) => {
                 let e = e.to_string();
                 self.set_down(&e);
-                self.follow_cache(table, &e)
+                self.follow_cache(table, &e);
+                // The watch reads everything when etcd answers: the cache
+                // has no revisions per key to guard writes with.
+                None
             }
         };
         let store = Arc::clone(self);
         let t = Arc::clone(table);
-        self.runtime.spawn(etcd::watch_forever(store, t, view));
+        self.runtime.spawn(etcd::watch_forever(store, t, seen));
         let store = Arc::clone(self);
         self.runtime.spawn(etcd::ping_forever(store));
     }
 
     /// Start-up while etcd is away: the cached table, if there is one.
-    fn follow_cache(&self, table: &Table, why: &str) -> Option<(Kvs, u64)> {
+    fn follow_cache(&self, table: &Table, why: &str) {
         let cached = match &self.cache {
             Some(cache) => match cache.load() {
                 Ok(doc) => doc,
                 Err(e) => {
                     warn!(error = %e, "cluster store unreachable and the cached table cannot be read; serving the configuration");
-                    return None;
+                    return;
                 }
             },
             None => None,
@@ -176,38 +235,123 @@ impl ClusterStore {
                 error = %why,
                 "cluster store unreachable and no cached table; serving the configuration until the store answers"
             );
-            return None;
+            return;
         };
         let revision = doc.revision.unwrap_or(0);
-        self.follow(table, &doc, revision);
+        let adopt = |saved: &StateDoc| {
+            let mut s = self.lock_shared();
+            s.mirror.kvs = keys::to_kvs(&self.cfg.prefix, saved);
+            s.mirror.revision = revision;
+            Ok(())
+        };
+        if let Err(e) = table.follow(&doc, "cluster", &adopt) {
+            warn!(error = %e, "cluster store: the cached table could not be applied");
+        }
         warn!(
             error = %why,
             cache = %self.describe_cache(),
             revision,
             "cluster store unreachable; serving the cached table until it answers"
         );
-        (revision > 0).then(|| (keys::to_kvs(&self.cfg.prefix, &doc), revision))
     }
 
-    /// The table took the store's view at `revision` (under its writer lock).
-    fn adopt(&self, saved: &StateDoc, revision: u64) -> Result<(), StateError> {
+    /// The table took the view at `version` (under its writer lock); refused
+    /// when the view changed since (a local write, or the watch), for the
+    /// caller to take it again.
+    fn adopt(
+        &self,
+        saved: &StateDoc,
+        revs: &Revisions,
+        version: u64,
+        watched: u64,
+    ) -> Result<(), StateError> {
         let kvs = keys::to_kvs(&self.cfg.prefix, saved);
-        let mut m = self.lock_mirror();
-        if revision < m.revision {
-            // A local write already published something newer.
+        let mut s = self.lock_shared();
+        if s.view.version() != version {
             return Err(StateError::Conflict {
-                revision: m.revision,
+                revision: s.view.watched(),
             });
         }
-        let changed = m.kvs != kvs || m.revision != revision;
-        m.kvs = kvs;
-        m.revision = revision;
-        drop(m);
+        let changed = s.mirror.kvs != kvs;
+        s.mirror.kvs = kvs;
+        s.mirror.revs = revs.clone();
+        s.mirror.version = version;
+        s.mirror.followed = s.mirror.followed.max(watched);
+        s.mirror.revision = s.mirror.revision.max(watched);
+        let revision = s.mirror.revision;
+        drop(s);
         self.applied.notify_all();
         if changed {
             self.save_cache(saved, revision);
         }
         Ok(())
+    }
+
+    /// The write that makes the store hold `want`: the keys that differ from
+    /// what the table holds, each guarded by the revision the table holds of
+    /// it; `None` when nothing differs.
+    fn write_for(&self, want: &Kvs) -> Option<etcd::Write> {
+        let s = self.lock_shared();
+        let (puts, deletes) = keys::diff(&s.mirror.kvs, want);
+        if puts.is_empty() && deletes.is_empty() {
+            return None;
+        }
+        let guards = puts
+            .iter()
+            .map(|(k, _)| k)
+            .chain(&deletes)
+            .map(|k| (k.clone(), s.mirror.revs.get(k).copied()))
+            .collect();
+        let writer_rev = s.writer_rev;
+        drop(s);
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        Some(etcd::Write {
+            prefix: self.cfg.prefix.clone(),
+            puts,
+            deletes,
+            guards,
+            meta: serde_json::json!({
+                "writer": self.instance,
+                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            })
+            .to_string(),
+            writer_key: keys::writer_key(&self.cfg.prefix, &self.instance),
+            writer_rev,
+            id: format!("{}-{n}", std::process::id()),
+        })
+    }
+
+    /// An own write was applied at `revision`: the table will hold `want`
+    /// (it publishes right after), and the view has the write.
+    fn written(&self, want: Kvs, puts: &[(String, Vec<u8>)], deletes: &[String], revision: u64) {
+        let mut s = self.lock_shared();
+        s.mirror.kvs = want;
+        for (k, _) in puts {
+            s.mirror.revs.insert(k.clone(), revision);
+        }
+        for k in deletes {
+            s.mirror.revs.remove(k);
+        }
+        // The table held the whole view: with the write it still does.
+        let whole = s.mirror.version == s.view.version();
+        s.view.own_write(puts, deletes, revision);
+        if whole {
+            s.mirror.version = s.view.version();
+        }
+        s.mirror.revision = s.mirror.revision.max(revision);
+    }
+
+    /// The table is the view as it is: what the watch delivered is followed.
+    fn in_step(&self) -> bool {
+        let mut s = self.lock_shared();
+        if s.mirror.version != s.view.version() {
+            return false;
+        }
+        s.mirror.followed = s.mirror.followed.max(s.view.watched());
+        s.mirror.revision = s.mirror.revision.max(s.view.watched());
+        drop(s);
+        self.applied.notify_all();
+        true
     }
 
     fn save_cache(&self, doc: &StateDoc, revision: u64) {
@@ -226,8 +370,8 @@ impl ClusterStore {
             .map_or_else(|| "none".into(), |c| c.path().display().to_string())
     }
 
-    fn lock_mirror(&self) -> MutexGuard<'_, Mirror> {
-        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_link(&self) -> MutexGuard<'_, Link> {
@@ -258,7 +402,7 @@ impl ClusterStore {
 
     /// The store as this instance sees it now.
     pub fn status(&self) -> ClusterStatus {
-        let applied = self.lock_mirror().revision;
+        let applied = self.lock_shared().mirror.revision;
         let link = self.lock_link();
         let store_revision = link.store_revision.max(applied);
         let lag = if link.connected && applied >= store_revision {
@@ -275,6 +419,8 @@ impl ClusterStore {
             store_revision,
             lag_seconds: lag,
             last_error: link.last_error.clone(),
+            members: self.client.health(),
+            errors: self.errors.get(),
         }
     }
 }
@@ -293,7 +439,7 @@ impl Follower for ClusterStore {
     }
 
     fn set_up(&self, store_revision: Option<u64>) {
-        let applied = self.lock_mirror().revision;
+        let applied = self.lock_shared().mirror.revision;
         let mut link = self.lock_link();
         link.connected = true;
         link.last_error = None;
@@ -317,15 +463,59 @@ impl Follower for ClusterStore {
         link.last_error = Some(error.to_string());
     }
 
-    fn follow(&self, table: &Table, doc: &StateDoc, revision: u64) -> usize {
-        let adopt = |saved: &StateDoc| self.adopt(saved, revision);
-        match table.follow(doc, "cluster", &adopt) {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, revision, "cluster store: change could not be applied here");
-                0
+    fn reset_view(&self, read: Snapshot) {
+        let prefix = &self.cfg.prefix;
+        let entries = read
+            .entries
+            .into_iter()
+            .filter(|(k, _, _)| keys::is_table_key(prefix, k))
+            .collect();
+        self.lock_shared().view.reset(entries, read.revision);
+    }
+
+    fn merge(&self, events: Vec<(String, Option<Vec<u8>>, u64)>, newest: u64) {
+        let prefix = &self.cfg.prefix;
+        let mut s = self.lock_shared();
+        for (key, value, revision) in events {
+            if keys::is_table_key(prefix, &key) {
+                s.view.event(key, value, revision);
             }
         }
+        s.view.watched_to(newest);
+    }
+
+    fn follow_view(&self, table: &Table) -> usize {
+        // A local write between taking the view and adopting it makes the
+        // table refuse it (it would undo the write): take it again.
+        for _ in 0..8 {
+            if self.in_step() {
+                return 0;
+            }
+            let (kvs, revs, version, watched) = {
+                let mut s = self.lock_shared();
+                let (kvs, revs) = s.view.snapshot();
+                (kvs, revs, s.view.version(), s.view.watched())
+            };
+            let (doc, problems) = keys::from_kvs(&self.cfg.prefix, &kvs);
+            for p in problems {
+                warn!(problem = %p, "cluster store: entry left out");
+            }
+            let stale = std::cell::Cell::new(false);
+            let adopt = |saved: &StateDoc| {
+                let r = self.adopt(saved, &revs, version, watched);
+                stale.set(r.is_err());
+                r
+            };
+            match table.follow(&doc, "cluster", &adopt) {
+                Ok(_) if stale.get() => continue,
+                Ok(n) => return n,
+                Err(e) => {
+                    warn!(error = %e, revision = watched, "cluster store: change could not be applied here");
+                    return 0;
+                }
+            }
+        }
+        0
     }
 }
 
@@ -338,46 +528,47 @@ impl StateStore for ClusterStore {
 
     fn save(&self, doc: &StateDoc) -> Result<(), StateError> {
         let want = keys::to_kvs(&self.cfg.prefix, doc);
-        let (base, puts, deletes) = {
-            let m = self.lock_mirror();
-            let (puts, deletes) = keys::diff(&m.kvs, &want);
-            (m.revision, puts, deletes)
-        };
-        if puts.is_empty() && deletes.is_empty() {
+        let Some(write) = self.write_for(&want) else {
             return Ok(());
-        }
-        let write = etcd::Write {
-            prefix: self.cfg.prefix.clone(),
-            base,
-            puts,
-            deletes,
-            meta: serde_json::json!({
-                "writer": self.instance,
-                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            })
-            .to_string(),
         };
-        let client = self.client.clone();
-        let outcome = self
-            .run(etcd::write(client, write), self.cfg.timeout)
-            .unwrap_or_else(|e| Err(WriteError::Unanswered(e)));
-        let revision = match outcome {
-            Ok(revision) => revision,
-            Err(WriteError::Conflict(latest)) => {
-                return Err(StateError::Conflict { revision: latest });
+        let (puts, deletes) = (write.puts.clone(), write.deletes.clone());
+        let within = self.cfg.timeout * WRITE_DEADLINE_TIMEOUTS;
+        let deadline = tokio::time::Instant::now() + within;
+        let errors = Arc::clone(&self.errors);
+        let count = move |kind: &'static str| errors.add(kind);
+        let (end, writer_rev) = self
+            .run(
+                etcd::write(self.client.clone(), write, deadline, count),
+                within + self.cfg.timeout,
+            )
+            .unwrap_or_else(|e| (WriteEnd::Unknown(e), None));
+        self.lock_shared().writer_rev = writer_rev;
+        let revision = match end {
+            WriteEnd::Applied(revision) => revision,
+            WriteEnd::Conflict(newest) => {
+                self.errors.add("conflict");
+                // What refused it is newer than what the watch delivered.
+                let followed = self.lock_shared().mirror.followed;
+                return Err(StateError::Conflict {
+                    revision: newest.max(followed + 1),
+                });
             }
-            Err(e) => {
-                let e = e.to_string();
+            WriteEnd::NotApplied(e) => {
+                let e = format!("etcd write failed: {e}");
                 self.set_down(&e);
                 return Err(StateError::Unavailable(e));
             }
+            WriteEnd::Unknown(e) => {
+                self.errors.add("outcome_unknown");
+                let e = format!(
+                    "etcd did not answer ({e}) and could not be asked within {} whether the write was applied: it may have been; the table shows it once the store is reachable again if it was",
+                    humantime::format_duration(within)
+                );
+                self.set_down(&e);
+                return Err(StateError::OutcomeUnknown(e));
+            }
         };
-        {
-            let mut m = self.lock_mirror();
-            m.kvs = want;
-            m.revision = m.revision.max(revision);
-        }
-        self.applied.notify_all();
+        self.written(want, &puts, &deletes, revision);
         self.set_up(Some(revision));
         self.save_cache(doc, revision);
         Ok(())
@@ -394,13 +585,13 @@ impl StateStore for ClusterStore {
 
     fn catch_up(&self, revision: u64, within: Duration) -> bool {
         let deadline = Instant::now() + within;
-        let mut m = self.lock_mirror();
-        while m.revision < revision {
+        let mut s = self.lock_shared();
+        while s.mirror.followed < revision {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            m = match self.applied.wait_timeout(m, left) {
+            s = match self.applied.wait_timeout(s, left) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };

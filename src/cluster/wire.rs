@@ -204,7 +204,6 @@ impl RequestOp {
 #[serde(rename_all = "UPPERCASE")]
 pub(crate) enum CompareResult {
     Equal,
-    Less,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -212,6 +211,7 @@ pub(crate) enum CompareResult {
 pub(crate) enum CompareTarget {
     Version,
     Mod,
+    Value,
 }
 
 /// A condition of a transaction, on one key or (with `range_end`) on every key
@@ -228,18 +228,35 @@ pub(crate) struct Compare {
     pub version: i64,
     #[serde(with = "i64s", skip_serializing_if = "is_zero")]
     pub mod_revision: i64,
+    #[serde(with = "b64", skip_serializing_if = "Vec::is_empty")]
+    pub value: Vec<u8>,
 }
 
 impl Compare {
-    /// Holds when no key under `prefix` changed at or after `revision`.
-    pub fn none_changed_since(prefix: &str, revision: i64) -> Compare {
+    /// Holds when `key` was last changed at `revision` (it exists and nobody
+    /// wrote it since).
+    pub fn unchanged_since(key: &str, revision: i64) -> Compare {
         Compare {
-            result: CompareResult::Less,
+            result: CompareResult::Equal,
             target: CompareTarget::Mod,
-            key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
+            key: key.as_bytes().to_vec(),
+            range_end: Vec::new(),
             version: 0,
             mod_revision: revision,
+            value: Vec::new(),
+        }
+    }
+
+    /// Holds when `key` holds `value`.
+    pub fn holds(key: &str, value: &[u8]) -> Compare {
+        Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Value,
+            key: key.as_bytes().to_vec(),
+            range_end: Vec::new(),
+            version: 0,
+            mod_revision: 0,
+            value: value.to_vec(),
         }
     }
 
@@ -252,6 +269,7 @@ impl Compare {
             range_end: Vec::new(),
             version: 0,
             mod_revision: 0,
+            value: Vec::new(),
         }
     }
 }
@@ -279,6 +297,43 @@ pub(crate) struct TxnResponse {
     #[serde(default)]
     pub responses: Vec<ResponseOp>,
 }
+
+impl RangeRequest {
+    /// One key.
+    pub fn key(key: &str) -> RangeRequest {
+        RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..RangeRequest::default()
+        }
+    }
+}
+
+/// `/v3/maintenance/status`'s answer: which member answered and which member
+/// it follows as leader (`uint64`s, as decimal strings).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct StatusResponse {
+    pub header: Option<MemberHeader>,
+    #[serde(default)]
+    pub leader: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct MemberHeader {
+    #[serde(default)]
+    pub member_id: String,
+}
+
+impl StatusResponse {
+    /// Whether the member that answered is the leader.
+    pub fn is_leader(&self) -> bool {
+        let me = self.header.as_ref().map_or("", |h| h.member_id.as_str());
+        !me.is_empty() && me == self.leader
+    }
+}
+
+/// `/v3/maintenance/status` takes an empty request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct StatusRequest {}
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct WatchCreateRequest {
@@ -397,7 +452,7 @@ mod tests {
     #[test]
     fn a_guarded_txn_is_spelled_as_the_gateway_reads_it() {
         let txn = TxnRequest {
-            compare: vec![Compare::none_changed_since("/p/", 8)],
+            compare: vec![Compare::unchanged_since("/p/k", 8)],
             success: vec![RequestOp::put("/p/k", "v"), RequestOp::delete("/p/d")],
             failure: vec![RequestOp::Range(RangeRequest::newest_under("/p/"))],
         };
@@ -405,14 +460,31 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "compare": [{"result": "LESS", "target": "MOD", "key": "L3Av",
-                             "range_end": "L3Aw", "mod_revision": "8"}],
+                "compare": [{"result": "EQUAL", "target": "MOD", "key": "L3Avaw==",
+                             "mod_revision": "8"}],
                 "success": [{"request_put": {"key": "L3Avaw==", "value": "dg=="}},
                             {"request_delete_range": {"key": "L3AvZA=="}}],
                 "failure": [{"request_range": {"key": "L3Av", "range_end": "L3Aw", "limit": "1",
                              "sort_order": "DESCEND", "sort_target": "MOD", "keys_only": true}}]
             })
         );
+        let guards = serde_json::to_value([
+            Compare::unchanged_since("/k", 9),
+            Compare::holds("/m", b"v"),
+        ])
+        .unwrap();
+        assert_eq!(
+            guards,
+            serde_json::json!([
+                {"result": "EQUAL", "target": "MOD", "key": "L2s=", "mod_revision": "9"},
+                {"result": "EQUAL", "target": "VALUE", "key": "L20=", "value": "dg=="}
+            ])
+        );
+        let status: StatusResponse = serde_json::from_str(
+            r#"{"header":{"cluster_id":"1","member_id":"10276657743932975437","revision":"2"},"version":"3.4.23","leader":"10276657743932975437"}"#,
+        )
+        .unwrap();
+        assert!(status.is_leader());
         let absent = serde_json::to_value(Compare::absent("/m")).unwrap();
         assert_eq!(
             absent,

@@ -16,4 +16,4 @@ mod store;
 pub use admin_state::{AdminState, UnknownAdminState};
 pub use doc::{HealthCheckState, ServerState, SettingsState, StateDoc, UpstreamState};
 pub use file::FileStore;
-pub use store::{ClusterStatus, StateError, StateStore};
+pub use store::{ClusterStatus, EndpointStatus, StateError, StateStore};

@@ -25,6 +25,23 @@ pub struct ClusterStatus {
     /// 0 while it is.
     pub lag_seconds: f64,
     pub last_error: Option<String>,
+    /// Each endpoint as this instance last found it, in `endpoints` order.
+    pub members: Vec<EndpointStatus>,
+    /// Failed calls to the store since start, by kind (`connect`, `timeout`,
+    /// `transport`, `status`, `decode`), and writes whose outcome had to be
+    /// looked up (`outcome_looked_up`) or stayed unknown (`outcome_unknown`).
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// One endpoint of a shared store.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    /// The last call or probe reached it; `None` before the first.
+    pub reachable: Option<bool>,
+    /// It said it is the leader when last probed; `None` when it could not say.
+    pub leader: Option<bool>,
+    pub last_error: Option<String>,
 }
 
 /// Why the state could not be read or written.
@@ -46,9 +63,14 @@ pub enum StateError {
     /// table first; `revision` is the store's revision to catch up with.
     #[error("another instance changed the table first (store revision {revision})")]
     Conflict { revision: u64 },
-    /// A shared store could not be reached or did not answer in time.
+    /// A shared store could not be reached or did not answer in time, and the
+    /// change is known not to have been applied.
     #[error("the cluster store is unavailable: {0}")]
     Unavailable(String),
+    /// The change was sent, and the store could not be asked whether it was
+    /// applied before the write's deadline: it may have been.
+    #[error("the cluster store did not confirm the write: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// Where the table's state is kept.

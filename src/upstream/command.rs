@@ -254,6 +254,10 @@ pub enum TableError {
     /// changes wait until the store is back.
     #[error("the change was not applied: {0}")]
     StoreUnavailable(String),
+    /// The shared store took the change and its answer was lost, and it could
+    /// not be asked in time whether the change was applied: it may have been.
+    #[error("the change may or may not have been applied: {0}")]
+    StoreOutcomeUnknown(String),
 }
 
 /// A refused batch: the error, and the index of the command that caused it

@@ -70,10 +70,11 @@ impl std::fmt::Debug for Table {
     }
 }
 
-/// How often a batch is run again after the shared store refused it because
-/// another instance wrote first, and how long each time it waits to catch up.
-const CONFLICT_ATTEMPTS: usize = 8;
-const CONFLICT_WAIT: Duration = Duration::from_secs(5);
+/// How long a batch is run again after the shared store refused it because
+/// another instance changed what it changes first (each time once the table
+/// holds that change): a client sees `Conflict` only if the batch keeps losing
+/// for this long.
+const CONFLICT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why a batch under the writer lock did not publish.
 enum Refused {
@@ -215,7 +216,7 @@ impl Table {
     }
 
     /// [`Table::apply_as`] on the calling thread, which it blocks (fsync, etcd,
-    /// up to `CONFLICT_ATTEMPTS` waits to catch up with a shared store): for
+    /// up to `CONFLICT_DEADLINE` of waits to catch up with a shared store): for
     /// code outside any async runtime or on a blocking thread, never for async
     /// code.
     pub fn apply_as_blocking(
@@ -243,15 +244,17 @@ impl Table {
             None => Ok(()),
         };
         let mut conflicts = 0;
+        let deadline = std::time::Instant::now() + CONFLICT_DEADLINE;
         loop {
             match self.write_locked(self.lock_writer(), commands, origin, &save, None) {
                 Err(Refused::Conflict(revision)) => {
                     conflicts += 1;
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
                     let caught_up = self
                         .store
                         .as_ref()
-                        .is_some_and(|s| s.catch_up(revision, CONFLICT_WAIT));
-                    if conflicts >= CONFLICT_ATTEMPTS || !caught_up {
+                        .is_some_and(|s| s.catch_up(revision, left));
+                    if !caught_up || std::time::Instant::now() >= deadline {
                         return Err(BatchError {
                             index: None,
                             error: TableError::Conflict(format!(
@@ -452,6 +455,10 @@ fn save_step(
         StateError::Unavailable(_) => Refused::Batch(BatchError {
             index: None,
             error: TableError::StoreUnavailable(e.to_string()),
+        }),
+        StateError::OutcomeUnknown(_) => Refused::Batch(BatchError {
+            index: None,
+            error: TableError::StoreOutcomeUnknown(e.to_string()),
         }),
         other => Refused::Batch(BatchError {
             index: None,

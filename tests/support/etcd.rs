@@ -1,6 +1,8 @@
-//! A real single-member etcd for tests and the fleet benchmark: loopback ports
-//! the kernel picked, a temporary data directory, readiness polled on
-//! `/health`, and `etcdctl` (API v3) for looking at and changing what is stored.
+//! A real etcd for tests and the fleet benchmark — one member ([`Etcd`]) or a
+//! cluster of three ([`EtcdCluster`], members killed and restarted one by one):
+//! loopback ports the kernel picked, temporary data directories, readiness
+//! polled on `/health`, and `etcdctl` (API v3) for looking at and changing what
+//! is stored.
 //!
 //! Uses only std, `serde_json` and `tempfile`, so that `benches/fleet.rs` can
 //! include this file with `#[path]`.
@@ -22,6 +24,8 @@ pub struct Etcd {
     peer_port: u16,
     dir: tempfile::TempDir,
     tls: Option<EtcdTls>,
+    /// A member of a cluster: its name and `--initial-cluster`.
+    member: Option<(String, String)>,
 }
 
 /// Files for an etcd that speaks TLS to clients and requires a client
@@ -117,6 +121,7 @@ impl Etcd {
             peer_port: 0,
             dir,
             tls,
+            member: None,
         };
         // Another test may take a port between the check and etcd's bind: then
         // try other ports.
@@ -186,6 +191,13 @@ impl Etcd {
     }
 
     fn try_spawn(&mut self) -> Result<(), String> {
+        self.launch();
+        self.wait_ready()
+    }
+
+    /// Starts the process (without waiting for it to be healthy: a member of
+    /// a cluster is not until a quorum is up).
+    fn launch(&mut self) {
         assert!(self.child.is_none(), "etcd is already running");
         let etcd = tool("etcd");
         let log = std::fs::OpenOptions::new()
@@ -205,9 +217,18 @@ impl Etcd {
                 .arg(&t.ca)
                 .arg("--client-cert-auth");
         }
+        let (name, initial) = match &self.member {
+            Some((name, cluster)) => {
+                // Short elections: a killed leader is replaced in about a
+                // second, as the fault tests need.
+                cmd.args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+                (name.clone(), cluster.clone())
+            }
+            None => ("t".to_string(), format!("t={peer}")),
+        };
         let child = cmd
             .arg("--name")
-            .arg("t")
+            .arg(name)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen-client-urls")
@@ -219,7 +240,7 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("t={peer}"))
+            .arg(initial)
             .env_remove("ETCD_NAME")
             .env_remove("ETCD_DATA_DIR")
             .stdin(Stdio::null())
@@ -228,7 +249,6 @@ impl Etcd {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
         self.child = Some(child);
-        self.wait_ready()
     }
 
     /// Polls `GET /health` until it answers `"health":"true"` (at most 30 s).
@@ -396,6 +416,120 @@ impl Etcd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Three etcd members on loopback forming one cluster, with short elections
+/// (heartbeat 50 ms, election timeout 500 ms).
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts three members and waits until every one is healthy.
+    pub fn start() -> EtcdCluster {
+        let mut members: Vec<Etcd> = (0..3)
+            .map(|i| {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("switchyard-etcd-m{i}"))
+                    .tempdir()
+                    .unwrap();
+                Etcd {
+                    child: None,
+                    client_port: 0,
+                    peer_port: 0,
+                    dir,
+                    tls: None,
+                    member: None,
+                }
+            })
+            .collect();
+        let mut taken = std::collections::HashSet::new();
+        for m in &mut members {
+            for port in [&mut m.client_port, &mut m.peer_port] {
+                *port = loop {
+                    let p = free_port();
+                    if taken.insert(p) {
+                        break p;
+                    }
+                };
+            }
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}=http://127.0.0.1:{}", m.peer_port))
+            .collect();
+        let initial = initial.join(",");
+        for (i, m) in members.iter_mut().enumerate() {
+            m.member = Some((format!("m{i}"), initial.clone()));
+            m.launch();
+        }
+        for m in &mut members {
+            if let Err(e) = m.wait_ready() {
+                panic!("{e}");
+            }
+        }
+        EtcdCluster { members }
+    }
+
+    /// Every member's `127.0.0.1:PORT`, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// A running member, to ask with etcdctl.
+    pub fn any(&mut self) -> &Etcd {
+        let i = (0..3)
+            .find(|&i| self.members[i].is_running())
+            .expect("a member is running");
+        &self.members[i]
+    }
+
+    /// The index of the member that says it is the leader (waits up to 10 s
+    /// for one).
+    pub fn leader(&mut self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for i in 0..3 {
+                if !self.members[i].is_running() {
+                    continue;
+                }
+                let Ok(out) = self.members[i].ctl(&["endpoint", "status", "-w", "json"]) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                let st = &v[0]["Status"];
+                if st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"] {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no etcd leader within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` of member `i` (its data stays for [`EtcdCluster::restart`]).
+    pub fn kill_9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops (`SIGSTOP`) or continues (`SIGCONT`) member `i`.
+    pub fn signal(&mut self, i: usize, sig: &str) {
+        let pid = self.members[i].child.as_ref().expect("running").id();
+        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+    }
+
+    /// Starts member `i` again with its data and waits until it is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.kill_9(i);
+        self.members[i].launch();
+        if let Err(e) = self.members[i].wait_ready() {
+            panic!("{e}");
+        }
     }
 }
 
