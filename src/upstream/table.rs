@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -59,6 +59,56 @@ pub struct Table {
     /// Changes published by `apply*` (one per event; health reports excluded),
     /// for the `switchyard_admin_changes_total` metric.
     admin_changes: AtomicU64,
+    /// Batches waiting for the writer, to be saved together (group commit).
+    queue: Mutex<Vec<Arc<Waiting>>>,
+}
+
+/// A batch waiting for the writer. With a state store, every batch that
+/// arrives while another is being saved waits here; the next one to get the
+/// writer takes all that wait, plans them one after the other, saves them in
+/// one go (one etcd transaction, one fsync) and publishes them in one swap,
+/// and gives each its own answer. A batch refused by the plan is answered
+/// alone and does not hold the others back.
+struct Waiting {
+    commands: Vec<Command>,
+    origin: String,
+    state: Mutex<Turn>,
+    done: Condvar,
+}
+
+enum Turn {
+    Queued,
+    /// In a group another caller is writing.
+    Taken,
+    Done(Result<Vec<Arc<Server>>, BatchError>),
+}
+
+impl Waiting {
+    fn lock(&self) -> MutexGuard<'_, Turn> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self, result: Result<Vec<Arc<Server>>, BatchError>) {
+        *self.lock() = Turn::Done(result);
+        self.done.notify_all();
+    }
+
+    /// Waits until the caller writing this batch's group answers it.
+    fn wait(&self) -> Result<Vec<Arc<Server>>, BatchError> {
+        let mut turn = self.lock();
+        loop {
+            if let Turn::Done(_) = &*turn {
+                let Turn::Done(r) = std::mem::replace(&mut *turn, Turn::Taken) else {
+                    unreachable!("matched Done above")
+                };
+                return r;
+            }
+            turn = match self.done.wait(turn) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
 }
 
 impl std::fmt::Debug for Table {
@@ -118,6 +168,7 @@ impl Table {
             events,
             event_seq: AtomicU64::new(0),
             admin_changes: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
         })
     }
 
@@ -231,6 +282,124 @@ impl Table {
     /// [`Table::apply_batch_as`] on the calling thread, which it blocks: see
     /// [`Table::apply_as_blocking`].
     pub fn apply_batch_as_blocking(
+        &self,
+        commands: &[Command],
+        origin: &str,
+    ) -> Result<Vec<Arc<Server>>, BatchError> {
+        // Without a store there is no round trip to share.
+        if self.store.is_none() {
+            return self.apply_alone(commands, origin);
+        }
+        let me = Arc::new(Waiting {
+            commands: commands.to_vec(),
+            origin: origin.to_string(),
+            state: Mutex::new(Turn::Queued),
+            done: Condvar::new(),
+        });
+        self.lock_queue().push(Arc::clone(&me));
+        let writer = self.lock_writer();
+        if !matches!(&*me.lock(), Turn::Queued) {
+            // Another caller took this batch into its group.
+            drop(writer);
+            return me.wait();
+        }
+        let mut group = std::mem::take(&mut *self.lock_queue());
+        if group.len() == 1 {
+            drop(writer);
+            return self.apply_alone(commands, origin);
+        }
+        // Under the writer lock: a caller that gets it next sees its batch
+        // taken and waits for the answer.
+        for w in &group {
+            *w.lock() = Turn::Taken;
+        }
+        match self.write_group(writer, &group) {
+            Some(results) => {
+                for (w, r) in group.iter().zip(results) {
+                    w.finish(r);
+                }
+            }
+            // Refused as a whole (a conflict, the store): each on its own,
+            // with the retries a single batch gets.
+            None => {
+                for w in group.drain(..) {
+                    w.finish(self.apply_alone(&w.commands, &w.origin));
+                }
+            }
+        }
+        me.wait()
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Vec<Arc<Waiting>>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plans the batches of `group` one on top of the other, saves the result
+    /// once and publishes it in one swap: each batch's answer, or `None` when
+    /// another instance changed what the group changes first (nothing
+    /// changed; the caller runs each alone, with a single batch's retries).
+    fn write_group(
+        &self,
+        mut writer: MutexGuard<'_, Writer>,
+        group: &[Arc<Waiting>],
+    ) -> Option<Vec<Result<Vec<Arc<Server>>, BatchError>>> {
+        let current = self.current.load_full();
+        let now = crate::clock::now_ms();
+        let mut base = Arc::clone(&current);
+        let mut ledger = writer.ledger.clone();
+        let (mut results, mut events, mut effects) = (Vec::new(), Vec::new(), Vec::new());
+        for w in group {
+            let plan = match plan::plan(&base, &ledger, &w.commands, &w.origin, None, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            if !plan.changes_nothing() {
+                let generation = base.generation + 1;
+                let upstreams = plan::upstreams_after(&base, plan.changed, generation);
+                writer.reserve_slots(upstreams.keys());
+                base = Arc::new(TableSnapshot::new(generation, upstreams, &writer.slots));
+                ledger = plan.ledger;
+                events.extend(plan.events);
+                effects.push(plan.effects);
+            }
+            results.push(Ok(plan.touched));
+        }
+        if base.generation != current.generation {
+            let save = |doc: &StateDoc| match &self.store {
+                Some(store) => store.save(doc),
+                None => Ok(()),
+            };
+            match save_step(&save, &base.upstreams, &ledger) {
+                Ok(()) => {}
+                Err(Refused::Conflict(_)) => return None,
+                // The store failed the whole group: every batch in it gets
+                // the same answer (not applied, or may have been).
+                Err(Refused::Batch(e)) => {
+                    return Some(
+                        results
+                            .into_iter()
+                            .map(|r| r.and_then(|_| Err(e.clone())))
+                            .collect(),
+                    );
+                }
+            }
+            self.current.store(base);
+            writer.ledger = ledger;
+        }
+        drop(writer);
+        for e in effects {
+            run_effects(e);
+        }
+        self.send_events(events);
+        Some(results)
+    }
+
+    /// One batch through the writer, run again after conflicts until
+    /// `CONFLICT_DEADLINE`.
+    fn apply_alone(
         &self,
         commands: &[Command],
         origin: &str,

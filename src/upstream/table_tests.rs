@@ -615,12 +615,14 @@ fn follow_refused_by_the_store_changes_nothing() {
 }
 
 /// A store that refuses the first `conflicts` saves as if another instance
-/// had written first, and counts how often it was asked to catch up.
+/// had written first, and counts how often it was asked to catch up; while
+/// `stuck`, it cannot catch up.
 #[derive(Debug, Default)]
 struct ContendedStore {
     conflicts: AtomicU64,
     catch_ups: AtomicU64,
     saves: AtomicU64,
+    stuck: AtomicBool,
 }
 
 impl StateStore for ContendedStore {
@@ -641,7 +643,7 @@ impl StateStore for ContendedStore {
     fn catch_up(&self, revision: u64, _: std::time::Duration) -> bool {
         assert_eq!(revision, 7);
         self.catch_ups.fetch_add(1, Ordering::SeqCst);
-        true
+        !self.stuck.load(Ordering::SeqCst)
     }
 }
 
@@ -663,7 +665,9 @@ fn a_conflicting_write_is_run_again_after_catching_up_then_refused_with_409() {
         AdminState::Down
     );
 
+    // Refused again and again, and the table cannot catch up: 409.
     store.conflicts.store(1000, Ordering::SeqCst);
+    store.stuck.store(true, Ordering::SeqCst);
     let err = t
         .apply_blocking(&[set(ServerRef::Id(0), AdminState::Up)])
         .unwrap_err();
@@ -741,5 +745,77 @@ fn follow_leaves_out_what_this_table_refuses_and_applies_the_rest() {
     assert!(
         adopted.load(Ordering::SeqCst),
         "the revision still counts as applied"
+    );
+}
+
+/// A store whose every save takes 20 ms, counting saves.
+#[derive(Debug, Default)]
+struct Slow {
+    saves: AtomicU64,
+}
+
+impl StateStore for Slow {
+    fn load(&self) -> Result<Option<crate::state::StateDoc>, StateError> {
+        Ok(None)
+    }
+    fn save(&self, _: &crate::state::StateDoc) -> Result<(), StateError> {
+        std::thread::sleep(Duration::from_millis(20));
+        self.saves.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+}
+
+#[test]
+fn concurrent_batches_are_saved_together_and_each_gets_its_own_answer() {
+    let cfg = Config::single_upstream(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ServerConfig::new("127.0.0.1:1")],
+    );
+    let store = Arc::new(Slow::default());
+    let t = Arc::new(Table::open(&cfg, Some(Arc::clone(&store) as Arc<dyn StateStore>)).unwrap());
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let t = Arc::clone(&t);
+            std::thread::spawn(move || {
+                // Every fourth batch is refused by its plan: it must not take
+                // the others down with it.
+                let addr = if i % 4 == 3 {
+                    "127.0.0.1:1".to_string()
+                } else {
+                    format!("127.0.0.1:{}", 100 + i)
+                };
+                let r = t.apply_blocking(&[Command::Add {
+                    upstream: "default".into(),
+                    server: spec(&addr),
+                }]);
+                (addr, r)
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for th in threads {
+        let (addr, r) = th.join().unwrap();
+        if addr == "127.0.0.1:1" {
+            assert!(
+                matches!(r, Err(TableError::DuplicateServer { .. })),
+                "{r:?}"
+            );
+        } else {
+            let touched = r.unwrap();
+            assert_eq!(touched[0].addr, addr);
+            ids.push(touched[0].id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "each add its own id");
+    assert_eq!(t.upstream("default").unwrap().snapshot().servers.len(), 13);
+    let saves = store.saves.load(Ordering::Relaxed);
+    assert!(
+        saves < 12,
+        "adds waiting together were saved together: {saves} saves"
     );
 }
