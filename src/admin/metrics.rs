@@ -27,6 +27,8 @@
 //! | `switchyard_server_sent_bytes_total` | counter | |
 //! | `switchyard_server_received_bytes_total` | counter | |
 //! | `switchyard_upstream_eligible_servers` | gauge | `upstream` |
+//! | `switchyard_upstream_panic_total` | counter | `upstream` (times it went into panic mode) |
+//! | `switchyard_upstream_in_panic` | gauge | `upstream` (1 while in panic mode) |
 //! | `switchyard_dns_resolutions_total` | counter | `upstream`, `name` (lookups of a `resolve = true` entry) |
 //! | `switchyard_dns_resolution_failures_total` | counter | `upstream`, `name` (failed or empty: the last good set stayed) |
 //! | `switchyard_dns_addresses` | gauge | `upstream`, `name` (addresses in the last good answer) |
@@ -280,6 +282,7 @@ impl Collector for TableCollector {
         server_states(e, &servers, now)?;
         server_timing_and_bytes(e, &servers)?;
         eligible_servers(e, &ups, now)?;
+        panic_mode(e, &ups, now)?;
         self.admin_changes(e)?;
         self.cluster(e)?;
         self.uptime(e)
@@ -458,6 +461,44 @@ fn eligible_servers(
             .count();
         m.encode_family(&[("upstream", u.name.as_str())])?
             .encode_gauge(&(n as u64))?;
+    }
+    Ok(())
+}
+
+/// `upstream_panic` (entries into panic mode) and `upstream_in_panic`, for
+/// every upstream (0 for those without a `panic_threshold`). Reading the
+/// state counts it afresh when it is stale, so an idle upstream's gauge is
+/// current too.
+fn panic_mode(
+    e: &mut DescriptorEncoder,
+    ups: &[&Arc<Upstream>],
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let statuses: Vec<_> = ups
+        .iter()
+        .map(|u| u.snapshot().panic_status(now).is_some_and(|p| p.in_panic))
+        .collect();
+    {
+        let mut m = e.encode_descriptor(
+            "upstream_panic",
+            "Times the upstream went into panic mode (too few healthy primaries).",
+            None,
+            MetricType::Counter,
+        )?;
+        for u in ups {
+            m.encode_family(&[("upstream", u.name.as_str())])?
+                .encode_counter::<NoExemplar, _, f64>(&u.panic_entries(), None)?;
+        }
+    }
+    let mut m = e.encode_descriptor(
+        "upstream_in_panic",
+        "Whether the upstream is in panic mode now: 1 or 0.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (u, in_panic) in ups.iter().zip(statuses) {
+        m.encode_family(&[("upstream", u.name.as_str())])?
+            .encode_gauge(&u64::from(in_panic))?;
     }
     Ok(())
 }

@@ -212,6 +212,14 @@ pub struct UpstreamView {
     pub hash_key: Option<String>,
     pub keepalive: usize,
     pub eligible_servers: usize,
+    /// Panic mode: its threshold, absent when it is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<u8>,
+    /// Whether the upstream is in panic now (with a `panic_threshold` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_panic: Option<bool>,
+    /// Times the upstream went into panic.
+    pub panic_entries: u64,
     pub servers: Vec<ServerView>,
 }
 
@@ -229,6 +237,9 @@ impl UpstreamView {
             hash_key: u.settings.hash_key.as_ref().map(ToString::to_string),
             keepalive: u.settings.keepalive.max_idle,
             eligible_servers: servers.iter().filter(|s| s.eligible).count(),
+            panic_threshold: u.settings.panic_threshold,
+            in_panic: u.snapshot().panic_status(now_ms).map(|p| p.in_panic),
+            panic_entries: u.panic_entries(),
             servers,
         }
     }

@@ -188,6 +188,7 @@ mod tests {
             tls_verify: None,
             tls_client_cert: None,
             tls_client_key: None,
+            panic_threshold: None,
         }
     }
 

@@ -176,6 +176,7 @@ impl Config {
                 scheme: Scheme::Http,
                 protocol: UpstreamProtocol::Http1,
                 tls: UpstreamTls::default(),
+                panic_threshold: None,
             },
         );
         Config {

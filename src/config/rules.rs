@@ -11,5 +11,6 @@ pub use super::health_check::{
 pub use super::listener::check_health_uri;
 pub use super::server::{check_weight, clamp_weight};
 pub use super::upstream::{
-    check_backup, check_hash_key, check_protocol, check_server_name, is_api_name,
+    PANIC_THRESHOLDS, check_backup, check_hash_key, check_panic_threshold, check_protocol,
+    check_server_name, is_api_name,
 };

@@ -287,6 +287,29 @@ fn weight_out_of_range() {
 }
 
 #[test]
+fn panic_threshold_is_a_percentage_off_when_left_out() {
+    let servers = "servers = [{ addr = \"10.0.0.1:80\" }]\n";
+    let read = |line: &str| parse(&with_upstream(&format!("{line}{servers}")), "t.toml");
+    let threshold = |line: &str| {
+        read(line)
+            .map(|c| c.upstreams["a"].panic_threshold)
+            .map_err(|e| format!("{e:?}"))
+    };
+    assert_eq!(threshold(""), Ok(None));
+    assert_eq!(threshold("panic_threshold = 50\n"), Ok(Some(50)));
+    assert_eq!(threshold("panic_threshold = 100\n"), Ok(Some(100)));
+    for bad in ["0", "101", "-1"] {
+        let src = with_upstream(&format!("panic_threshold = {bad}\n{servers}"));
+        let want = format!("upstream \"a\": panic_threshold {bad} out of range 1..=100");
+        assert_errors(&src, &[(5, 19, &want)]);
+    }
+    assert_errors(
+        &with_upstream(&format!("panic_threshold = \"50%\"\n{servers}")),
+        &[(5, 19, "panic_threshold")],
+    );
+}
+
+#[test]
 fn hash_needs_a_hash_key_and_only_hash_takes_one() {
     let src = with_upstream("balance = \"hash\"\nservers = [{ addr = \"10.0.0.1:80\" }]\n");
     assert_errors(&src, &[(5, 11, "balance \"hash\" needs a hash_key")]);

@@ -49,6 +49,24 @@ pub enum UpstreamError {
     HalfClientCert(&'static str, &'static str),
     #[error("tls_verify = false ignores tls_ca: keep one of the two")]
     VerifyOffWithCa,
+    #[error(
+        "panic_threshold {0} out of range {min}..={max} (a percentage of the primary servers; leave it out for no panic mode)",
+        min = PANIC_THRESHOLDS.start(),
+        max = PANIC_THRESHOLDS.end()
+    )]
+    BadPanicThreshold(i128),
+}
+
+/// `panic_threshold`: a percentage of the primary servers. 0 would never panic
+/// (that is what leaving it out says) and above 100 would always panic.
+pub const PANIC_THRESHOLDS: std::ops::RangeInclusive<u8> = 1..=100;
+
+/// A `panic_threshold` as given (any integer) → the percentage, or why not.
+pub fn check_panic_threshold(v: i128) -> Result<u8, UpstreamError> {
+    u8::try_from(v)
+        .ok()
+        .filter(|p| PANIC_THRESHOLDS.contains(p))
+        .ok_or(UpstreamError::BadPanicThreshold(v))
 }
 
 /// A hash key with hashing, and hashing with a key.
@@ -106,6 +124,9 @@ pub struct UpstreamConfig {
     pub scheme: Scheme,
     pub protocol: UpstreamProtocol,
     pub tls: UpstreamTls,
+    /// Panic mode: when fewer than this percentage of the primary servers are
+    /// healthy, balance over all of them regardless of health. `None`: off.
+    pub panic_threshold: Option<u8>,
 }
 
 /// Balancing method of an upstream.
@@ -457,6 +478,22 @@ mod tests {
         assert!(UpstreamProtocol::from_name("h3").is_err());
         assert!(is_api_name("app") && !is_api_name("") && !is_api_name("a/b"));
         assert_eq!(RetryPolicy::at_least_one_try(0), 1);
+    }
+
+    #[test]
+    fn panic_threshold_is_a_percentage() {
+        assert_eq!(check_panic_threshold(1), Ok(1));
+        assert_eq!(check_panic_threshold(100), Ok(100));
+        assert_eq!(
+            check_panic_threshold(0),
+            Err(UpstreamError::BadPanicThreshold(0))
+        );
+        assert_eq!(
+            check_panic_threshold(101).unwrap_err().to_string(),
+            "panic_threshold 101 out of range 1..=100 (a percentage of the primary servers; leave it out for no panic mode)"
+        );
+        assert!(check_panic_threshold(-5).is_err());
+        assert!(check_panic_threshold(i128::from(u64::MAX)).is_err());
     }
 
     #[test]

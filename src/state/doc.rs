@@ -86,6 +86,9 @@ pub struct SettingsState {
     pub tls_client_cert: Option<std::path::PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_key: Option<std::path::PathBuf>,
+    /// Panic mode's percentage; absent means off (and so in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<u8>,
 }
 
 /// An active health check as saved.

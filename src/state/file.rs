@@ -140,6 +140,7 @@ mod tests {
                     tls_verify: None,
                     tls_client_cert: None,
                     tls_client_key: None,
+                    panic_threshold: None,
                 },
                 next_id: 2,
                 servers: vec![ServerState {

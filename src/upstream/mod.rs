@@ -19,6 +19,7 @@ mod events;
 mod follow;
 pub mod histogram;
 mod persist;
+mod panic;
 mod pick_stats;
 pub use persist::{SavedSettingsError, check_view};
 mod plan;
@@ -31,6 +32,7 @@ mod table;
 
 pub use command::{BatchError, Command, ServerPatch, ServerRef, ServerSpec, TableError, resolve};
 pub use events::Event;
+pub use panic::{PanicStatus, RECOUNT_MS as PANIC_RECOUNT_MS};
 pub use pick_stats::{PickSlot, PickStats};
 pub use published::{TableSnapshot, Upstream};
 pub use server::{

@@ -11,7 +11,9 @@ use std::time::Duration;
 use super::published::Upstream;
 use super::server::{AdminState, Origin, Server};
 use super::settings::UpstreamSettings;
-use crate::config::rules::{MIN_COUNT, check_hash_key, check_protocol, clamp_weight};
+use crate::config::rules::{
+    MIN_COUNT, check_hash_key, check_panic_threshold, check_protocol, clamp_weight,
+};
 use crate::config::{
     Balance, HashKey, HealthCheckConfig, HealthCheckError, HealthCheckKind, KeepaliveConfig,
     RetryPolicy, Scheme, ServerConfig, Timeouts, UpstreamError, UpstreamProtocol, UpstreamTls,
@@ -42,6 +44,7 @@ pub(crate) fn settings_to_state(s: &UpstreamSettings) -> SettingsState {
         tls_verify: (!s.tls.verify).then_some(false),
         tls_client_cert: s.tls.client_cert.clone(),
         tls_client_key: s.tls.client_key.clone(),
+        panic_threshold: s.panic_threshold,
     }
 }
 
@@ -155,6 +158,10 @@ pub(crate) fn settings_from_saved(
         protocol,
         tls: Box::new(tls),
         tls_client: None,
+        panic_threshold: s
+            .panic_threshold
+            .map(|p| check_panic_threshold(i128::from(p)))
+            .transpose()?,
     })
 }
 

@@ -61,6 +61,16 @@ impl PickStats {
         max_conns == 0 || self.active.load(Ordering::Relaxed) < u64::from(max_conns)
     }
 
+    /// Health as panic mode judges it: `None` while `checking` (no verdict yet),
+    /// else whether the server is healthy and not passively `unavail`.
+    #[inline]
+    pub(crate) fn verdict(&self, now_ms: u64) -> Option<bool> {
+        match self.health.load(Ordering::Relaxed) {
+            2 => None,
+            h => Some(h == 0 && self.unavail_until_ms.load(Ordering::Relaxed) <= now_ms),
+        }
+    }
+
     /// [`Server::ramp`](super::Server::ramp) with the server's `slow_start` given (not zero).
     #[inline]
     pub(crate) fn ramp(&self, slow_start: Duration, now_ms: u64) -> Option<f64> {

@@ -140,7 +140,9 @@ pub(super) fn upstreams_after(
     for (name, draft) in changed {
         match draft {
             Some(d) => {
-                let built = Upstream::build(&name, d.settings, generation, d.servers);
+                let previous = current.upstreams.get(&name).map(|u| &**u);
+                let built =
+                    Upstream::build_after(&name, d.settings, generation, d.servers, previous);
                 upstreams.insert(name, built);
             }
             None => {

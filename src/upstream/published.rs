@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::panic::PanicState;
 use super::server::Server;
 use super::settings::UpstreamSettings;
 use super::snapshot::Snapshot;
@@ -19,6 +20,8 @@ pub struct Upstream {
     pub name: String,
     pub settings: UpstreamSettings,
     snapshot: Snapshot,
+    /// Panic mode's verdict and entries, kept by every version of the upstream.
+    panic: Arc<PanicState>,
 }
 
 impl Upstream {
@@ -29,11 +32,36 @@ impl Upstream {
         generation: u64,
         servers: Vec<Arc<Server>>,
     ) -> Arc<Upstream> {
+        Self::build_after(name, settings, generation, servers, None)
+    }
+
+    /// [`Upstream::build`] for the next version of `previous`, whose panic
+    /// state it carries on (so a table change is no new entry into panic).
+    pub(super) fn build_after(
+        name: &str,
+        settings: UpstreamSettings,
+        generation: u64,
+        servers: Vec<Arc<Server>>,
+        previous: Option<&Upstream>,
+    ) -> Arc<Upstream> {
+        let panic = previous.map_or_else(|| PanicState::new(name), |p| Arc::clone(&p.panic));
+        let snapshot = Snapshot::build(
+            settings.balance,
+            generation,
+            servers,
+            (settings.panic_threshold, &panic),
+        );
         Arc::new(Upstream {
             name: name.to_string(),
-            snapshot: Snapshot::build(settings.balance, generation, servers),
+            snapshot,
             settings,
+            panic,
         })
+    }
+
+    /// Times this upstream went into panic (also while panic mode is off now).
+    pub fn panic_entries(&self) -> u64 {
+        self.panic.entries()
     }
 
     /// The servers and balancer of this version of the upstream.

@@ -26,6 +26,9 @@ pub struct UpstreamSettings {
     /// Built from `tls` by [`UpstreamSettings::prepare_tls`] when the upstream is
     /// HTTPS or has an `https` check; shared by every generation of the upstream.
     pub tls_client: Option<crate::tls::TlsClient>,
+    /// Panic mode's threshold, a percentage of the primaries (`None`: off). See
+    /// `upstream::panic`.
+    pub panic_threshold: Option<u8>,
 }
 
 /// The TLS files an upstream names could not be loaded.
@@ -48,6 +51,7 @@ impl Default for UpstreamSettings {
             protocol: UpstreamProtocol::Http1,
             tls: Box::default(),
             tls_client: None,
+            panic_threshold: None,
         }
     }
 }
@@ -65,6 +69,7 @@ impl UpstreamSettings {
             protocol: up.protocol,
             tls: Box::new(up.tls.clone()),
             tls_client: None,
+            panic_threshold: up.panic_threshold,
         }
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::balance::{self, Balancer, Peers};
+use super::panic::{Counts, Mode, Panic, PanicState, PanicStatus};
 use super::pick_stats::PickStats;
 use super::server::{AdminState, Server};
 use crate::config::Balance;
@@ -73,6 +74,8 @@ pub struct Snapshot {
     pub servers: Vec<Arc<Server>>,
     primary: Tier,
     backup: Tier,
+    /// Panic mode, when the upstream has a `panic_threshold` (see `upstream::panic`).
+    panic: Option<Panic>,
 }
 
 /// Servers already tried for one request (not picked again for it). The first
@@ -143,6 +146,28 @@ impl Peers for View<'_> {
     }
 }
 
+/// The primary tier in panic: every member may take the request, whatever its
+/// health or passive `unavail`, within its `max_conns` and unless tried.
+struct PanicView<'a> {
+    members: &'a [Member],
+    tried: &'a Tried,
+    skip: Option<u32>,
+}
+
+impl Peers for PanicView<'_> {
+    #[inline]
+    fn eligible(&self, i: usize) -> bool {
+        let Member { server: s, stats } = &self.members[i];
+        !self.tried.contains(s.id)
+            && self.skip != Some(s.id)
+            && (s.max_conns == 0 || stats.active.load(Ordering::Relaxed) < u64::from(s.max_conns))
+    }
+    #[inline]
+    fn active(&self, i: usize) -> u64 {
+        self.members[i].stats.active.load(Ordering::Relaxed)
+    }
+}
+
 /// A picked server with one request counted as active on it; dropping the lease
 /// ends the request's count.
 #[derive(Debug)]
@@ -171,7 +196,13 @@ impl Drop for Lease {
 }
 
 impl Snapshot {
-    pub(crate) fn build(method: Balance, generation: u64, servers: Vec<Arc<Server>>) -> Snapshot {
+    /// `panic`: the upstream's `panic_threshold` and the state its versions share.
+    pub(crate) fn build(
+        method: Balance,
+        generation: u64,
+        servers: Vec<Arc<Server>>,
+        panic: (Option<u8>, &Arc<PanicState>),
+    ) -> Snapshot {
         let tier = |backup: bool| {
             servers
                 .iter()
@@ -183,54 +214,140 @@ impl Snapshot {
             generation,
             primary: Tier::build(method, tier(false)),
             backup: Tier::build(method, tier(true)),
+            panic: panic
+                .0
+                .map(|t| Panic::new(t, generation, Arc::clone(panic.1))),
             servers,
         }
     }
 
-    /// Picks a server for a request: an eligible primary, else an eligible backup.
+    /// Picks a server for a request: an eligible primary, else an eligible backup
+    /// (with a `panic_threshold`, see `upstream::panic` for what changes).
     /// The lease counts the request as active, and respects `max_conns` even when
     /// several threads race for a server's last slot.
+    #[inline]
     pub fn pick(&self, key: Option<u64>, tried: &Tried, now_ms: u64) -> Option<Lease> {
-        for (tier, ramp) in [
-            (&self.primary, true),
-            (&self.primary, false),
-            (&self.backup, true),
-            (&self.backup, false),
-        ] {
-            let Some(balancer) = &tier.balancer else {
-                continue;
-            };
+        // Panic mode off: this one branch is all it costs.
+        if let Some(panic) = &self.panic {
+            return self.pick_guarded(panic, key, tried, now_ms);
+        }
+        self.pick_tier(&self.primary, key, tried, now_ms)
+            .or_else(|| self.pick_tier(&self.backup, key, tried, now_ms))
+    }
+
+    /// [`Snapshot::pick`] for an upstream with a `panic_threshold`.
+    #[inline(never)]
+    fn pick_guarded(
+        &self,
+        panic: &Panic,
+        key: Option<u64>,
+        tried: &Tried,
+        now_ms: u64,
+    ) -> Option<Lease> {
+        let (first, then) = (&self.primary, &self.backup);
+        match panic.mode(now_ms, || self.count(now_ms)) {
+            Mode::Normal => {}
+            Mode::Spill if panic.primaries_first() => {}
+            Mode::Spill => {
+                return self
+                    .pick_tier(then, key, tried, now_ms)
+                    .or_else(|| self.pick_tier(first, key, tried, now_ms));
+            }
+            Mode::Panic => {
+                let members = &first.members;
+                return Self::lease_from(first, key, |skip| PanicView {
+                    members,
+                    tried,
+                    skip,
+                })
+                .or_else(|| self.pick_tier(then, key, tried, now_ms));
+            }
+        }
+        self.pick_tier(first, key, tried, now_ms)
+            .or_else(|| self.pick_tier(then, key, tried, now_ms))
+    }
+
+    /// An eligible member of `tier`: first with slow start's ramp, then, if a
+    /// member is ramping, without it.
+    #[inline(always)]
+    fn pick_tier(
+        &self,
+        tier: &Tier,
+        key: Option<u64>,
+        tried: &Tried,
+        now_ms: u64,
+    ) -> Option<Lease> {
+        for ramp in [true, false] {
             if !ramp && !tier.ramping(now_ms) {
                 continue;
             }
-            let mut skip = None;
-            // A server can lose its last slot between the check and the count; the
-            // loop then looks once more without it. Bounded by the tier size.
-            for _ in 0..=tier.members.len() {
-                let view = View {
-                    members: &tier.members,
-                    tried,
-                    skip,
-                    now_ms,
-                    ramp,
-                };
-                let Some(i) = balancer.select(&view, key) else {
-                    break;
-                };
-                let Member { server, stats } = &tier.members[i];
-                let active = stats.active.fetch_add(1, Ordering::Relaxed);
-                if server.max_conns != 0 && active >= u64::from(server.max_conns) {
-                    stats.active.fetch_sub(1, Ordering::Relaxed);
-                    skip = Some(server.id);
-                    continue;
-                }
-                return Some(Lease {
-                    server: Arc::clone(server),
-                    stats,
-                });
+            let members = &tier.members;
+            let lease = Self::lease_from(tier, key, |skip| View {
+                members,
+                tried,
+                skip,
+                now_ms,
+                ramp,
+            });
+            if lease.is_some() {
+                return lease;
             }
         }
         None
+    }
+
+    /// The tier's balancer's choice among the members `view` finds eligible,
+    /// with the request counted on it.
+    #[inline(always)]
+    fn lease_from<P: Peers>(
+        tier: &Tier,
+        key: Option<u64>,
+        view: impl Fn(Option<u32>) -> P,
+    ) -> Option<Lease> {
+        let balancer = tier.balancer.as_ref()?;
+        let mut skip = None;
+        // A server can lose its last slot between the check and the count; the
+        // loop then looks once more without it. Bounded by the tier size.
+        for _ in 0..=tier.members.len() {
+            let i = balancer.select(&view(skip), key)?;
+            let Member { server, stats } = &tier.members[i];
+            let active = stats.active.fetch_add(1, Ordering::Relaxed);
+            if server.max_conns != 0 && active >= u64::from(server.max_conns) {
+                stats.active.fetch_sub(1, Ordering::Relaxed);
+                skip = Some(server.id);
+                continue;
+            }
+            return Some(Lease {
+                server: Arc::clone(server),
+                stats,
+            });
+        }
+        None
+    }
+
+    /// The primaries `up`, judged by health, and whether a backup could serve.
+    #[cold]
+    fn count(&self, now_ms: u64) -> Counts {
+        let mut c = Counts::default();
+        for m in self.primary.members.iter() {
+            if let Some(healthy) = m.stats.verdict(now_ms) {
+                c.judged += 1;
+                c.healthy += u32::from(healthy);
+            }
+        }
+        c.backup_eligible = self
+            .backup
+            .members
+            .iter()
+            .any(|m| m.stats.available(m.server.max_conns, now_ms));
+        c
+    }
+
+    /// Panic mode's state (`None`: no `panic_threshold`), counted afresh if
+    /// the last count is older than `upstream::panic::RECOUNT_MS`.
+    pub fn panic_status(&self, now_ms: u64) -> Option<PanicStatus> {
+        let panic = self.panic.as_ref()?;
+        Some(panic.status(now_ms, || self.count(now_ms)))
     }
 
     /// The server with this id, whatever its state.
@@ -241,3 +358,7 @@ impl Snapshot {
             .map(|i| &self.servers[i])
     }
 }
+
+#[cfg(test)]
+#[path = "snapshot_panic_tests.rs"]
+mod panic_tests;

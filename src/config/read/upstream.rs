@@ -12,7 +12,8 @@ use toml::de::DeValue;
 use super::fields::{Sink, Span, Table, as_table, int_value};
 use crate::config::rules::{
     MIN_COUNT, PORTS, STATUSES, check_backup, check_body_regex, check_hash_key, check_header,
-    check_method, check_path, check_positive, check_protocol, check_server_name, misplaced_keys,
+    check_method, check_panic_threshold, check_path, check_positive, check_protocol,
+    check_server_name, misplaced_keys,
 };
 use crate::config::{
     Balance, HashKey, HealthCheckConfig, HealthCheckKind, KeepaliveConfig, MAX_WEIGHT, MIN_TRIES,
@@ -38,6 +39,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "tls_client_key",
     "servers",
     "health_check",
+    "panic_threshold",
 ];
 const SERVER_KEYS: &[&str] = &[
     "addr",
@@ -87,6 +89,7 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
     let health_check = t
         .table(sink, "health_check", "health_check")
         .map(|h| read_health_check(&h, sink));
+    let panic_threshold = read_panic_threshold(t, sink);
     UpstreamConfig {
         name: name.to_string(),
         balance,
@@ -99,7 +102,18 @@ pub(super) fn read_upstream(name: &str, t: &Table<'_, '_>, sink: &mut Sink<'_>) 
         scheme,
         protocol,
         tls,
+        panic_threshold,
     }
+}
+
+/// `panic_threshold`: any integer is read, so that the rule beside the type
+/// words the complaint (its range, and how to turn panic mode off).
+fn read_panic_threshold(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> Option<u8> {
+    let v = t.get("panic_threshold")?;
+    let n: i128 = t.int(sink, "panic_threshold", i128::MIN, i128::MAX)?;
+    check_panic_threshold(n)
+        .map_err(|e| t.err(sink, &v.span(), e.to_string()))
+        .ok()
 }
 
 /// `balance` and `hash_key`, and whether they go together. The pairing is
