@@ -12,7 +12,13 @@
 #   bash bench/compare.sh --defaults --write BENCHMARKS.md --block defaults  # the headline rows
 #
 # Scenario flags: --defaults --get (these two when none is given) --get-capped --64k
-# --upload --close --idle --flip --tls-handshake --tls-keepalive; --all is every one.
+# --upload --close --idle --flip --tls-handshake --tls-keepalive --cold --c1000
+# --many-rr --many-lc; --all is every one.
+# --cold restarts the three proxies before every round, so each round is the
+# first traffic a fresh process gets (pool empty, nothing warmed): COLD_DURATION
+# (default 2s) long. --c1000 is the small GET with 1,000 keep-alive clients;
+# --many-rr and --many-lc with 100 servers in the upstream (round robin, least
+# connections; the backend listens on 100 ports, 19100-19199).
 # --defaults is the plainest comparison a user would make: `switchyard proxy
 # --listen A --to B --workers N` with nothing tuned, against the same nginx and
 # HAProxy as every other row (tuned as their docs recommend: upstream keepalive,
@@ -47,6 +53,8 @@ WRK_THREADS=${WRK_THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 TLS_KEY=${TLS_KEY:-ec}
 CAP=${CAP:-0.5}
+COLD_DURATION=${COLD_DURATION:-2s}
+MANY=100        # servers in the many-rr and many-lc upstreams: ports 19100-19199
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 scenarios=()
@@ -64,7 +72,11 @@ while [ $# -gt 0 ]; do
     --flip) scenarios+=(flip) ;;
     --tls-handshake) scenarios+=(tls-handshake) ;;
     --tls-keepalive) scenarios+=(tls-keepalive) ;;
-    --all) scenarios=(defaults get get-capped 64k upload close idle flip tls-handshake tls-keepalive) ;;
+    --cold) scenarios+=(cold) ;;
+    --c1000) scenarios+=(c1000) ;;
+    --many-rr) scenarios+=(many-rr) ;;
+    --many-lc) scenarios+=(many-lc) ;;
+    --all) scenarios=(cold defaults get get-capped 64k upload close idle flip tls-handshake tls-keepalive c1000 many-rr many-lc) ;;
     --write) write_file=$2; shift ;;
     --block) block=$2; shift ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
@@ -163,6 +175,7 @@ http {
   server {
     listen 127.0.0.1:$BACKEND reuseport;
     listen 127.0.0.1:$((BACKEND + 1)) reuseport;
+$(for i in $(seq 0 $((MANY - 1))); do echo "    listen 127.0.0.1:$((19100 + i));"; done)
     listen 127.0.0.1:$T_BACKEND ssl;
     ssl_certificate $WORK/tls/cert.pem;
     ssl_certificate_key $WORK/tls/key.pem;
@@ -175,6 +188,15 @@ http {
 CONF
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon on;' 2>/dev/null
 wait_port $BACKEND
+
+# many_lines FORMAT [ARGS]: FORMAT once per many-server port (printf; with
+# ARGS=2, the index and the port).
+many_lines() {
+  local i
+  for i in $(seq 0 $((MANY - 1))); do
+    if [ "${2:-1}" = 2 ]; then printf "$1" "$i" $((19100 + i)); else printf "$1" $((19100 + i)); fi
+  done
+}
 
 start_proxies() { # $1 workers
   local n=$1
@@ -190,8 +212,12 @@ http {
   client_max_body_size 2m;
   client_body_buffer_size 2m;
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; keepalive_requests 1000000; }
+  upstream many_rr { $(many_lines "server 127.0.0.1:%s;") keepalive 128; keepalive_requests 1000000; }
+  upstream many_lc { least_conn; $(many_lines "server 127.0.0.1:%s;") keepalive 128; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$P_NGINX;
+$(nginx_proxy_location | sed 's|location / {|location /many-rr {|; s|http://backend|http://many_rr|')
+$(nginx_proxy_location | sed 's|location / {|location /many-lc {|; s|http://backend|http://many_lc|')
     listen 127.0.0.1:$T_NGINX ssl;
     ssl_certificate $WORK/tls/cert.pem;
     ssl_certificate_key $WORK/tls/key.pem;
@@ -219,12 +245,20 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:$P_HAPROXY
+  use_backend many_rr if { path_beg /many-rr }
+  use_backend many_lc if { path_beg /many-lc }
   default_backend be
 frontend fe_tls
   bind 127.0.0.1:$T_HAPROXY ssl crt $WORK/tls/combined.pem
   default_backend be
 backend be
   server s1 127.0.0.1:$BACKEND
+backend many_rr
+  balance roundrobin
+$(many_lines "  server m%s 127.0.0.1:%s\n" 2)
+backend many_lc
+  balance leastconn
+$(many_lines "  server m%s 127.0.0.1:%s\n" 2)
 CONF
   haproxy -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
   HAPROXY_PID=$!
@@ -242,6 +276,8 @@ shutdown_grace = "1s"
 listen = "127.0.0.1:$P_SY"
 routes = [
   { path_prefix = "/flip", upstream = "flip" },
+  { path_prefix = "/many-rr", upstream = "many_rr" },
+  { path_prefix = "/many-lc", upstream = "many_lc" },
   { path_prefix = "/", upstream = "backend" },
 ]
 
@@ -255,6 +291,13 @@ servers = [{ addr = "127.0.0.1:$BACKEND" }]
 
 [upstream.flip]
 servers = [{ addr = "127.0.0.1:$BACKEND" }, { addr = "127.0.0.1:$((BACKEND + 1))" }]
+
+[upstream.many_rr]
+servers = [$(many_lines '{ addr = "127.0.0.1:%s" }, ')]
+
+[upstream.many_lc]
+balance = "least_conn"
+servers = [$(many_lines '{ addr = "127.0.0.1:%s" }, ')]
 CONF
   RUST_LOG=warn "$SY" run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 &
   SY_PID=$!
@@ -455,6 +498,19 @@ for n in $WORKERS; do
     echo "== $s, $n worker(s)" >&2
     SCENARIO=$s
     case $s in
+      cold)
+        # Each round: fresh proxies, then each one's first traffic.
+        for r in $(seq 1 "$ROUNDS"); do
+          stop_proxies
+          start_proxies "$n"
+          for p in direct nginx haproxy switchyard; do
+            DURATION=$COLD_DURATION run_wrk cold "$n" "$r" "$p" /
+          done
+        done
+        ;;
+      c1000) CONNS=1000 rounds c1000 "$n" / ;;
+      many-rr) rounds many-rr "$n" /many-rr/ ;;
+      many-lc) rounds many-lc "$n" /many-lc/ ;;
       defaults) rounds defaults "$n" / ;;
       get) rounds get "$n" / ;;
       get-capped)

@@ -177,6 +177,7 @@ async fn a_route_to_an_upstream_that_does_not_exist_answers_502_until_the_api_cr
             path_prefix: Some("/fresh".into()),
             upstream: "fresh".into(),
             max_body_size: None,
+            request_buffering: true,
         });
     })
     .await;

@@ -163,6 +163,14 @@ pub struct ClientLimits {
     /// and the server's side of the exchange closed without blame
     /// (`client_send_timeout`, default 60s, as nginx's `send_timeout`).
     pub send_timeout: Duration,
+    /// A client that sends nothing of its request body for this long, while
+    /// switchyard reads it before picking a server, gets a 408
+    /// (`client_body_timeout`, default 60s, as nginx's).
+    pub body_timeout: Duration,
+    /// Largest request body read whole before a server is picked
+    /// (`request_buffer_size`, default 1 MiB; 0: none). Larger bodies, bodies
+    /// of unknown length, and routes with `request_buffering = false` stream.
+    pub request_buffer_size: usize,
 }
 
 impl ClientLimits {
@@ -171,6 +179,7 @@ impl ClientLimits {
     pub const MAX_HEADER_SIZE: (usize, usize) = (8 * 1024, 16 * 1024 * 1024);
     pub const MAX_URI_LENGTH: (usize, usize) = (16, 1024 * 1024);
     pub const MAX_CONNECTIONS: (usize, usize) = (1, 10_000_000);
+    pub const REQUEST_BUFFER_SIZE: (usize, usize) = (0, 64 * 1024 * 1024);
 }
 
 impl Default for ClientLimits {
@@ -182,6 +191,8 @@ impl Default for ClientLimits {
             max_uri_length: 8 * 1024,
             max_connections: 10_000,
             send_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            request_buffer_size: 1024 * 1024,
         }
     }
 }
@@ -220,6 +231,10 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Largest request body (`max_body_size`; more: 413). `None`: no limit.
     pub max_body_size: Option<u64>,
+    /// Read a request body whole (up to the listener's `request_buffer_size`)
+    /// before a server is picked, as nginx's `proxy_request_buffering`
+    /// (`request_buffering`, default true); `false` streams it as it comes.
+    pub request_buffering: bool,
 }
 
 /// How a route matches the request's host (port stripped, case-insensitive).

@@ -192,6 +192,7 @@ impl Config {
                     path_prefix: None,
                     upstream: name,
                     max_body_size: None,
+                    request_buffering: true,
                 }],
                 health_uri: None,
                 limits: ClientLimits::default(),

@@ -99,18 +99,21 @@ fn the_seed_example_parses_with_its_values_and_defaults() {
                 path_prefix: None,
                 upstream: "foo.com".into(),
                 max_body_size: None,
+                request_buffering: true,
             },
             RouteConfig {
                 host: Some(HostMatch::Suffix(".foo.com".into())),
                 path_prefix: Some("/api".into()),
                 upstream: "x".into(),
                 max_body_size: None,
+                request_buffering: true,
             },
             RouteConfig {
                 host: None,
                 path_prefix: Some("/".into()),
                 upstream: "foo.com".into(),
                 max_body_size: None,
+                request_buffering: true,
             },
         ]
     );

@@ -197,11 +197,12 @@ fn reason(name: &str) -> &'static str {
             "headers are not rewritten: switchyard passes the client's Host and adds X-Forwarded-For/-Proto"
         }
         "proxy_http_version" => "switchyard speaks HTTP/1.1 with keep-alive to servers already",
-        "proxy_buffering"
-        | "proxy_buffers"
-        | "proxy_buffer_size"
-        | "proxy_busy_buffers_size"
-        | "proxy_request_buffering" => "switchyard streams bodies; there are no buffers to size",
+        "proxy_buffering" | "proxy_buffers" | "proxy_buffer_size" | "proxy_busy_buffers_size" => {
+            "switchyard streams responses; there are no buffers to size"
+        }
+        "proxy_request_buffering" | "client_body_buffer_size" => {
+            "request bodies up to the listener's request_buffer_size are read whole first (a route's request_buffering = false streams them); not translated"
+        }
         "proxy_next_upstream" => {
             "switchyard retries on connect errors and timeouts (see retry); the conditions are not configurable"
         }

@@ -16,15 +16,18 @@ struct Route {
     upstream: String,
     slot: usize,
     max_body_size: Option<u64>,
+    request_buffering: bool,
 }
 
 /// Where a request goes: the upstream's name and table slot, and the route's
-/// body size limit.
+/// body rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
     pub upstream: &'a str,
     pub slot: usize,
     pub max_body_size: Option<u64>,
+    /// The body may be read whole before a server is picked.
+    pub request_buffering: bool,
 }
 
 #[derive(Debug)]
@@ -43,6 +46,7 @@ impl Router {
                 slot: slot_of(&r.upstream),
                 upstream: r.upstream.clone(),
                 max_body_size: r.max_body_size,
+                request_buffering: r.request_buffering,
             })
             .collect();
         Router { routes }
@@ -79,6 +83,7 @@ impl Router {
             upstream: &r.upstream,
             slot: r.slot,
             max_body_size: r.max_body_size,
+            request_buffering: r.request_buffering,
         })
     }
 }
@@ -93,6 +98,7 @@ mod tests {
             path_prefix: Some(prefix.into()),
             upstream: upstream.into(),
             max_body_size: None,
+            request_buffering: true,
         }
     }
 

@@ -21,6 +21,8 @@ const LISTENER_KEYS: &[&str] = &[
     "tls",
     "client_header_timeout",
     "client_send_timeout",
+    "client_body_timeout",
+    "request_buffer_size",
     "max_headers",
     "max_header_size",
     "max_uri_length",
@@ -32,7 +34,13 @@ const LISTENER_KEYS: &[&str] = &[
 ];
 const LISTENER_TLS_KEYS: &[&str] = &["certificates", "min_version"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
-const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "upstream", "max_body_size"];
+const ROUTE_KEYS: &[&str] = &[
+    "host",
+    "path_prefix",
+    "upstream",
+    "max_body_size",
+    "request_buffering",
+];
 pub(super) fn read_listener(
     t: &Table<'_, '_>,
     sink: &mut Sink<'_>,
@@ -162,6 +170,16 @@ fn read_limits(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ClientLimits {
         send_timeout: t
             .duration(sink, "client_send_timeout")
             .unwrap_or(d.send_timeout),
+        body_timeout: t
+            .duration(sink, "client_body_timeout")
+            .unwrap_or(d.body_timeout),
+        request_buffer_size: limit(
+            t,
+            sink,
+            "request_buffer_size",
+            ClientLimits::REQUEST_BUFFER_SIZE,
+        )
+        .unwrap_or(d.request_buffer_size),
     };
     for (key, value, default) in [
         (
@@ -173,6 +191,11 @@ fn read_limits(t: &Table<'_, '_>, sink: &mut Sink<'_>) -> ClientLimits {
             "client_send_timeout",
             &mut limits.send_timeout,
             d.send_timeout,
+        ),
+        (
+            "client_body_timeout",
+            &mut limits.body_timeout,
+            d.body_timeout,
         ),
     ] {
         if value.is_zero() {
@@ -322,10 +345,12 @@ fn read_route(
         None => None,
     };
     let max_body_size = t.int(sink, "max_body_size", 0, u64::MAX as i128);
+    let request_buffering = t.bool(sink, "request_buffering").is_none_or(|(b, _)| b);
     Some(RouteConfig {
         host,
         path_prefix,
         upstream: upstream?,
         max_body_size,
+        request_buffering,
     })
 }

@@ -26,6 +26,11 @@ pub const MAX_HEADERS: usize = 100;
 pub enum Method {
     Get,
     Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
 }
 
 impl Method {
@@ -33,7 +38,18 @@ impl Method {
         match self {
             Method::Get => b"GET",
             Method::Head => b"HEAD",
+            Method::Post => b"POST",
+            Method::Put => b"PUT",
+            Method::Patch => b"PATCH",
+            Method::Delete => b"DELETE",
+            Method::Options => b"OPTIONS",
         }
+    }
+
+    /// RFC 9110 §9.2.2, as the hyper path's `is_idempotent`: sending it twice
+    /// is the same as once, so a failed try may go to another server.
+    pub fn idempotent(self) -> bool {
+        !matches!(self, Method::Post | Method::Patch)
     }
 }
 
@@ -49,6 +65,8 @@ pub struct RequestHead<'h, 'b> {
     pub host: &'b str,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
+    /// Bytes of body after the head (its one `Content-Length`; 0 without).
+    pub body_len: u64,
     pub headers: &'h [Header<'b>],
     forwarded_for: Option<&'b [u8]>,
 }
@@ -75,8 +93,9 @@ pub enum Parsed<'h, 'b> {
     Request(RequestHead<'h, 'b>),
     /// The head is not complete yet.
     Partial,
-    /// Not one this path takes (a body, an upgrade, HTTP/1.0 or /2, anything
-    /// unusual or invalid): the connection goes to hyper, which answers it.
+    /// Not one this path takes (a chunked body, an upgrade, HTTP/1.0 or /2,
+    /// anything unusual or invalid): the connection goes to hyper, which
+    /// answers it.
     Other,
 }
 
@@ -147,6 +166,11 @@ pub fn parse_request<'h, 'b>(
     let method = match req.method {
         Some("GET") => Method::Get,
         Some("HEAD") => Method::Head,
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some("PATCH") => Method::Patch,
+        Some("DELETE") => Method::Delete,
+        Some("OPTIONS") => Method::Options,
         _ => return Parsed::Other,
     };
     let (Some(1), Some(target)) = (req.version, req.path) else {
@@ -159,6 +183,7 @@ pub fn parse_request<'h, 'b>(
     let mut host = None;
     let mut close = false;
     let mut forwarded_for = None;
+    let mut body_len = None;
     for h in headers {
         match kind(h.name) {
             Kind::Kept | Kind::Dropped => {}
@@ -174,7 +199,12 @@ pub fn parse_request<'h, 'b>(
                 }
             }
             Kind::ContentLength => {
-                if h.value.trim_ascii() != b"0" {
+                // Digits only, and one: anything else is hyper's path's to
+                // refuse (400).
+                let Some(n) = content_length(h.value) else {
+                    return Parsed::Other;
+                };
+                if body_len.replace(n).is_some() {
                     return Parsed::Other;
                 }
             }
@@ -203,6 +233,7 @@ pub fn parse_request<'h, 'b>(
         target,
         host,
         close,
+        body_len: body_len.unwrap_or(0),
         headers,
         forwarded_for,
     })
@@ -507,8 +538,10 @@ mod tests {
     #[test]
     fn anything_unusual_is_left_to_hyper() {
         for raw in [
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
-            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
@@ -528,6 +561,20 @@ mod tests {
             parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut storage),
             Parsed::Partial
         ));
+    }
+
+    #[test]
+    fn a_body_of_one_known_length_is_taken_with_its_length() {
+        let raw = "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        let mut storage = header_storage();
+        let Parsed::Request(head) = parse_request(raw.as_bytes(), &mut storage) else {
+            panic!("not taken");
+        };
+        assert_eq!((head.method, head.body_len), (Method::Post, 3));
+        assert_eq!(head.len, raw.len() - 3);
+        assert!(!head.method.idempotent() && Method::Put.idempotent());
+        let (_, out, _) = request(raw).unwrap();
+        assert!(out.starts_with("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"));
     }
 
     fn response(raw: &str, head_request: bool, close: bool) -> (ResponseHead, String) {

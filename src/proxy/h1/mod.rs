@@ -11,9 +11,12 @@
 //! ([`Parked`]) as its socket and a few words, and woken into a task again when
 //! the client sends. Idle keep-alive connections cost little memory.
 //!
-//! What it takes is narrow (see [`head::parse_request`]): a request without a
-//! body, no upgrade, no `Expect`, HTTP/1.1, a route to an upstream of plain HTTP/1.1
-//! servers. Anything else hands the connection, with the bytes read so far, to
+//! What it takes is narrow (see [`head::parse_request`]): HTTP/1.1, no body or
+//! one of a known length that fits the listener's `request_buffer_size` (read
+//! whole before a server is picked, then sent with the head in one write, as
+//! nginx buffers request bodies: a slow uploader holds no server connection, and
+//! a failed try can be sent again), no upgrade, no `Expect`, a route to an
+//! upstream of plain HTTP/1.1 servers. Anything else hands the connection, with the bytes read so far, to
 //! hyper for the rest of its life (`serve_hyper`), so every other feature and
 //! every error answer stays hyper's. Retries, timeouts, passive health,
 //! statistics and the leases that drain waits for are the exchange core's
@@ -283,6 +286,10 @@ enum Next {
 /// A request this path forwards.
 struct Plan {
     head_len: usize,
+    /// Bytes of request body after the head, read whole before the exchange.
+    body_len: usize,
+    /// A failed try may be sent again (idempotent, or the upstream allows it).
+    replayable: bool,
     head_request: bool,
     close: bool,
     upstream: Arc<Upstream>,
@@ -370,14 +377,103 @@ async fn exchange(
             }
         }
     };
-    buf.drain(..plan.head_len);
     let mut record = plan.record.take();
-    let keep = forward(&mut conn, forwarder, &plan, &mut record).await && !plan.close;
+    let whole = plan.head_len + plan.body_len;
+    let keep = match read_body(conn.stream, &mut buf, whole, forwarder.limits.body_timeout).await {
+        Ok(()) => {
+            buf.drain(..plan.head_len);
+            let body = &buf[..plan.body_len];
+            let keep = forward(&mut conn, forwarder, &plan, body, &mut record).await;
+            buf.drain(..plan.body_len);
+            keep && !plan.close
+        }
+        Err(cut) => {
+            body_cut(&mut conn, forwarder, &mut plan, cut, &mut record).await;
+            false
+        }
+    };
     if let (Some(r), Some(log)) = (record, &forwarder.access_log) {
         log.write(r);
     }
     buffers::give(plan.request);
     next(keep, buf)
+}
+
+/// Why a request body was not read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyCut {
+    /// The client closed (or broke) its connection first.
+    Aborted,
+    /// Nothing came for `client_body_timeout`.
+    TimedOut,
+}
+
+/// Reads until `buf` holds `whole` bytes (the head and its body), each read
+/// within `limit` of the one before, as nginx's `client_body_timeout`.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    whole: usize,
+    limit: Duration,
+) -> Result<(), BodyCut> {
+    if buf.len() >= whole {
+        return Ok(());
+    }
+    // One allocation for the body, not a doubling per read.
+    buf.reserve_exact(whole - buf.len());
+    while buf.len() < whole {
+        let read = match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match timeout(limit, stream.read_buf(buf)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(BodyCut::TimedOut),
+                }
+            }
+            r => r,
+        };
+        match read {
+            Ok(n) if n > 0 => {}
+            _ => return Err(BodyCut::Aborted),
+        }
+    }
+    Ok(())
+}
+
+/// A body that did not arrive: no server was picked, so none is blamed. A
+/// client that left is logged as 499 (nothing to answer); one that went
+/// silent gets a 408 and the connection closes.
+async fn body_cut(
+    conn: &mut Side<'_>,
+    f: &Forwarder,
+    plan: &mut Plan,
+    cut: BodyCut,
+    record: &mut Option<Box<Record>>,
+) {
+    let exchange = f.stats.request();
+    match cut {
+        BodyCut::Aborted => {
+            exchange.answered(499);
+            if let Some(r) = record.as_mut() {
+                r.finish(499, 0, 0);
+            }
+        }
+        BodyCut::TimedOut => {
+            exchange.answered(408);
+            plan.close = true;
+            let text = format!(
+                "408 Request Timeout: no request body data for {:?} (client_body_timeout)\n",
+                f.limits.body_timeout
+            );
+            answer(
+                conn,
+                plan,
+                hyper::StatusCode::REQUEST_TIMEOUT,
+                &text,
+                record,
+            )
+            .await;
+        }
+    }
 }
 
 /// Whether this path takes the request at the start of `buf`, and if so where
@@ -406,6 +502,16 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
     let Some(target) = f.router.route(host_without_port(head.host), path) else {
         return Planned::Hyper;
     };
+    // A body this path reads whole first, or hyper's path streams it (and
+    // answers 413 over `max_body_size`).
+    let body_len = head.body_len;
+    if body_len > 0
+        && !(target.request_buffering
+            && body_len <= f.limits.request_buffer_size as u64
+            && target.max_body_size.is_none_or(|most| body_len <= most))
+    {
+        return Planned::Hyper;
+    }
     let Some(upstream) = f.table.load().by_slot(target.slot).cloned() else {
         return Planned::Hyper;
     };
@@ -449,6 +555,8 @@ fn plan(f: &Forwarder, health: Option<&HealthUri>, client: &Client, buf: &[u8]) 
     });
     Planned::Forward(Plan {
         head_len: head.len,
+        body_len: body_len as usize,
+        replayable: head.method.idempotent() || settings.retry.non_idempotent,
         head_request: head.method == head::Method::Head,
         close: head.close,
         slot: target.slot,
@@ -466,6 +574,7 @@ async fn forward(
     conn: &mut Side<'_>,
     f: &Forwarder,
     plan: &Plan,
+    body: &[u8],
     record: &mut Option<Box<Record>>,
 ) -> bool {
     let exchange = f.stats.request();
@@ -478,6 +587,8 @@ async fn forward(
     };
     let mut transport = RawTransport {
         plan,
+        body,
+        sent: false,
         client: ClientSide {
             head_request: plan.head_request,
             close: plan.close || *conn.shutdown.borrow(),
@@ -507,6 +618,10 @@ async fn forward(
 /// pooled or new connection, and the response head read and parsed here.
 struct RawTransport<'a, 'b> {
     plan: &'a Plan,
+    /// The request's body, read whole.
+    body: &'a [u8],
+    /// A try has sent the request.
+    sent: bool,
     client: ClientSide,
     /// The connection's response-head timer, moved forward per request.
     timer: &'b mut Option<Pin<Box<Sleep>>>,
@@ -536,12 +651,16 @@ impl Transport for RawTransport<'_, '_> {
         settings: &UpstreamSettings,
         sent_at: Instant,
     ) -> impl Future<Output = Result<Response, SendError>> {
+        self.sent = true;
         // The path's own future, returned as it is: no wrapper around it.
         send(
             stream,
             server,
             settings,
-            self.plan,
+            Outgoing {
+                head: &self.plan.request,
+                body: self.body,
+            },
             self.client,
             sent_at,
             self.timer,
@@ -549,8 +668,9 @@ impl Transport for RawTransport<'_, '_> {
     }
 
     fn can_send(&self) -> bool {
-        // The request is bytes, kept until the exchange is over.
-        true
+        // The request is bytes, kept until the exchange is over; whether it
+        // may go again is the method's (and the upstream's retry policy).
+        !self.sent || self.plan.replayable
     }
 
     fn status(response: &Response) -> u16 {
@@ -606,35 +726,49 @@ impl BodyStart {
 /// Most bytes of a server's response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// What a try sends: the head as the server gets it, and the body read whole.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    head: &'a [u8],
+    body: &'a [u8],
+}
+
 /// Sends the planned request on `stream` and reads the response head.
 async fn send(
     mut stream: TcpStream,
     server: &Server,
     settings: &UpstreamSettings,
-    plan: &Plan,
+    request: Outgoing<'_>,
     client: ClientSide,
     sent_at: Instant,
     timer: &mut Option<Pin<Box<Sleep>>>,
 ) -> Result<Response, SendError> {
     let stats = &server.runtime.stats;
-    let request = &plan.request[..];
+    let Outgoing { head, body } = request;
+    let total = head.len() + body.len();
     // Usually the socket takes the whole request at once: no timer then, and
     // no future for the rest.
-    let sent = match stream.try_write(request) {
+    let sent = match stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(SendError::Stale(AttemptError::Io(e))),
     };
-    if sent < request.len() {
+    if sent < total {
+        let (head_rest, body_rest) = if sent < head.len() {
+            (&head[sent..], body)
+        } else {
+            (&[][..], &body[sent - head.len()..])
+        };
         write_rest(
             &mut stream,
-            &request[sent..],
+            head_rest,
+            body_rest,
             settings.timeouts.send,
             sent_at,
         )
         .await?;
     }
-    stats.bytes_sent.fetch_add(request.len() as u64, Relaxed);
+    stats.bytes_sent.fetch_add(total as u64, Relaxed);
     let (read, head, client_head, body) =
         read_response_head(&mut stream, server, settings, client, sent_at, timer).await?;
     Ok(Response {
@@ -650,11 +784,16 @@ async fn send(
 /// `sent_at`. A write that fails outright may be a stale connection's.
 async fn write_rest(
     stream: &mut TcpStream,
-    rest: &[u8],
+    head: &[u8],
+    body: &[u8],
     send_timeout: Duration,
     sent_at: Instant,
 ) -> Result<(), SendError> {
-    match timeout_at(sent_at + send_timeout, stream.write_all(rest)).await {
+    let all = async {
+        stream.write_all(head).await?;
+        stream.write_all(body).await
+    };
+    match timeout_at(sent_at + send_timeout, all).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(SendError::Stale(AttemptError::Io(e))),
         Err(_) => Err(SendError::Failed(AttemptError::Io(io::Error::new(
