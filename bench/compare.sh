@@ -18,7 +18,7 @@
 # first traffic a fresh process gets (pool empty, nothing warmed): COLD_DURATION
 # (default 2s) long. --c1000 is the small GET with 1,000 keep-alive clients;
 # --many-rr and --many-lc with 100 servers in the upstream (round robin, least
-# connections; the backend listens on 100 ports, 19100-19199).
+# connections; the backend listens on 100 ports, 21100-21199).
 # --defaults is the plainest comparison a user would make: `switchyard proxy
 # --listen A --to B --workers N` with nothing tuned, against the same nginx and
 # HAProxy as every other row (tuned as their docs recommend: upstream keepalive,
@@ -54,7 +54,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 TLS_KEY=${TLS_KEY:-ec}
 CAP=${CAP:-0.5}
 COLD_DURATION=${COLD_DURATION:-2s}
-MANY=100        # servers in the many-rr and many-lc upstreams: ports 19100-19199
+MANY=100        # servers in the many-rr and many-lc upstreams: ports 21100-21199
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 scenarios=()
@@ -175,7 +175,7 @@ http {
   server {
     listen 127.0.0.1:$BACKEND reuseport;
     listen 127.0.0.1:$((BACKEND + 1)) reuseport;
-$(for i in $(seq 0 $((MANY - 1))); do echo "    listen 127.0.0.1:$((19100 + i));"; done)
+$(for i in $(seq 0 $((MANY - 1))); do echo "    listen 127.0.0.1:$((21100 + i));"; done)
     listen 127.0.0.1:$T_BACKEND ssl;
     ssl_certificate $WORK/tls/cert.pem;
     ssl_certificate_key $WORK/tls/key.pem;
@@ -194,7 +194,7 @@ wait_port $BACKEND
 many_lines() {
   local i
   for i in $(seq 0 $((MANY - 1))); do
-    if [ "${2:-1}" = 2 ]; then printf "$1" "$i" $((19100 + i)); else printf "$1" $((19100 + i)); fi
+    if [ "${2:-1}" = 2 ]; then printf "$1" "$i" $((21100 + i)); else printf "$1" $((21100 + i)); fi
   done
 }
 

@@ -582,6 +582,7 @@ fn start_connection(
             shutdown,
             permit,
             park,
+            linger: h1::LINGER,
         }));
         return;
     };
