@@ -4,6 +4,7 @@
 #
 #   bash bench/ab.sh BEFORE_BINARY AFTER_BINARY      # DURATION=3s ROUNDS=6 WORKERS=1 PATH_=/
 #   WRK_ARGS="-s bench/upload.lua" PATH_=/upload bash bench/ab.sh A B   # 1 MiB uploads
+#   UPSTREAM_EXTRA="" CONNS=1000 bash bench/ab.sh A B   # upstream defaults (no keepalive cap), 1,000 clients
 #   B_LISTENER='access_log = { path = "/tmp/a.json", format = "json" }' bash bench/ab.sh X X
 #     # one binary, B's listener with extra lines (the access log's cost)
 set -euo pipefail
@@ -25,7 +26,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/
 for side in a b; do
   port=$([ $side = a ] && echo 19031 || echo 19032)
   listener=$([ $side = b ] && echo "${B_LISTENER:-}" || true)
-  proxy_config "$WORK/$side.toml" "$port" 19030 "$WORKERS" "keepalive = 64" "$listener"
+  proxy_config "$WORK/$side.toml" "$port" 19030 "$WORKERS" "${UPSTREAM_EXTRA-keepalive = 64}" "$listener"
   bin=$([ $side = a ] && echo "$A" || echo "$B")
   RUST_LOG=warn "$bin" run -c "$WORK/$side.toml" >"$WORK/$side.log" 2>&1 &
   pids+=($!)
