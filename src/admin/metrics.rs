@@ -842,6 +842,14 @@ impl Collector for ProcessCollector {
     }
 }
 
+/// One DNS metric family: name, help, type, and its value per entry.
+type DnsFamily = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&crate::discovery::NameReading) -> u64,
+);
+
 /// The resolver's counters per DNS entry (`discovery`); nothing without
 /// `resolve = true` entries.
 #[derive(Debug)]
@@ -853,12 +861,7 @@ impl Collector for DnsCollector {
         if names.is_empty() {
             return Ok(());
         }
-        let families: [(
-            &str,
-            &str,
-            MetricType,
-            fn(&crate::discovery::NameReading) -> u64,
-        ); 3] = [
+        let families: [DnsFamily; 3] = [
             (
                 "dns_resolutions",
                 "Lookups of a DNS entry's name (resolve = true).",

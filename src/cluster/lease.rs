@@ -25,9 +25,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize};
 use tracing::{info, warn};
 
-use super::ClusterStore;
 use super::gateway::{EtcdError, Gateway};
 use super::wire::{Compare, RangeRequest, RequestOp, TxnResponse};
+use crate::config::ClusterConfig;
 
 /// The shortest lease etcd grants in practice (its minimum TTL is about
 /// 1.5 election timeouts); shorter ones are raised to it.
@@ -63,28 +63,31 @@ impl ResolverLeases {
     }
 }
 
-impl ClusterStore {
-    /// Starts competing for the resolver lease of each of `upstreams`, on the
-    /// store's runtime, for the life of the process. The lease lasts three
-    /// times the store's timeout (at least 2 s).
-    pub fn resolver_leases(self: &Arc<Self>, upstreams: Vec<String>) -> Arc<ResolverLeases> {
-        let leases = Arc::new(ResolverLeases {
-            held: upstreams
-                .into_iter()
-                .map(|u| (u, AtomicBool::new(false)))
-                .collect(),
-        });
-        let ttl = (self.cfg.timeout * 3).max(MIN_TTL);
-        let keeper = Keeper {
-            gateway: self.client.clone(),
-            key_prefix: format!("{}.resolver/", self.cfg.prefix),
-            instance: self.instance.clone(),
-            ttl,
-            leases: Arc::clone(&leases),
-        };
-        self.runtime.spawn(keeper.run());
-        leases
-    }
+/// Starts competing for the resolver lease of each of `upstreams`, on
+/// `runtime` (the store's), for the life of the process. The lease lasts three
+/// times the store's timeout (at least 2 s).
+pub(super) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    gateway: Gateway,
+    cfg: &ClusterConfig,
+    instance: &str,
+    upstreams: Vec<String>,
+) -> Arc<ResolverLeases> {
+    let leases = Arc::new(ResolverLeases {
+        held: upstreams
+            .into_iter()
+            .map(|u| (u, AtomicBool::new(false)))
+            .collect(),
+    });
+    let keeper = Keeper {
+        gateway,
+        key_prefix: format!("{}.resolver/", cfg.prefix),
+        instance: instance.to_string(),
+        ttl: (cfg.timeout * 3).max(MIN_TTL),
+        leases: Arc::clone(&leases),
+    };
+    runtime.spawn(keeper.run());
+    leases
 }
 
 /// The task that keeps this instance's lease and claims keys with it.

@@ -46,12 +46,12 @@ use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
 pub use crate::state::ClusterStatus;
-pub use lease::ResolverLeases;
 use crate::state::{FileStore, StateDoc, StateError, StateStore};
 use crate::upstream::Table;
 use etcd::{Follower, ReadError, Snapshot, WriteEnd};
 use gateway::EtcdError;
 use keys::Kvs;
+pub use lease::ResolverLeases;
 use view::{Revisions, View};
 
 /// A write is tried, and looked up, for at most this many `[cluster]
@@ -398,6 +398,12 @@ impl ClusterStore {
                 ))
             }
         }
+    }
+
+    /// Competes for the DNS resolver lease of each of `upstreams` (`lease`).
+    pub fn resolver_leases(&self, upstreams: Vec<String>) -> Arc<ResolverLeases> {
+        let client = self.client.clone();
+        lease::spawn(&self.runtime, client, &self.cfg, &self.instance, upstreams)
     }
 
     /// The store as this instance sees it now.

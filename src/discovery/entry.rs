@@ -2,7 +2,17 @@
 //! (`resolve = true`): what to look up, and the settings every server found
 //! for them takes.
 
+use std::net::SocketAddr;
+
 use crate::config::{Config, ServerConfig};
+
+/// One server the records ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+}
 
 /// What to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +68,7 @@ impl Entry {
 
     /// A table server for `addr`, with the entry's parameters and the
     /// record's weight and tier.
-    pub fn server(&self, target: &super::lookup::Target) -> ServerConfig {
+    pub fn server(&self, target: &Target) -> ServerConfig {
         ServerConfig {
             addr: target.addr.to_string(),
             weight: target.weight,
@@ -113,7 +123,7 @@ mod tests {
                 service: "_http._tcp.app.internal".into()
             }
         );
-        let target = super::super::lookup::Target {
+        let target = Target {
             addr: "127.0.0.2:9000".parse().unwrap(),
             weight: 7,
             backup: true,

@@ -14,7 +14,7 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
-use super::entry::{Entry, Kind};
+use super::entry::{Entry, Kind, Target};
 use crate::config::{MAX_WEIGHT, MIN_WEIGHT, ResolverConfig};
 
 /// The shortest time an answer is kept when its records' TTLs say less (a
@@ -38,14 +38,6 @@ pub enum LookupError {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the DNS resolver: {0}")]
 pub struct SetupError(String);
-
-/// One server the records ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub backup: bool,
-}
 
 /// What one lookup found, and how long it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@
 //! nor anything but the table's public writer.
 
 mod entry;
+mod leadership;
 mod lookup;
 mod reconcile;
 mod run;
@@ -30,32 +31,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
-pub use entry::{Entry, Kind, entries};
+pub use entry::{Entry, Kind, Target, entries};
+pub use leadership::{Alone, Leadership, ORIGIN};
 pub use lookup::{LookupError, SetupError};
 pub use stats::{NameReading, readings};
 
 use crate::config::Config;
 use crate::upstream::Table;
-
-/// The origin of the resolver's batches, in events and logs.
-pub const ORIGIN: &str = "dns";
-
-/// Whether this instance is the one that resolves an upstream's names and
-/// writes what it finds. Alone, it always is; in a fleet, the holder of the
-/// upstream's lease is (`cluster`), so that N instances do not fight.
-pub trait Leadership: Send + Sync + 'static {
-    fn is_resolver(&self, upstream: &str) -> bool;
-}
-
-/// A single instance: it resolves everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Alone;
-
-impl Leadership for Alone {
-    fn is_resolver(&self, _upstream: &str) -> bool {
-        true
-    }
-}
 
 /// The running resolvers, one task per entry; stopped when dropped.
 #[derive(Debug)]

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::entry::Entry;
-use super::lookup::{Answer, Target};
+use super::entry::{Entry, Target};
+use super::lookup::Answer;
 use crate::upstream::{AdminState, Command, Origin, Server, ServerPatch, ServerRef, ServerSpec};
 
 /// What the resolver of one entry keeps between lookups.

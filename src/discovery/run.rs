@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::entry::Entry;
+use super::leadership::{Leadership, ORIGIN};
 use super::lookup::{Answer, Lookup};
 use super::reconcile::{self, Memory};
 use super::stats::{self, NameStats};
-use super::{Leadership, ORIGIN};
 use crate::config::Balance;
 use crate::upstream::Table;
 
