@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use hyper::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -53,8 +54,18 @@ async fn trio() -> (u16, Vec<Backend>) {
 /// An instance with an admin API, `[resolver]` on `dns`, and upstream `app`
 /// made of `servers` (TOML inline tables).
 fn start(dns: SocketAddr, servers: &str, upstream_extra: &str) -> Switchyard {
+    start_with(dns, servers, upstream_extra, "")
+}
+
+/// [`start`] with more `[admin]` keys (a state file, say).
+fn start_with(
+    dns: SocketAddr,
+    servers: &str,
+    upstream_extra: &str,
+    admin_extra: &str,
+) -> Switchyard {
     let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n\n\
          [resolver]\nservers = [\"{dns}\"]\nvalid = \"200ms\"\ntimeout = \"300ms\"\nipv6 = false\n\n\
          [[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ upstream = \"app\" }}]\n\n\
          [upstream.app]\nservers = [{servers}]\n{upstream_extra}\n"
@@ -434,4 +445,67 @@ fn check_validates_dns_entries_without_resolving_them() {
         "{text}"
     );
     assert!(text.contains("service needs resolve = true"), "{text}");
+}
+
+/// Reads the event stream until an event with `origin` "dns" and `change`
+/// arrives (bounded); that event.
+async fn dns_event(body: &mut hyper::body::Incoming, buf: &mut String, change: &str) -> Value {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        for line in buf.lines() {
+            if let Some(data) = line.strip_prefix("data:") {
+                let ev: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if ev["origin"] == "dns" && ev["change"] == change {
+                    return ev;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no dns {change} event; stream so far: {buf}"))
+            .expect("the stream is open")
+            .unwrap();
+        if let Some(d) = frame.data_ref() {
+            buf.push_str(&String::from_utf8_lossy(d));
+        }
+    }
+}
+
+#[tokio::test]
+async fn dns_changes_are_events_from_dns_and_saved_in_the_state_file() {
+    let dns = DnsServer::start().await;
+    let (port, _backends) = trio().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let sy = start_with(
+        dns.addr,
+        &format!("{{ addr = \"app.test:{port}\", resolve = true }}"),
+        "",
+        &format!("state_file = \"{}\"", state.display()),
+    );
+    let admin = sy.admin();
+    let (resp, _) = Call::get("/api/v1/events").start(admin).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut buf = String::new();
+
+    dns.set_a("app.test", &IP[..1], 300);
+    let ev = dns_event(&mut body, &mut buf, "server_added").await;
+    assert_eq!(ev["server"], format!("127.0.0.1:{port}").as_str(), "{ev}");
+    dns.set_a("app.test", &IP[1..2], 300);
+    let ev = dns_event(&mut body, &mut buf, "server_removed").await;
+    assert_eq!(ev["server"], format!("127.0.0.1:{port}").as_str(), "{ev}");
+
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let servers = saved["upstreams"]["app"]["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(servers.len(), 1, "{saved:#}");
+    assert_eq!(servers[0]["addr"], format!("127.0.0.2:{port}").as_str());
+    assert_eq!(
+        servers[0]["origin"],
+        format!("dns: app.test:{port}").as_str()
+    );
 }
