@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Fleet convergence against the release binary (benches/fleet.rs): a real etcd,
 # three instances, 1,000 weight changes through A, each timed until B and C show
-# it; then sequential writes per second through A. Prints a markdown snippet for
-# BENCHMARKS.md. Needs etcd and etcdctl on PATH (.ci/run installs them).
+# it; then sequential writes per second through A. Then, against a 3-member
+# etcd cluster (issue 23): concurrent adds through A, 8 and 32 writers through
+# three instances on different servers, and the fault scenario (a follower,
+# then the leader, killed with kill -9 under 8 writers). Prints a markdown
+# snippet for BENCHMARKS.md. Needs etcd and etcdctl on PATH (.ci/run installs
+# them).
 #
 #   bench/fleet.sh                  # 1000 changes
 #   CHANGES=200 bench/fleet.sh

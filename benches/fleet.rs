@@ -3,6 +3,13 @@
 //! alternating); each is timed from A's answer until B and C both show it.
 //! Then sequential writes through A are timed for throughput.
 //!
+//! Then (issue 23) against a 3-member etcd cluster, three instances listing
+//! all three endpoints: concurrent adds through A (writes/s), 32 writers
+//! through all three changing different servers (409s), and the fault
+//! scenario: 8 writers adding through the three instances while a follower,
+//! then the leader, is killed with `kill -9` (failures and when, 409s, lost
+//! and duplicated acknowledged writes, failed GETs).
+//!
 //!     cargo build --release && cargo bench --bench fleet
 //!     SWITCHYARD_BIN=/path/to/switchyard FLEET_CHANGES=200 cargo bench --bench fleet
 //!
@@ -55,19 +62,25 @@ struct Instance {
 
 impl Instance {
     fn start(bin: &PathBuf, etcd: &etcd::Etcd, prefix: &str, name: &str) -> Instance {
+        Instance::start_on(bin, &[etcd.endpoint()], prefix, name)
+    }
+
+    /// An instance on `endpoints` (in that order), 1 s per etcd call.
+    fn start_on(bin: &PathBuf, endpoints: &[String], prefix: &str, name: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("switchyard.toml");
         let state = dir.path().join(format!("{name}.state.json"));
+        let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         // The servers take no traffic here; their addresses need not answer.
         std::fs::write(
             &cfg,
             format!(
                 "[admin]\nlisten = \"127.0.0.1:0\"\nstate_file = \"{}\"\n\n\
-                 [cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n\n\
+                 [cluster]\nstore = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\ntimeout = \"1s\"\n\n\
                  [[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ upstream = \"web\" }}]\n\n\
                  [upstream.web]\nservers = [{{ addr = \"127.0.0.1:9\" }}, {{ addr = \"127.0.0.1:10\" }}]\n",
                 state.display(),
-                etcd.endpoint()
+                list.join(", ")
             ),
         )
         .unwrap();
@@ -283,4 +296,344 @@ fn main() {
         println!("sequential writes through A: {writes} in {took:.2} s = {wps:.0} writes/s");
     });
     drop((a, b, c));
+    drop(etcd);
+    rt.block_on(three_members(&bin));
+}
+
+/// One write's answer: status, error code.
+async fn post(conn: &mut Conn, path: &str, body: serde_json::Value) -> (StatusCode, String) {
+    let (status, v) = conn.send(Method::POST, path, Some(body.to_string())).await;
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+const SERVERS: &str = "/api/v1/upstreams/web/servers";
+
+/// `web`'s servers on `conn`: address → id.
+async fn ids(conn: &mut Conn) -> std::collections::BTreeMap<String, u64> {
+    let (status, v) = conn.send(Method::GET, SERVERS, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["addr"].as_str().unwrap().to_string(),
+                s["id"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `clients` connections to `admin` adding `per` servers each (down, at
+/// addresses from `base`): acknowledged adds (address, id), every other
+/// answer (when, status, code), and each add's time.
+async fn adders(
+    admin: SocketAddr,
+    clients: usize,
+    per: usize,
+    base: u32,
+) -> (
+    Vec<(String, u64)>,
+    Vec<(Instant, StatusCode, String)>,
+    Vec<Duration>,
+) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|k| {
+            tokio::spawn(async move {
+                let mut conn = Conn::open(admin).await;
+                let (mut ok, mut bad, mut times) = (Vec::new(), Vec::new(), Vec::new());
+                for i in 0..per {
+                    let n = base + (k * per + i) as u32;
+                    let addr = format!("10.{}.{}.{}:80", n >> 16 & 255, n >> 8 & 255, n & 255);
+                    let body = serde_json::json!({ "addr": addr, "state": "down" });
+                    let t = Instant::now();
+                    let (status, v) = conn
+                        .send(Method::POST, SERVERS, Some(body.to_string()))
+                        .await;
+                    times.push(t.elapsed());
+                    if status == StatusCode::CREATED {
+                        ok.push((addr, v["id"].as_u64().unwrap()));
+                    } else {
+                        let code = v["error"]["code"].as_str().unwrap_or("").to_string();
+                        bad.push((Instant::now(), status, code));
+                    }
+                }
+                (ok, bad, times)
+            })
+        })
+        .collect();
+    let (mut ok, mut bad, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    for t in tasks {
+        let (o, b, d) = t.await.unwrap();
+        ok.extend(o);
+        bad.extend(b);
+        times.extend(d);
+    }
+    times.sort();
+    (ok, bad, times)
+}
+
+/// Three instances on `endpoints` (each preferring a different member) under
+/// a fresh prefix: each scenario starts from the two configured servers.
+fn three(bin: &PathBuf, endpoints: &[String], prefix: &str) -> (Vec<Instance>, Vec<SocketAddr>) {
+    let nodes: Vec<Instance> = (0..3)
+        .map(|i| {
+            let mut e = endpoints.to_vec();
+            e.rotate_left(i);
+            Instance::start_on(bin, &e, prefix, ["a", "b", "c"][i])
+        })
+        .collect();
+    let admins = nodes.iter().map(|n| n.admin).collect();
+    (nodes, admins)
+}
+
+/// Issue 23: a 3-member etcd cluster and three instances on all of it.
+async fn three_members(bin: &PathBuf) {
+    let mut etcd = etcd::EtcdCluster::start();
+    let endpoints = etcd.endpoints();
+    let prefix = format!("/switchyard/bench3-{}", std::process::id());
+
+    // Concurrent adds through A.
+    println!();
+    println!(
+        "fleet, 3-member etcd cluster (heartbeat 50 ms, election 500 ms), 3 instances on all three endpoints, a fresh prefix (2 servers) for each row:"
+    );
+    println!();
+    println!("| measure | writes | 409 | other failures | writes/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for clients in [1usize, 8, 32] {
+        let (nodes, admins) = three(bin, &endpoints, &format!("{prefix}-adds{clients}"));
+        Conn::open(admins[0]).await.set_weight0(7).await;
+        let per = 1000 / clients;
+        let t0 = Instant::now();
+        let (ok, bad, times) = adders(admins[0], clients, per, (clients as u32) << 16).await;
+        let took = t0.elapsed().as_secs_f64();
+        let conflicts = bad.iter().filter(|b| b.1 == StatusCode::CONFLICT).count();
+        println!(
+            "| adds through A, {clients} client(s) | {} | {conflicts} | {} | {:.0} | {:.2} | {:.2} |",
+            ok.len(),
+            bad.len() - conflicts,
+            ok.len() as f64 / took,
+            ms(pct(&times, 50.0)),
+            ms(pct(&times, 99.0))
+        );
+        drop(nodes);
+    }
+    for writers in [8usize, 32] {
+        // Each writer adds through one instance (round robin), then sets
+        // its own server's weight: different servers, same upstream.
+        let (nodes, admins) = three(bin, &endpoints, &format!("{prefix}-writers{writers}"));
+        Conn::open(admins[0]).await.set_weight0(7).await;
+        let t0 = Instant::now();
+        let per = 320 / writers;
+        let tasks: Vec<_> = (0..writers)
+            .map(|k| {
+                let admin = admins[k % 3];
+                tokio::spawn(async move {
+                    let mut conn = Conn::open(admin).await;
+                    let (mut n, mut conflicts, mut other) = (0, 0, 0);
+                    for i in 0..per {
+                        let addr = format!("10.200.{}.{}:80", k, i);
+                        let (status, v) = conn
+                            .send(
+                                Method::POST,
+                                SERVERS,
+                                Some(
+                                    serde_json::json!({ "addr": addr, "state": "down" })
+                                        .to_string(),
+                                ),
+                            )
+                            .await;
+                        n += 1;
+                        match status {
+                            StatusCode::CREATED => {}
+                            StatusCode::CONFLICT => {
+                                conflicts += 1;
+                                continue;
+                            }
+                            _ => {
+                                other += 1;
+                                continue;
+                            }
+                        }
+                        let id = v["id"].as_u64().unwrap();
+                        let (status, _) = conn
+                            .send(
+                                Method::PATCH,
+                                &format!("{SERVERS}/{id}"),
+                                Some(serde_json::json!({ "weight": 2 + i % 5 }).to_string()),
+                            )
+                            .await;
+                        n += 1;
+                        match status {
+                            StatusCode::OK => {}
+                            StatusCode::CONFLICT => conflicts += 1,
+                            _ => other += 1,
+                        }
+                    }
+                    (n, conflicts, other)
+                })
+            })
+            .collect();
+        let (mut n, mut conflicts, mut other) = (0, 0, 0);
+        for t in tasks {
+            let (a, b, c) = t.await.unwrap();
+            n += a;
+            conflicts += b;
+            other += c;
+        }
+        let took = t0.elapsed().as_secs_f64();
+        println!(
+            "| {writers} writers through A, B, C (add, then weight of that server) | {n} | {conflicts} | {other} | {:.0} | | |",
+            n as f64 / took
+        );
+        drop(nodes);
+    }
+    let (nodes, admins) = three(bin, &endpoints, &format!("{prefix}-faults"));
+    Conn::open(admins[0]).await.set_weight0(7).await;
+    faults(&mut etcd, &admins).await;
+    drop(nodes);
+}
+
+/// 8 writers adding through the three instances; a follower killed after
+/// 1 s and restarted 2 s later; the leader killed 1 s after that; 4 s more.
+async fn faults(etcd: &mut etcd::EtcdCluster, admins: &[SocketAddr]) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8u32)
+        .map(|k| {
+            let admin = admins[k as usize % 3];
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut conn = Conn::open(admin).await;
+                let (mut ok, mut bad) = (Vec::new(), Vec::new());
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let addr = format!("10.250.{k}.{}:{}", i / 250, 1000 + i % 250);
+                    i += 1;
+                    let (status, code) = post(
+                        &mut conn,
+                        SERVERS,
+                        serde_json::json!({ "addr": addr, "state": "down" }),
+                    )
+                    .await;
+                    if status == StatusCode::CREATED {
+                        ok.push(addr);
+                    } else {
+                        bad.push((Instant::now(), status, code));
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect();
+    let readers: Vec<_> = admins
+        .iter()
+        .map(|&admin| {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut conn = Conn::open(admin).await;
+                let (mut n, mut failed) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    if conn.send(Method::GET, SERVERS, None).await.0 != StatusCode::OK {
+                        failed += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (n, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader = tokio::task::block_in_place(|| etcd.leader());
+    let follower = (leader + 1) % 3;
+    let follower_killed = Instant::now();
+    tokio::task::block_in_place(|| etcd.kill_9(follower));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    tokio::task::block_in_place(|| etcd.restart(follower));
+    let rejoined = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader = tokio::task::block_in_place(|| etcd.leader());
+    let leader_killed = Instant::now();
+    tokio::task::block_in_place(|| etcd.kill_9(leader));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut bad) = (Vec::new(), Vec::new());
+    for w in writers {
+        let (o, b) = w.await.unwrap();
+        acked.extend(o);
+        bad.extend(b);
+    }
+    let (mut gets, mut failed_gets) = (0, 0);
+    for r in readers {
+        let (n, f) = r.await.unwrap();
+        gets += n;
+        failed_gets += f;
+    }
+    // Lost: acknowledged and missing on an instance once they agree.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lists = loop {
+        let mut lists = Vec::new();
+        for a in admins {
+            lists.push(ids(&mut Conn::open(*a).await).await);
+        }
+        if lists[0] == lists[1] && lists[1] == lists[2] || Instant::now() > deadline {
+            break lists;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lost = acked
+        .iter()
+        .filter(|a| lists.iter().any(|l| !l.contains_key(*a)))
+        .count();
+    let same = lists[0] == lists[1] && lists[1] == lists[2];
+    let mut all_ids: Vec<u64> = lists[0].values().copied().collect();
+    let n_ids = all_ids.len();
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    let conflicts = bad.iter().filter(|b| b.1 == StatusCode::CONFLICT).count();
+    let after = |kill: Instant| {
+        bad.iter()
+            .filter(|b| b.0 >= kill && b.0 < kill + Duration::from_secs(3))
+            .count()
+    };
+    let late = bad.len() - after(follower_killed) - after(leader_killed);
+    let last = bad
+        .iter()
+        .map(|b| b.0.saturating_duration_since(leader_killed))
+        .max()
+        .unwrap_or_default();
+    println!();
+    println!(
+        "fault scenario: 8 writers adding through A, B, C; follower `kill -9` at 1 s (back 2 s later, healthy in {:.1} s), leader `kill -9` 1 s after that; 4 s more",
+        rejoined.as_secs_f64()
+    );
+    println!();
+    println!(
+        "| acknowledged adds | failed | of which after the 3 s window | 409 | codes | lost | duplicate ids | same ids on A, B, C | GETs | failed GETs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut codes: Vec<String> = bad
+        .iter()
+        .map(|b| format!("{} {}", b.1.as_u16(), b.2))
+        .collect();
+    codes.sort();
+    codes.dedup();
+    println!(
+        "| {} | {} (last {:.2} s after the leader's kill) | {late} | {conflicts} | {} | {lost} | {} | {} | {gets} | {failed_gets} |",
+        acked.len(),
+        bad.len(),
+        last.as_secs_f64(),
+        if codes.is_empty() {
+            "—".to_string()
+        } else {
+            codes.join(", ")
+        },
+        n_ids - all_ids.len(),
+        if same { "yes" } else { "NO" }
+    );
 }
