@@ -597,11 +597,13 @@ async fn serve(
         .state_file
         .or_else(|| admin_cfg.as_ref().and_then(|a| a.state_file.clone()));
     let (table, leadership) = serve_table(&cfg, state_file.as_ref(), state.discard_bad_state)?;
-    // Names with `resolve = true` are looked up before the listeners open (at
-    // most a few lookups' time), so the first requests find their servers.
+    // Names with `resolve = true` are looked up before the listeners open, so
+    // the first requests find their servers; a name server that does not
+    // answer delays the start by twice its timeout, 5 s at most.
     let mut discovery = crate::discovery::spawn(&cfg, Arc::clone(&table), leadership);
     if let Some(d) = &mut discovery {
-        d.first_round(cfg.resolver.timeout * 4).await;
+        let wait = (cfg.resolver.timeout * 2).min(std::time::Duration::from_secs(5));
+        d.first_round(wait).await;
     }
     let shutdown = shutdown_signal();
     // Before the listeners print their lines: a SIGUSR1 from then on reopens
