@@ -69,9 +69,11 @@ impl From<TableError> for ApiError {
             TableError::StoreUnavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", message)
             }
-            TableError::StoreOutcomeUnknown(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreOutcomeUnknown", message)
-            }
+            TableError::StoreOutcomeUnknown(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "StoreOutcomeUnknown",
+                message,
+            ),
         }
     }
 }
