@@ -597,10 +597,11 @@ async fn a_connection_whose_upload_is_still_running_is_not_reused() {
     // Answers every request at once, before reading its body.
     let backend = Scripted::start(OK).await;
     let p = proxy(backend.addr, "").await;
-    // A client that announces 1 MiB and sends 10 bytes, then keeps its
-    // connection open without sending more.
+    // A client that announces 2 MiB (more than `request_buffer_size`, so the
+    // body streams) and sends 10 bytes, then keeps its connection open without
+    // sending more.
     let mut slow = TcpStream::connect(p.addr).await.unwrap();
-    slow.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n0123456789")
+    slow.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 2097152\r\n\r\n0123456789")
         .await
         .unwrap();
     let mut buf = Vec::new();

@@ -24,6 +24,7 @@ mod request;
 pub mod request_body;
 mod rewind;
 mod router;
+mod spread;
 pub mod stats;
 mod upgrade;
 
@@ -36,7 +37,7 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -302,20 +303,31 @@ impl ProxyHandle {
         let grace = self.shared.grace;
         let stats = Arc::clone(&b.live.load().forwarder.stats);
         stats::register(&stats);
+        let workers = b.extra.len().min(self.shared.workers.len());
+        let mut seats = if workers > 0 {
+            spread::Spread::seats(workers + 1)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
         let mut tasks = vec![tokio::spawn(serve_listener(
             b.socket,
             Arc::clone(&b.live),
             stop_rx.clone(),
             grace,
             Arc::clone(&stats),
+            seats[0].take(),
         ))];
-        for (socket, worker) in b.extra.into_iter().zip(&self.shared.workers) {
+        let extra = b.extra.into_iter().zip(&self.shared.workers);
+        for ((socket, worker), seat) in extra.zip(seats.into_iter().skip(1)) {
             let (live, stop_rx, stats) = (Arc::clone(&b.live), stop_rx.clone(), Arc::clone(&stats));
             tasks.push(worker.spawn(async move {
                 // Registered with this worker's runtime, so its connections are
                 // served here.
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => serve_listener(socket, live, stop_rx, grace, stats).await,
+                    Ok(socket) => serve_listener(socket, live, stop_rx, grace, stats, seat).await,
                     Err(e) => {
                         warn!(error = %e, "a worker cannot accept on its listener socket");
                         0
@@ -464,14 +476,28 @@ impl Proxy {
 /// Accepts on one listener until told to stop; returns how many connections were
 /// still open when the grace period ran out. Also keeps this worker's parked
 /// idle connections of the listener (`h1::Parked`): wakes them into tasks when
-/// their clients send, closes them past `header_timeout` or at shutdown.
+/// their clients send, closes them past `header_timeout` or at shutdown. With
+/// several workers (`seat`), a client accepted here while this worker holds
+/// more connections than another goes to that one ([`spread`]).
 async fn serve_listener(
     listener: TcpListener,
     live: Arc<ArcSwap<Listening>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     stats: Arc<ListenerStats>,
+    seat: Option<spread::Seat>,
 ) -> usize {
+    let (seat, mut inbox) = match seat {
+        Some(s) => {
+            let spread::Seat {
+                index,
+                spread,
+                inbox,
+            } = s;
+            (Some(spread::Seat::place(index, spread)), Some(inbox))
+        }
+        None => (None, None),
+    };
     let slots = stats.slots();
     // Each connection task holds a receiver: `true` asks it to finish its
     // exchange in flight and close; the count of receivers is the count of
@@ -497,15 +523,30 @@ async fn serve_listener(
             park.clone(),
         );
     };
+    // A slot if there is one; else the client waits (`waiting`).
+    let admit = |stream, addr| match Arc::clone(slots).try_acquire_owned() {
+        Ok(permit) => {
+            start(stream, addr, permit);
+            Ok(None)
+        }
+        Err(tokio::sync::TryAcquireError::NoPermits) => Ok(Some((stream, addr))),
+        Err(tokio::sync::TryAcquireError::Closed) => Err(()),
+    };
     loop {
+        let held = connections.receiver_count() + parked.len();
+        if let Some(s) = &seat {
+            s.publish(held);
+        }
         tokio::select! {
             accepted = listener.accept(), if waiting.is_none() => match accepted {
                 Ok((stream, addr)) => {
                     stats.accepted();
-                    match Arc::clone(slots).try_acquire_owned() {
-                        Ok(permit) => start(stream, addr, permit),
-                        Err(tokio::sync::TryAcquireError::NoPermits) => waiting = Some((stream, addr)),
-                        Err(tokio::sync::TryAcquireError::Closed) => break,
+                    let Some((stream, addr)) = keep_or_hand(seat.as_ref(), held, stream, addr) else {
+                        continue;
+                    };
+                    match admit(stream, addr) {
+                        Ok(w) => waiting = w,
+                        Err(()) => break,
                     }
                 }
                 Err(e) => {
@@ -518,6 +559,15 @@ async fn serve_listener(
             permit = Arc::clone(slots).acquire_owned(), if waiting.is_some() => match (permit, waiting.take()) {
                 (Ok(permit), Some((stream, addr))) => start(stream, addr, permit),
                 _ => break,
+            },
+            Some((client, addr)) = handed(&mut inbox), if waiting.is_none() => {
+                // Registered with this worker's runtime from here on.
+                if let Ok(stream) = tokio::net::TcpStream::from_std(client) {
+                    match admit(stream, addr) {
+                        Ok(w) => waiting = w,
+                        Err(()) => break,
+                    }
+                }
             },
             Some(p) = to_park.recv() => {
                 stats.parked(1);
@@ -552,6 +602,44 @@ async fn serve_listener(
             warn!(open, "grace period over, closing remaining connections");
             open.max(1)
         }
+    }
+}
+
+/// A client accepted here, unless another worker holds fewer connections: then
+/// it is handed there and `None` returned.
+fn keep_or_hand(
+    seat: Option<&spread::Place>,
+    held: usize,
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let Some(target) = seat.and_then(|s| s.elsewhere(held)) else {
+        return Some((stream, addr));
+    };
+    let seat = seat?;
+    // Out of this runtime's reactor, to be registered with the other's.
+    let client = match stream.into_std() {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "cannot hand a client to another worker");
+            return None;
+        }
+    };
+    match seat.hand(target, (client, addr)) {
+        Ok(()) => None,
+        Err((client, addr)) => tokio::net::TcpStream::from_std(client)
+            .ok()
+            .map(|s| (s, addr)),
+    }
+}
+
+/// The next client another worker handed to this one (never, with one worker).
+async fn handed(
+    inbox: &mut Option<mpsc::UnboundedReceiver<spread::Handed>>,
+) -> Option<spread::Handed> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
