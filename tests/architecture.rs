@@ -450,7 +450,10 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("upstream", &["clock", "config", "logging", "state", "tls"]),
     ("health", &["clock", "config", "tls", "upstream"]),
     ("cluster", &["clock", "config", "state", "tls", "upstream"]),
-    ("discovery", &["clock", "config", "logging", "state", "upstream"]),
+    (
+        "discovery",
+        &["clock", "config", "logging", "state", "upstream"],
+    ),
     ("proxy", &["clock", "config", "health", "tls", "upstream"]),
     (
         "admin",
