@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::gateway::{EtcdError, Gateway};
@@ -215,7 +215,11 @@ struct GrantRequest {
 
 #[derive(Deserialize)]
 struct GrantResponse {
-    #[serde(rename = "ID", default, deserialize_with = "int64")]
+    #[serde(
+        rename = "ID",
+        default,
+        deserialize_with = "super::wire::i64s::deserialize"
+    )]
     id: i64,
     #[serde(default)]
     error: String,
@@ -235,7 +239,11 @@ struct KeepAliveAnswer {
 
 #[derive(Deserialize)]
 struct KeepAliveResult {
-    #[serde(rename = "TTL", default, deserialize_with = "int64")]
+    #[serde(
+        rename = "TTL",
+        default,
+        deserialize_with = "super::wire::i64s::deserialize"
+    )]
     ttl: i64,
 }
 
@@ -257,20 +265,6 @@ struct PutWithLease {
     key: String,
     value: String,
     lease: String,
-}
-
-/// protobuf's int64 in JSON: a decimal string (a bare number is taken too).
-fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Int {
-        Text(String),
-        Number(i64),
-    }
-    match Int::deserialize(d)? {
-        Int::Number(n) => Ok(n),
-        Int::Text(t) => t.parse().map_err(serde::de::Error::custom),
-    }
 }
 
 #[cfg(test)]

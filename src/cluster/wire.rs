@@ -31,7 +31,7 @@ mod b64 {
 }
 
 /// `int64` fields: a decimal string on the wire (a bare number is accepted too).
-mod i64s {
+pub(super) mod i64s {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
