@@ -5,10 +5,10 @@
 //! Per instance, one lease (granted, kept alive every third of its TTL); per
 //! upstream, one key `{prefix}.resolver/{upstream}`, created only if absent
 //! and tied to the lease, whose value names the holder. The key lives beside
-//! the table's prefix, not under it, on purpose: the table's guarded writes
-//! compare every key under `{prefix}/`, and its watch reads them all, so a
-//! lease key there would make writes conflict and followers re-read for
-//! nothing. When the holder stops (or loses etcd for a TTL), its lease ends,
+//! the table's prefix, not under it, on purpose: the table reads every key
+//! under `{prefix}/` as part of itself (its watch and its full reads), so a
+//! lease key there would wake every follower when a holder changes, and would
+//! have to be told apart from the table's keys everywhere. When the holder stops (or loses etcd for a TTL), its lease ends,
 //! etcd deletes the keys, and another instance creates them.
 //!
 //! Owns: the lease conversation (grant, keepalive, claim) over the gateway.
