@@ -487,17 +487,7 @@ async fn serve_listener(
     stats: Arc<ListenerStats>,
     seat: Option<spread::Seat>,
 ) -> usize {
-    let (seat, mut inbox) = match seat {
-        Some(s) => {
-            let spread::Seat {
-                index,
-                spread,
-                inbox,
-            } = s;
-            (Some(spread::Seat::place(index, spread)), Some(inbox))
-        }
-        None => (None, None),
-    };
+    let (seat, mut inbox) = seat.map(spread::Seat::split).unzip();
     let slots = stats.slots();
     // Each connection task holds a receiver: `true` asks it to finish its
     // exchange in flight and close; the count of receivers is the count of
@@ -613,10 +603,9 @@ fn keep_or_hand(
     stream: tokio::net::TcpStream,
     addr: SocketAddr,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    let Some(target) = seat.and_then(|s| s.elsewhere(held)) else {
+    let Some((seat, target)) = seat.and_then(|s| Some((s, s.elsewhere(held)?))) else {
         return Some((stream, addr));
     };
-    let seat = seat?;
     // Out of this runtime's reactor, to be registered with the other's.
     let client = match stream.into_std() {
         Ok(c) => c,

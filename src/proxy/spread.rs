@@ -36,9 +36,8 @@ pub struct Spread {
 
 /// One worker's seat in a [`Spread`]: its place, and its inbox.
 pub struct Seat {
-    pub index: usize,
-    pub spread: std::sync::Arc<Spread>,
-    pub inbox: mpsc::UnboundedReceiver<Handed>,
+    place: Place,
+    inbox: mpsc::UnboundedReceiver<Handed>,
 }
 
 /// A worker's place in a [`Spread`], without its inbox.
@@ -60,8 +59,10 @@ impl Spread {
             .into_iter()
             .enumerate()
             .map(|(index, inbox)| Seat {
-                index,
-                spread: std::sync::Arc::clone(&spread),
+                place: Place {
+                    index,
+                    spread: std::sync::Arc::clone(&spread),
+                },
                 inbox,
             })
             .collect()
@@ -69,9 +70,10 @@ impl Spread {
 }
 
 impl Seat {
-    /// The place, apart from the inbox (which the accept loop polls).
-    pub fn place(index: usize, spread: std::sync::Arc<Spread>) -> Place {
-        Place { index, spread }
+    /// The place and the inbox apart: the accept loop polls the one and
+    /// reads the other.
+    pub fn split(self) -> (Place, mpsc::UnboundedReceiver<Handed>) {
+        (self.place, self.inbox)
     }
 }
 
@@ -127,8 +129,9 @@ mod tests {
         // 64 clients all accepted by worker 0 of two: it keeps a client when
         // level and hands it over otherwise; worker 1 publishes nothing (its
         // loop has not run) and is counted by the hand-offs alone.
-        let seats = Spread::seats(2);
-        let zero = Seat::place(0, std::sync::Arc::clone(&seats[0].spread));
+        let mut seats = Spread::seats(2).into_iter();
+        let (zero, _inbox) = seats.next().unwrap().split();
+        let (one, _) = seats.next().unwrap().split();
         let mut kept = 0;
         for _ in 0..64 {
             if zero.elsewhere(kept).is_none() {
@@ -136,7 +139,7 @@ mod tests {
                 zero.publish(kept);
             }
         }
-        let handed = seats[1].spread.open[1].load(Relaxed);
+        let handed = one.spread.open[1].load(Relaxed);
         assert_eq!(kept + handed, 64);
         assert!(kept.abs_diff(handed) <= 1, "kept {kept}, handed {handed}");
     }
