@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rolling deploy under load against the release binary: the scenarios of
-# tests/rolling_deploy.rs (drain-replace-up, then kill -9 and restart) with more
+# tests/suite/rolling_deploy.rs (drain-replace-up, then kill -9 and restart) with more
 # clients and more requests per step. Prints requests sent and failed per
 # scenario.
 #
@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 export ROLLING_DEPLOY_CLIENTS="${CLIENTS:-256}"
 export ROLLING_DEPLOY_HITS="${HITS:-3000}"
 echo "rolling deploy: $ROLLING_DEPLOY_CLIENTS clients, $ROLLING_DEPLOY_HITS answers per step, release build"
-cargo test --release --quiet --test rolling_deploy -- --nocapture --test-threads 1 2>&1 |
+cargo test --release --quiet --test suite rolling_deploy:: -- --nocapture --test-threads 1 2>&1 |
   grep -oE 'rolling deploy \(.*|panicked.*|FAILED.*|test result.*'

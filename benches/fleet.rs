@@ -16,7 +16,7 @@
 //! B and C are polled over one keep-alive connection each (`GET` of the server's
 //! view, no pause), so a time includes up to one poll round trip.
 
-#[path = "../tests/support/etcd.rs"]
+#[path = "../tests/suite/support/etcd.rs"]
 mod etcd;
 
 use std::io::{BufRead, BufReader};
