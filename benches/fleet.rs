@@ -12,6 +12,7 @@
 //!
 //!     cargo build --release && cargo bench --bench fleet
 //!     SWITCHYARD_BIN=/path/to/switchyard FLEET_CHANGES=200 cargo bench --bench fleet
+//!     FLEET_ONLY=adds cargo bench --bench fleet   # only the concurrent adds rows
 //!
 //! B and C are polled over one keep-alive connection each (`GET` of the server's
 //! view, no pause), so a time includes up to one poll round trip.
@@ -225,6 +226,17 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let bin = binary();
+    if std::env::var("FLEET_ONLY").as_deref() == Ok("adds") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let etcd = etcd::EtcdCluster::start();
+        let prefix = format!("/switchyard/adds-{}", std::process::id());
+        rt.block_on(adds_rows(&bin, &etcd.endpoints(), &prefix));
+        return;
+    }
     let etcd = etcd::Etcd::start();
     let prefix = format!("/switchyard/bench-{}", std::process::id());
     let a = Instance::start(&bin, &etcd, &prefix, "a");
@@ -390,13 +402,9 @@ fn three(bin: &PathBuf, endpoints: &[String], prefix: &str) -> (Vec<Instance>, V
     (nodes, admins)
 }
 
-/// Issue 23: a 3-member etcd cluster and three instances on all of it.
-async fn three_members(bin: &PathBuf) {
-    let mut etcd = etcd::EtcdCluster::start();
-    let endpoints = etcd.endpoints();
-    let prefix = format!("/switchyard/bench3-{}", std::process::id());
-
-    // Concurrent adds through A.
+/// Concurrent adds through A with 1, 8 and 32 clients, each row on a fresh
+/// prefix of `endpoints`' cluster.
+async fn adds_rows(bin: &PathBuf, endpoints: &[String], prefix: &str) {
     println!();
     println!(
         "fleet, 3-member etcd cluster (heartbeat 50 ms, election 500 ms), 3 instances on all three endpoints, a fresh prefix (2 servers) for each row:"
@@ -405,7 +413,7 @@ async fn three_members(bin: &PathBuf) {
     println!("| measure | writes | 409 | other failures | writes/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
     for clients in [1usize, 8, 32] {
-        let (nodes, admins) = three(bin, &endpoints, &format!("{prefix}-adds{clients}"));
+        let (nodes, admins) = three(bin, endpoints, &format!("{prefix}-adds{clients}"));
         Conn::open(admins[0]).await.set_weight0(7).await;
         let per = 1000 / clients;
         let t0 = Instant::now();
@@ -422,6 +430,15 @@ async fn three_members(bin: &PathBuf) {
         );
         drop(nodes);
     }
+}
+
+/// Issue 23: a 3-member etcd cluster and three instances on all of it.
+async fn three_members(bin: &PathBuf) {
+    let mut etcd = etcd::EtcdCluster::start();
+    let endpoints = etcd.endpoints();
+    let prefix = format!("/switchyard/bench3-{}", std::process::id());
+
+    adds_rows(bin, &endpoints, &prefix).await;
     for writers in [8usize, 32] {
         // Each writer adds through one instance (round robin), then sets
         // its own server's weight: different servers, same upstream.
