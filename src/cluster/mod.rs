@@ -81,6 +81,8 @@ struct Shared {
     mirror: Mirror,
     /// This instance's writer key's revision, as last written here.
     writer_rev: Option<u64>,
+    /// A write of this instance's is on its way to etcd (see `follow_view`).
+    writing: bool,
 }
 
 /// Failed calls and looked-up writes, by kind, for `/metrics`.
@@ -117,6 +119,8 @@ pub struct ClusterStore {
     shared: Mutex<Shared>,
     /// Signalled whenever `Mirror::followed` moves (for `catch_up`).
     applied: Condvar,
+    /// Signalled when a write of this instance's has ended.
+    write_ended: Condvar,
     cache: Option<FileStore>,
     link: Mutex<Link>,
     errors: Arc<Counters>,
@@ -160,6 +164,7 @@ impl ClusterStore {
             client,
             shared: Mutex::new(Shared::default()),
             applied: Condvar::new(),
+            write_ended: Condvar::new(),
             cache,
             errors: Arc::new(Counters::default()),
             writes: AtomicU64::new(0),
@@ -276,6 +281,7 @@ impl ClusterStore {
         s.mirror.kvs = kvs;
         s.mirror.revs = revs.clone();
         s.mirror.version = version;
+        s.view.held(version);
         s.mirror.followed = s.mirror.followed.max(watched);
         s.mirror.revision = s.mirror.revision.max(watched);
         let revision = s.mirror.revision;
@@ -332,11 +338,15 @@ impl ClusterStore {
         for k in deletes {
             s.mirror.revs.remove(k);
         }
-        // The table held the whole view: with the write it still does.
-        let whole = s.mirror.version == s.view.version();
+        // The table held the whole view: with the write it still does. So
+        // it does when the watch brought this very write first.
+        let ours = |k: &str| puts.iter().any(|(p, _)| p == k) || deletes.iter().any(|d| d == k);
+        let whole = s.view.only_since(s.mirror.version, revision, &ours);
         s.view.own_write(puts, deletes, revision);
         if whole {
             s.mirror.version = s.view.version();
+            let v = s.mirror.version;
+            s.view.held(v);
         }
         s.mirror.revision = s.mirror.revision.max(revision);
     }
@@ -347,11 +357,24 @@ impl ClusterStore {
         if s.mirror.version != s.view.version() {
             return false;
         }
+        let v = s.mirror.version;
+        s.view.held(v);
         s.mirror.followed = s.mirror.followed.max(s.view.watched());
         s.mirror.revision = s.mirror.revision.max(s.view.watched());
         drop(s);
         self.applied.notify_all();
         true
+    }
+
+    /// Waits until no write of this instance's is on its way (at most a
+    /// write's deadline).
+    fn wait_for_own_write(&self) {
+        let within = self.cfg.timeout * (WRITE_DEADLINE_TIMEOUTS + 1);
+        let s = self.lock_shared();
+        let _s = self
+            .write_ended
+            .wait_timeout_while(s, within, |s| s.writing)
+            .unwrap_or_else(|p| p.into_inner());
     }
 
     fn save_cache(&self, doc: &StateDoc, revision: u64) {
@@ -491,6 +514,11 @@ impl Follower for ClusterStore {
     }
 
     fn follow_view(&self, table: &Table) -> usize {
+        // The watch often brings this instance's own write before etcd's
+        // answer to it has come back: wait for that answer, which makes the
+        // table hold the view again (`written`), rather than work out the
+        // difference from the whole table only to find none.
+        self.wait_for_own_write();
         // A local write between taking the view and adopting it makes the
         // table refuse it (it would undo the write): take it again.
         for _ in 0..8 {
@@ -537,6 +565,7 @@ impl StateStore for ClusterStore {
         let Some(write) = self.write_for(&want) else {
             return Ok(());
         };
+        let _writing = Writing::start(self);
         let (puts, deletes) = (write.puts.clone(), write.deletes.clone());
         let within = self.cfg.timeout * WRITE_DEADLINE_TIMEOUTS;
         let deadline = tokio::time::Instant::now() + within;
@@ -607,6 +636,24 @@ impl StateStore for ClusterStore {
 
     fn cluster_status(&self) -> Option<ClusterStatus> {
         Some(self.status())
+    }
+}
+
+/// A write of this instance's on its way, from the transaction until its
+/// outcome is in the mirror: `follow_view` waits for it to end.
+struct Writing<'a>(&'a ClusterStore);
+
+impl<'a> Writing<'a> {
+    fn start(store: &'a ClusterStore) -> Writing<'a> {
+        store.lock_shared().writing = true;
+        Writing(store)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.lock_shared().writing = false;
+        self.0.write_ended.notify_all();
     }
 }
 

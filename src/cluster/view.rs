@@ -35,6 +35,11 @@ pub(crate) struct View {
     version: u64,
     /// The newest revision the watch (or a full read) delivered.
     watched: u64,
+    /// The key and revision of each change after version `journal_from`, in
+    /// order (entry `i` made version `journal_from + i + 1`): what a table
+    /// that holds an older version is missing. A full read starts it anew.
+    journal: Vec<(String, u64)>,
+    journal_from: u64,
 }
 
 /// Live keys and the revision each was last written at.
@@ -72,6 +77,8 @@ impl View {
         self.keys = keys;
         self.watched = self.watched.max(revision);
         self.version += 1;
+        self.journal.clear();
+        self.journal_from = self.version;
     }
 
     /// One event from the watch (`value` `None`: a delete); whether it
@@ -102,9 +109,34 @@ impl View {
         {
             return false;
         }
+        self.journal.push((key.clone(), revision));
         self.keys.insert(key, Entry { value, revision });
         self.version += 1;
         true
+    }
+
+    /// Whether every change after `version` was made by the transaction at
+    /// `revision` to one of `keys`: then a table that held `version` and has
+    /// applied that transaction holds the view as it is now. False when the
+    /// journal does not reach back to `version`.
+    pub fn only_since(&self, version: u64, revision: u64, keys: &dyn Fn(&str) -> bool) -> bool {
+        if version < self.journal_from || version > self.version {
+            return false;
+        }
+        let skip = usize::try_from(version - self.journal_from).unwrap_or(usize::MAX);
+        self.journal
+            .get(skip..)
+            .is_some_and(|rest| rest.iter().all(|(k, r)| *r == revision && keys(k)))
+    }
+
+    /// A table holds `version`: the journal before it is no longer needed.
+    pub fn held(&mut self, version: u64) {
+        if version <= self.journal_from || version > self.version {
+            return;
+        }
+        let n = usize::try_from(version - self.journal_from).unwrap_or(usize::MAX);
+        self.journal.drain(..n.min(self.journal.len()));
+        self.journal_from = version;
     }
 
     /// The live keys and their values, and their revisions. Forgets deletes
@@ -155,6 +187,34 @@ mod tests {
         assert_eq!(revs["/p/a"], 9);
         assert_eq!(revs["/p/b"], 7);
         assert_eq!(v.watched(), 9);
+    }
+
+    #[test]
+    fn the_journal_tells_whether_only_one_transaction_changed_the_view() {
+        let mut v = View::default();
+        v.reset(vec![kv("/p/a", "1", 5)], 5);
+        let held = v.version();
+        // The watch brings this instance's own write (at 9) before its answer.
+        assert!(v.event("/p/b".into(), Some(b"x".to_vec()), 9));
+        assert!(v.event("/p/c".into(), Some(b"y".to_vec()), 9));
+        let mine = |k: &str| k == "/p/b" || k == "/p/c";
+        assert!(v.only_since(held, 9, &mine));
+        assert!(!v.only_since(held, 8, &mine), "another revision");
+        assert!(
+            !v.only_since(held, 9, &|k| k == "/p/b"),
+            "a key not written"
+        );
+        // Someone else's change as well: the table must follow.
+        assert!(v.event("/p/a".into(), Some(b"z".to_vec()), 10));
+        assert!(!v.only_since(held, 9, &mine));
+        v.held(v.version());
+        assert!(v.journal.is_empty());
+        assert!(v.only_since(v.version(), 11, &mine), "nothing since");
+        v.reset(Vec::new(), 12);
+        assert!(
+            !v.only_since(held, 9, &mine),
+            "a full read: no journal back there"
+        );
     }
 
     #[test]
