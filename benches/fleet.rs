@@ -439,11 +439,28 @@ async fn three_members(bin: &PathBuf) {
     let prefix = format!("/switchyard/bench3-{}", std::process::id());
 
     adds_rows(bin, &endpoints, &prefix).await;
-    for writers in [8usize, 32] {
+    // The last row starts from a table grown to 3,000 servers: every write a
+    // follower applies costs it more as the table grows.
+    for (writers, grown) in [(8usize, 0usize), (32, 0), (32, 3000)] {
         // Each writer adds through one instance (round robin), then sets
         // its own server's weight: different servers, same upstream.
-        let (nodes, admins) = three(bin, &endpoints, &format!("{prefix}-writers{writers}"));
+        let (nodes, admins) = three(
+            bin,
+            &endpoints,
+            &format!("{prefix}-writers{writers}-{grown}"),
+        );
         Conn::open(admins[0]).await.set_weight0(7).await;
+        if grown > 0 {
+            let (ok, _, _) = adders(admins[0], 32, grown / 32, 7 << 16).await;
+            let want = ok.len() + 2;
+            let deadline = Instant::now() + CONVERGE_WITHIN;
+            for admin in &admins[1..] {
+                let mut conn = Conn::open(*admin).await;
+                while ids(&mut conn).await.len() < want && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         let t0 = Instant::now();
         let per = 320 / writers;
         let tasks: Vec<_> = (0..writers)
@@ -504,7 +521,12 @@ async fn three_members(bin: &PathBuf) {
         }
         let took = t0.elapsed().as_secs_f64();
         println!(
-            "| {writers} writers through A, B, C (add, then weight of that server) | {n} | {conflicts} | {other} | {:.0} | | |",
+            "| {writers} writers through A, B, C (add, then weight of that server){} | {n} | {conflicts} | {other} | {:.0} | | |",
+            if grown > 0 {
+                format!(", table grown to {grown} servers first")
+            } else {
+                String::new()
+            },
             n as f64 / took
         );
         drop(nodes);
