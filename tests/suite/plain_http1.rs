@@ -273,6 +273,39 @@ async fn pipelined_gets_are_answered_in_order_on_one_reused_server_connection() 
 }
 
 #[tokio::test]
+async fn pipelined_posts_each_reach_the_server_with_their_own_body() {
+    // The body is sent from where it was read in the client's buffer, and the
+    // next request starts right after it: both must come out whole.
+    let (backend, _proxy, mut client) = start(echo_path).await;
+    let big = "b".repeat(100_000);
+    let mut pipelined = String::new();
+    for (path, body) in [("one", "first"), ("two", big.as_str()), ("three", "")] {
+        pipelined += &format!(
+            "POST /{path} HTTP/1.1\r\nHost: example.test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    pipelined += "GET /four HTTP/1.1\r\nHost: example.test\r\n\r\n";
+    client.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for path in ["one", "two", "three", "four"] {
+        let (head, body) = read_response(&mut client, &mut buf, false).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(body, path.as_bytes());
+    }
+    let got = backend.got();
+    let bodies: Vec<&[u8]> = got.iter().map(|g| g.body.as_slice()).collect();
+    assert_eq!(
+        bodies,
+        [&b"first"[..], big.as_bytes(), b"", b""],
+        "heads: {:?}",
+        got.iter()
+            .map(|g| g.head.lines().next())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn requests_and_responses_are_rewritten_as_on_the_hyper_path() {
     fn script(_: &str) -> (String, After) {
         (
