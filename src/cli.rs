@@ -601,10 +601,12 @@ async fn serve(
     // the first requests find their servers; a name server that does not
     // answer delays the start by twice its timeout, 5 s at most.
     let mut discovery = crate::discovery::spawn(&cfg, Arc::clone(&table), leadership);
-    if let Some(d) = &mut discovery {
+    if !discovery.is_empty() {
         let wait = (cfg.resolver.timeout * 2).min(std::time::Duration::from_secs(5));
-        d.first_round(wait).await;
+        discovery.first_round(wait).await;
     }
+    // A reload starts, changes and stops DNS entries too.
+    let discovery = Arc::new(tokio::sync::Mutex::new(discovery));
     let shutdown = shutdown_signal();
     // Before the listeners print their lines: a SIGUSR1 from then on reopens
     // the access logs instead of ending the process (its default action).
@@ -615,7 +617,7 @@ async fn serve(
         let scheme = if tls { "https" } else { "http" };
         println!("switchyard: listening on {scheme}://{addr}");
     }
-    let (reload_tx, hup) = reloading(file, &cfg, &table, &proxy);
+    let (reload_tx, hup) = reloading(file, &cfg, &table, &proxy, &discovery);
     let bound = Bound {
         listener: proxy.local_addrs().first().copied(),
         admin: match &admin_cfg {
@@ -719,6 +721,7 @@ fn reloading(
     cfg: &Config,
     table: &Arc<Table>,
     proxy: &Proxy,
+    discovery: &Arc<tokio::sync::Mutex<crate::discovery::Discovery>>,
 ) -> (
     Option<tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>>,
     Option<tokio::task::JoinHandle<()>>,
@@ -727,7 +730,8 @@ fn reloading(
         Some(path) => {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             let reloader =
-                crate::reload::Reloader::new(path, cfg.clone(), Arc::clone(table), proxy.handle());
+                crate::reload::Reloader::new(path, cfg.clone(), Arc::clone(table), proxy.handle())
+                    .with_discovery(Arc::clone(discovery));
             (Some(tx), Some(tokio::spawn(reloader.run(rx))))
         }
         None => {

@@ -8,8 +8,10 @@
 //! addresses and loading TLS files. The [`Reloader`] runs a whole reload: read
 //! and validate the file, bind new listeners, apply the commands in one
 //! `Table::apply_as(.., "reload")`, then swap the listeners
-//! ([`crate::proxy::ProxyHandle`]). Any error before the table changes leaves
-//! everything as it was.
+//! ([`crate::proxy::ProxyHandle`]), and last hand the new file to the DNS
+//! resolvers (`discovery`), which start, change and stop entries with
+//! `resolve = true` (their servers are theirs, not the diff's). Any error
+//! before the table changes leaves everything as it was.
 //!
 //! The reloader runs on the main runtime, which is also data-plane worker 0:
 //! everything that blocks (reading the file, resolving, loading TLS files, the
@@ -24,6 +26,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::{self, Config, ServerConfig};
+use crate::discovery::Discovery;
 use crate::logging::joined;
 use crate::proxy::ProxyHandle;
 use crate::upstream::{
@@ -298,6 +301,7 @@ pub struct Reloader {
     table: Arc<Table>,
     proxy: ProxyHandle,
     current: Mutex<Config>,
+    discovery: Option<Arc<Mutex<Discovery>>>,
 }
 
 impl Reloader {
@@ -307,7 +311,14 @@ impl Reloader {
             table,
             proxy,
             current: Mutex::new(config),
+            discovery: None,
         }
+    }
+
+    /// The process's DNS resolvers, which a reload reconfigures.
+    pub fn with_discovery(mut self, discovery: Arc<Mutex<Discovery>>) -> Self {
+        self.discovery = Some(discovery);
+        self
     }
 
     /// Re-reads the file and applies what changed in it; all or nothing.
@@ -346,6 +357,10 @@ impl Reloader {
                 .map_err(|e| vec![format!("upstreams: {e}")])?;
         }
         let listeners = self.proxy.commit(prepared).await;
+        let mut applied: Vec<String> = todo.iter().map(describe).collect();
+        if let Some(d) = &self.discovery {
+            applied.extend(d.lock().await.reconfigure(&new).await);
+        }
         let mut not_applied = Vec::new();
         if current.admin != new.admin {
             not_applied.push("admin (needs a restart)".to_string());
@@ -361,7 +376,7 @@ impl Reloader {
             listeners_added: listeners.added,
             listeners_removed: listeners.removed,
             listeners_kept: listeners.kept,
-            applied: todo.iter().map(describe).collect(),
+            applied,
             skipped,
             not_applied,
         })

@@ -24,7 +24,7 @@ pub enum Kind {
 }
 
 /// One `resolve = true` entry of an upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub upstream: String,
     /// The entry as written (`app.internal:8080`, `_http._tcp.app.internal`):

@@ -29,57 +29,55 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use entry::{Entry, Kind, Target, entries};
 pub use leadership::{Alone, Leadership, ORIGIN};
 pub use lookup::{LookupError, SetupError};
 pub use stats::{NameReading, readings};
 
-use crate::config::Config;
+use crate::config::{Config, ResolverConfig};
 use crate::upstream::Table;
 
 /// The running resolvers, one task per entry; stopped when dropped.
-#[derive(Debug)]
 pub struct Discovery {
-    tasks: Vec<JoinHandle<()>>,
+    table: Arc<Table>,
+    leadership: Arc<dyn Leadership>,
+    /// The `[resolver]` the running tasks were started with.
+    resolver: ResolverConfig,
+    /// What the tasks share; made with the first entry (so a configuration
+    /// without any reads no resolv.conf).
+    shared: Option<Arc<run::Shared>>,
+    running: Vec<(Entry, JoinHandle<()>)>,
     first: Vec<oneshot::Receiver<()>>,
 }
 
-/// Starts a resolver for every DNS entry of `config`; `None` when there is
-/// none. Needs a Tokio runtime. A resolver that cannot be set up (no
-/// resolv.conf, say) is logged, and every lookup then counts as failed: the
-/// upstreams keep what they have, and the process serves on.
-pub fn spawn(
-    config: &Config,
-    table: Arc<Table>,
-    leadership: Arc<dyn Leadership>,
-) -> Option<Discovery> {
-    let list = entries(config);
-    if list.is_empty() {
-        return None;
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("entries", &self.running.len())
+            .finish()
     }
-    let lookup = match lookup::Lookup::new(&config.resolver) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            error!(error = %e, "DNS: no resolver; servers from DNS names stay as they are");
-            None
-        }
-    };
-    let shared = Arc::new(run::Shared {
+}
+
+/// Starts a resolver for every DNS entry of `config`. Needs a Tokio runtime.
+/// A resolver that cannot be set up (no resolv.conf, say) is logged, and
+/// every lookup then counts as failed: the upstreams keep what they have, and
+/// the process serves on.
+pub fn spawn(config: &Config, table: Arc<Table>, leadership: Arc<dyn Leadership>) -> Discovery {
+    let mut d = Discovery {
         table,
-        lookup,
         leadership,
-    });
-    let mut tasks = Vec::new();
-    let mut first = Vec::new();
-    for entry in list {
-        info!(upstream = %entry.upstream, name = %entry.key, "DNS: resolving");
-        let (tx, rx) = oneshot::channel();
-        first.push(rx);
-        tasks.push(tokio::spawn(run::run(entry, Arc::clone(&shared), tx)));
+        resolver: config.resolver.clone(),
+        shared: None,
+        running: Vec::new(),
+        first: Vec::new(),
+    };
+    for entry in entries(config) {
+        let first = d.start(entry);
+        d.first.push(first);
     }
-    Some(Discovery { tasks, first })
+    d
 }
 
 impl Discovery {
@@ -90,11 +88,98 @@ impl Discovery {
         let all = futures_util::future::join_all(self.first.drain(..));
         let _ = tokio::time::timeout(within, all).await;
     }
+
+    /// Whether any entry is being resolved.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Follows a reloaded configuration: an entry that is new, or whose
+    /// parameters changed, starts (a changed one at once with a fresh
+    /// lookup; servers it finds again keep their ids); an entry that is gone
+    /// stops, and the servers it had put in the table are removed (requests
+    /// in flight on them finish); a changed `[resolver]` restarts every
+    /// entry on the new one. What changed, one line per entry.
+    pub async fn reconfigure(&mut self, config: &Config) -> Vec<String> {
+        let want = entries(config);
+        let all = config.resolver != self.resolver;
+        if all {
+            self.resolver = config.resolver.clone();
+            self.shared = None;
+        }
+        let mut gone = Vec::new();
+        let mut changed = Vec::new();
+        for (entry, task) in std::mem::take(&mut self.running) {
+            if !all && want.contains(&entry) {
+                self.running.push((entry, task));
+                continue;
+            }
+            task.abort();
+            if !want
+                .iter()
+                .any(|e| e.upstream == entry.upstream && e.key == entry.key)
+            {
+                changed.push(format!(
+                    "stop resolving {} in {}",
+                    entry.key, entry.upstream
+                ));
+                gone.push(entry);
+            }
+        }
+        for entry in want {
+            if !self.running.iter().any(|(e, _)| *e == entry) {
+                changed.push(format!("resolve {} in {}", entry.key, entry.upstream));
+                // Nobody waits for a reloaded entry's first round.
+                drop(self.start(entry));
+            }
+        }
+        let mut removals = Vec::new();
+        for e in &gone {
+            if let Some(up) = self.table.upstream(&e.upstream) {
+                removals.extend(reconcile::all_of(e, &up.snapshot().servers));
+            }
+        }
+        if !removals.is_empty()
+            && let Err(e) = self.table.apply_batch_as(removals, "reload").await
+        {
+            warn!(error = %e.error, "DNS: the servers of an entry no longer configured could not be removed");
+        }
+        changed
+    }
+
+    /// Starts `entry`'s resolver; the receiver hears when its first round
+    /// is done.
+    fn start(&mut self, entry: Entry) -> oneshot::Receiver<()> {
+        info!(upstream = %entry.upstream, name = %entry.key, "DNS: resolving");
+        let shared = match &self.shared {
+            Some(s) => Arc::clone(s),
+            None => {
+                let lookup = match lookup::Lookup::new(&self.resolver) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        error!(error = %e, "DNS: no resolver; servers from DNS names stay as they are");
+                        None
+                    }
+                };
+                let s = Arc::new(run::Shared {
+                    table: Arc::clone(&self.table),
+                    lookup,
+                    leadership: Arc::clone(&self.leadership),
+                });
+                self.shared = Some(Arc::clone(&s));
+                s
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(run::run(entry.clone(), shared, tx));
+        self.running.push((entry, task));
+        rx
+    }
 }
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in &self.running {
             t.abort();
         }
     }

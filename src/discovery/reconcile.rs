@@ -134,6 +134,20 @@ pub fn removal(
     })
 }
 
+/// Commands that remove every server of `servers` (its upstream's) that
+/// `entry` put there: the entry is no longer configured.
+pub fn all_of(entry: &Entry, servers: &[Arc<Server>]) -> Vec<Command> {
+    let origin = Origin::dns(&entry.key);
+    servers
+        .iter()
+        .filter(|s| s.origin == origin)
+        .map(|s| Command::Remove {
+            upstream: entry.upstream.clone(),
+            server: ServerRef::Id(s.id),
+        })
+        .collect()
+}
+
 impl Memory {
     /// After `step`'s commands were applied: what is draining now, and the
     /// answer they were made from.

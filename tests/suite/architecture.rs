@@ -472,7 +472,15 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     (
         "reload",
-        &["config", "logging", "proxy", "state", "tls", "upstream"],
+        &[
+            "config",
+            "discovery",
+            "logging",
+            "proxy",
+            "state",
+            "tls",
+            "upstream",
+        ],
     ),
     ("import", &["config"]),
     ("ctl", &["admin", "config"]),

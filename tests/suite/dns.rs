@@ -64,13 +64,17 @@ fn start_with(
     upstream_extra: &str,
     admin_extra: &str,
 ) -> Switchyard {
-    let text = format!(
+    Switchyard::run_config_with_admin(&text(dns, servers, upstream_extra, admin_extra), 1)
+}
+
+/// The configuration [`start_with`] runs.
+fn text(dns: SocketAddr, servers: &str, upstream_extra: &str, admin_extra: &str) -> String {
+    format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n\n\
          [resolver]\nservers = [\"{dns}\"]\nvalid = \"200ms\"\ntimeout = \"300ms\"\nipv6 = false\n\n\
          [[listener]]\nlisten = \"127.0.0.1:0\"\nroutes = [{{ upstream = \"app\" }}]\n\n\
          [upstream.app]\nservers = [{servers}]\n{upstream_extra}\n"
-    );
-    Switchyard::run_config_with_admin(&text, 1)
+    )
 }
 
 async fn listing(admin: SocketAddr) -> Vec<Value> {
@@ -198,6 +202,81 @@ async fn a_records_become_servers_and_follow_the_records() {
         metric(admin, "switchyard_dns_addresses", &labels).await,
         2.0
     );
+}
+
+#[tokio::test]
+async fn a_reload_starts_changes_and_stops_dns_entries() {
+    let dns = DnsServer::start().await;
+    let (port, backends) = trio().await;
+    dns.set_a("one.test", &IP[..1], 300);
+    dns.set_a("two.test", &IP[1..], 300);
+    let (one, two) = (format!("one.test:{port}"), format!("two.test:{port}"));
+    let at = |i: usize| format!("{}:{port}", IP[i]);
+    let entry = |name: &str, weight: u32| {
+        format!("{{ addr = \"{name}\", resolve = true, weight = {weight}, max_fails = 0 }}")
+    };
+    let sy = start(dns.addr, &entry(&one, 1), "");
+    let admin = sy.admin();
+    let list = wait_for(admin, "one.test's server", |l| addrs(l) == vec![at(0)]).await;
+    let id_one = id_of(&list, &at(0));
+    let reload = |servers: String| {
+        let path = sy.stderr_path().with_file_name("switchyard.toml");
+        std::fs::write(path, text(dns.addr, &servers, "", "")).unwrap();
+        Call::new(hyper::Method::POST, "/api/v1/reload").send(admin)
+    };
+
+    // A new entry starts; the one that stays, with a new weight, keeps its id.
+    let r = reload(format!("{}, {}", entry(&one, 5), entry(&two, 2))).await;
+    assert_eq!(r.status, StatusCode::OK, "{r}");
+    let list = wait_for(admin, "both entries, one.test at weight 5", |l| {
+        rows(l)
+            .iter()
+            .map(|r| (r.0.clone(), r.2))
+            .collect::<Vec<_>>()
+            == vec![(at(0), 5), (at(1), 2), (at(2), 2)]
+    })
+    .await;
+    assert_eq!(
+        id_of(&list, &at(0)),
+        id_one,
+        "a server found again keeps its id"
+    );
+    assert_eq!(rows(&list)[1].4, format!("dns: {two}"));
+
+    // The entry leaves the file: its servers leave the table, and traffic
+    // goes only to what is left.
+    let r = reload(entry(&two, 2)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r}");
+    assert!(
+        r.body.contains(&format!("stop resolving {one} in app")),
+        "the reload says so: {r}"
+    );
+    let list = listing(admin).await;
+    assert_eq!(
+        addrs(&list),
+        vec![at(1), at(2)],
+        "removed before the answer"
+    );
+    let before = backends[0].hits();
+    for _ in 0..6 {
+        assert_eq!(get(sy.addr(), "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        backends[0].hits(),
+        before,
+        "one.test's address gets nothing more"
+    );
+    assert_eq!(backends[1].hits() + backends[2].hits(), 6);
+    // And it is no longer looked up: its records changing adds nothing
+    // while two.test is looked up three more times.
+    dns.set_a("one.test", &IP[..2], 1);
+    let asked = dns.queries();
+    let deadline = Instant::now() + WITHIN;
+    while dns.queries() < asked + 3 {
+        assert!(Instant::now() < deadline, "two.test is no longer looked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(addrs(&listing(admin).await), vec![at(1), at(2)]);
 }
 
 #[tokio::test]
