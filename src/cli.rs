@@ -601,6 +601,8 @@ async fn serve(
     // the first requests find their servers; a name server that does not
     // answer delays the start by twice its timeout, 5 s at most.
     let mut discovery = crate::discovery::spawn(&cfg, Arc::clone(&table), leadership);
+    // A saved table may hold servers of entries the file no longer has.
+    discovery.remove_orphans(&cfg).await;
     if !discovery.is_empty() {
         let wait = (cfg.resolver.timeout * 2).min(std::time::Duration::from_secs(5));
         discovery.first_round(wait).await;

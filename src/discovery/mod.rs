@@ -24,6 +24,7 @@ mod reconcile;
 mod run;
 mod stats;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +108,6 @@ impl Discovery {
             self.resolver = config.resolver.clone();
             self.shared = None;
         }
-        let mut gone = Vec::new();
         let mut changed = Vec::new();
         for (entry, task) in std::mem::take(&mut self.running) {
             if !all && want.contains(&entry) {
@@ -123,7 +123,6 @@ impl Discovery {
                     "stop resolving {} in {}",
                     entry.key, entry.upstream
                 ));
-                gone.push(entry);
             }
         }
         for entry in want {
@@ -133,18 +132,37 @@ impl Discovery {
                 drop(self.start(entry));
             }
         }
+        self.remove_orphans(config).await;
+        changed
+    }
+
+    /// Removes the servers that came from DNS entries `config` no longer
+    /// has (left out of the file for a reload, or while the process was
+    /// down and its table saved); requests in flight on them finish.
+    pub async fn remove_orphans(&self, config: &Config) {
+        let wanted = entries(config);
         let mut removals = Vec::new();
-        for e in &gone {
-            if let Some(up) = self.table.upstream(&e.upstream) {
-                removals.extend(reconcile::all_of(e, &up.snapshot().servers));
+        for (name, up) in &self.table.load().upstreams {
+            let keys: BTreeSet<&str> = wanted
+                .iter()
+                .filter(|e| e.upstream == *name)
+                .map(|e| e.key.as_str())
+                .collect();
+            removals.extend(reconcile::orphans(name, &keys, &up.snapshot().servers));
+        }
+        if removals.is_empty() {
+            return;
+        }
+        let n = removals.len();
+        match self.table.apply_batch_as(removals, "reload").await {
+            Ok(_) => info!(
+                servers = n,
+                "DNS: removed the servers of entries no longer configured"
+            ),
+            Err(e) => {
+                warn!(error = %e.error, "DNS: the servers of entries no longer configured could not be removed")
             }
         }
-        if !removals.is_empty()
-            && let Err(e) = self.table.apply_batch_as(removals, "reload").await
-        {
-            warn!(error = %e.error, "DNS: the servers of an entry no longer configured could not be removed");
-        }
-        changed
     }
 
     /// Starts `entry`'s resolver; the receiver hears when its first round

@@ -134,15 +134,15 @@ pub fn removal(
     })
 }
 
-/// Commands that remove every server of `servers` (its upstream's) that
-/// `entry` put there: the entry is no longer configured.
-pub fn all_of(entry: &Entry, servers: &[Arc<Server>]) -> Vec<Command> {
-    let origin = Origin::dns(&entry.key);
+/// Commands that remove every server of `upstream` (`servers`) that came
+/// from a DNS entry not among `keys`, the upstream's entries now configured
+/// (an entry left the file, during a reload or while the process was down).
+pub fn orphans(upstream: &str, keys: &BTreeSet<&str>, servers: &[Arc<Server>]) -> Vec<Command> {
     servers
         .iter()
-        .filter(|s| s.origin == origin)
+        .filter(|s| matches!(&s.origin, Origin::Dns(key) if !keys.contains(&**key)))
         .map(|s| Command::Remove {
-            upstream: entry.upstream.clone(),
+            upstream: upstream.to_string(),
             server: ServerRef::Id(s.id),
         })
         .collect()

@@ -280,6 +280,45 @@ async fn a_reload_starts_changes_and_stops_dns_entries() {
 }
 
 #[tokio::test]
+async fn servers_of_an_entry_dropped_while_down_are_removed_at_start() {
+    let dns = DnsServer::start().await;
+    let (port, backends) = trio().await;
+    dns.set_a("one.test", &IP[..1], 300);
+    dns.set_a("two.test", &IP[1..2], 300);
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!(
+        "state_file = \"{}\"",
+        dir.path().join("state.json").display()
+    );
+    let at = |i: usize| format!("{}:{port}", IP[i]);
+    let entry =
+        |name: &str| format!("{{ addr = \"{name}:{port}\", resolve = true, max_fails = 0 }}");
+    let both = format!("{}, {}", entry("one.test"), entry("two.test"));
+    let mut sy = Switchyard::run_config_in(dir.path(), &text(dns.addr, &both, "", &state), 1);
+    wait_for(sy.admin(), "both entries' servers", |l| {
+        addrs(l) == vec![at(0), at(1)]
+    })
+    .await;
+    sy.kill_9();
+    drop(sy);
+
+    // one.test left the file while the process was down; the saved table
+    // still has its server.
+    let sy = Switchyard::run_config_in(
+        dir.path(),
+        &text(dns.addr, &entry("two.test"), "", &state),
+        1,
+    );
+    let list = listing(sy.admin()).await;
+    assert_eq!(addrs(&list), vec![at(1)], "when the API first answers");
+    for _ in 0..4 {
+        assert_eq!(get(sy.addr(), "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(backends[0].hits(), 0, "one.test's address gets nothing");
+    assert_eq!(backends[1].hits(), 4);
+}
+
+#[tokio::test]
 async fn srv_records_give_ports_weights_and_backups() {
     let dns = DnsServer::start().await;
     let a = support::named("a").await;
