@@ -164,6 +164,9 @@ impl ServerView {
     pub fn of(s: &Server, now_ms: u64) -> ServerView {
         let st = &s.runtime.stats;
         let r = |i: usize| st.responses[i].load(Relaxed);
+        // The check counts before the verdict: a count comes with the
+        // verdict it led to (see `ServerStats::check_record`).
+        let health_checks = ChecksView::of(s);
         ServerView {
             id: s.id,
             addr: s.addr.clone(),
@@ -199,7 +202,7 @@ impl ServerView {
             received: st.bytes_received.load(Relaxed),
             header_time: st.header_time.mean_ms(),
             response_time: st.response_time.mean_ms(),
-            health_checks: ChecksView::of(s),
+            health_checks,
         }
     }
 }

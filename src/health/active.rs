@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use regex::Regex;
@@ -483,10 +483,14 @@ pub fn record(
     stats.last_check_unix_ms.store(wall, Relaxed);
     stats.last_check_passed.store(passed, Relaxed);
     let health = stats.health();
+    // The verdict is set before the count that leads to it is stored
+    // (Release), so that a reader of the count (Acquire, `check_record`) sees
+    // the verdict too: never "healthy" with `fall` failures in a row. One
+    // checker per server writes these.
     if passed {
         stats.last_passed_unix_ms.store(wall, Relaxed);
-        stats.check_fails.store(0, Relaxed);
-        let passes = stats.check_passes.fetch_add(1, Relaxed).saturating_add(1);
+        stats.check_fails.store(0, Release);
+        let passes = stats.check_passes.load(Relaxed).saturating_add(1);
         crate::health::passive::clear(stats);
         let recovers = match health {
             Health::Checking => true,
@@ -496,15 +500,22 @@ pub fn record(
         if recovers {
             stats.set_health(Health::Healthy);
             stats.pick.eligible_since_ms.store(now_ms, Relaxed);
+        }
+        stats.check_passes.store(passes, Release);
+        if recovers {
             return Some((health, Health::Healthy));
         }
     } else {
         stats.checks_failed.fetch_add(1, Relaxed);
-        stats.check_passes.store(0, Relaxed);
-        let fails = stats.check_fails.fetch_add(1, Relaxed).saturating_add(1);
-        if health != Health::Unhealthy && fails >= fall {
+        stats.check_passes.store(0, Release);
+        let fails = stats.check_fails.load(Relaxed).saturating_add(1);
+        let falls = health != Health::Unhealthy && fails >= fall;
+        if falls {
             stats.set_health(Health::Unhealthy);
             stats.unhealthy_total.fetch_add(1, Relaxed);
+        }
+        stats.check_fails.store(fails, Release);
+        if falls {
             return Some((health, Health::Unhealthy));
         }
     }

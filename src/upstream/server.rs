@@ -387,8 +387,10 @@ impl ServerStats {
     /// Consecutive passes and fails, last check time and result, last pass time.
     pub fn check_record(&self) -> (u32, u32, u64, bool, u64) {
         (
-            self.check_passes.load(Ordering::Relaxed),
-            self.check_fails.load(Ordering::Relaxed),
+            // Acquire: a count read here comes with the verdict it led to
+            // (`health::active::record` sets the verdict first).
+            self.check_passes.load(Ordering::Acquire),
+            self.check_fails.load(Ordering::Acquire),
             self.last_check_unix_ms.load(Ordering::Relaxed),
             self.last_check_passed.load(Ordering::Relaxed),
             self.last_passed_unix_ms.load(Ordering::Relaxed),
