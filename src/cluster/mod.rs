@@ -81,8 +81,10 @@ struct Shared {
     mirror: Mirror,
     /// This instance's writer key's revision, as last written here.
     writer_rev: Option<u64>,
-    /// A write of this instance's is on its way to etcd (see `follow_view`).
-    writing: bool,
+    /// This instance's writes started and ended so far (see `follow_view`):
+    /// one is on its way to etcd while they differ.
+    writes_started: u64,
+    writes_ended: u64,
 }
 
 /// Failed calls and looked-up writes, by kind, for `/metrics`.
@@ -366,14 +368,15 @@ impl ClusterStore {
         true
     }
 
-    /// Waits until no write of this instance's is on its way (at most a
-    /// write's deadline).
+    /// Waits until the writes of this instance's on their way now have ended
+    /// (at most a write's deadline); not for writes that start after.
     fn wait_for_own_write(&self) {
         let within = self.cfg.timeout * (WRITE_DEADLINE_TIMEOUTS + 1);
         let s = self.lock_shared();
+        let target = s.writes_started;
         let _s = self
             .write_ended
-            .wait_timeout_while(s, within, |s| s.writing)
+            .wait_timeout_while(s, within, |s| s.writes_ended < target)
             .unwrap_or_else(|p| p.into_inner());
     }
 
@@ -645,14 +648,14 @@ struct Writing<'a>(&'a ClusterStore);
 
 impl<'a> Writing<'a> {
     fn start(store: &'a ClusterStore) -> Writing<'a> {
-        store.lock_shared().writing = true;
+        store.lock_shared().writes_started += 1;
         Writing(store)
     }
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        self.0.lock_shared().writing = false;
+        self.0.lock_shared().writes_ended += 1;
         self.0.write_ended.notify_all();
     }
 }

@@ -20,6 +20,10 @@ use std::collections::BTreeMap;
 
 use super::keys::Kvs;
 
+/// The most changes the journal keeps for a table that does not catch up
+/// (one whose follows keep failing): past it, only a whole follow helps.
+const JOURNAL_MAX: usize = 4096;
+
 /// A key's value (`None`: deleted) and the revision that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -109,7 +113,13 @@ impl View {
         {
             return false;
         }
-        self.journal.push((key.clone(), revision));
+        if self.journal.len() >= JOURNAL_MAX {
+            // A table that stays this far behind follows the whole view.
+            self.journal.clear();
+            self.journal_from = self.version + 1;
+        } else {
+            self.journal.push((key.clone(), revision));
+        }
         self.keys.insert(key, Entry { value, revision });
         self.version += 1;
         true
