@@ -697,11 +697,9 @@ fn serve_table(
         Some(Arc::clone(&store) as Arc<dyn StateStore>),
     )?);
     store.start(&table);
-    let resolved: std::collections::BTreeSet<String> = crate::discovery::entries(cfg)
-        .into_iter()
-        .map(|e| e.upstream)
-        .collect();
-    let leases = store.resolver_leases(resolved.into_iter().collect());
+    // Every upstream of the file, not only those with DNS entries now: a
+    // reload may give one an entry, and only a lease holder resolves it.
+    let leases = store.resolver_leases(cfg.upstreams.keys().cloned().collect());
     Ok((table, Arc::new(LeaseHolder(leases))))
 }
 

@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -49,7 +49,8 @@ pub struct Discovery {
     /// What the tasks share; made with the first entry (so a configuration
     /// without any reads no resolv.conf).
     shared: Option<Arc<run::Shared>>,
-    running: Vec<(Entry, JoinHandle<()>)>,
+    /// Each entry's task, and where a new version of the entry goes.
+    running: Vec<(Entry, JoinHandle<()>, watch::Sender<Entry>)>,
     first: Vec<oneshot::Receiver<()>>,
 }
 
@@ -95,12 +96,12 @@ impl Discovery {
         self.running.is_empty()
     }
 
-    /// Follows a reloaded configuration: an entry that is new, or whose
-    /// parameters changed, starts (a changed one at once with a fresh
-    /// lookup; servers it finds again keep their ids); an entry that is gone
-    /// stops, and the servers it had put in the table are removed (requests
-    /// in flight on them finish); a changed `[resolver]` restarts every
-    /// entry on the new one. What changed, one line per entry.
+    /// Follows a reloaded configuration: a new entry starts; one whose
+    /// parameters changed is looked up again at once and its servers take
+    /// them (keeping their ids, and what the resolver remembers); one that
+    /// is gone stops, and the servers it had put in the table are removed
+    /// (requests in flight on them finish); a changed `[resolver]` restarts
+    /// every entry on the new one. What changed, one line per entry.
     pub async fn reconfigure(&mut self, config: &Config) -> Vec<String> {
         let want = entries(config);
         let all = config.resolver != self.resolver;
@@ -109,24 +110,37 @@ impl Discovery {
             self.shared = None;
         }
         let mut changed = Vec::new();
-        for (entry, task) in std::mem::take(&mut self.running) {
-            if !all && want.contains(&entry) {
-                self.running.push((entry, task));
-                continue;
-            }
-            task.abort();
-            if !want
-                .iter()
-                .any(|e| e.upstream == entry.upstream && e.key == entry.key)
-            {
-                changed.push(format!(
-                    "stop resolving {} in {}",
-                    entry.key, entry.upstream
-                ));
+        let mut stopped = Vec::new();
+        for (entry, task, update) in std::mem::take(&mut self.running) {
+            let same = |e: &&Entry| e.upstream == entry.upstream && e.key == entry.key;
+            match want.iter().find(same) {
+                Some(now) if !all => {
+                    if *now != entry {
+                        changed.push(format!("re-resolve {} in {}", entry.key, entry.upstream));
+                        update.send_replace(now.clone());
+                    }
+                    self.running.push((now.clone(), task, update));
+                }
+                found => {
+                    task.abort();
+                    stopped.push(task);
+                    if found.is_none() {
+                        changed.push(format!(
+                            "stop resolving {} in {}",
+                            entry.key, entry.upstream
+                        ));
+                    }
+                }
             }
         }
+        // A stopped resolver writes nothing more once its task has ended.
+        for task in stopped {
+            let _ = task.await;
+        }
         for entry in want {
-            if !self.running.iter().any(|(e, _)| *e == entry) {
+            let running =
+                |(e, _, _): &(Entry, _, _)| e.upstream == entry.upstream && e.key == entry.key;
+            if !self.running.iter().any(running) {
                 changed.push(format!("resolve {} in {}", entry.key, entry.upstream));
                 // Nobody waits for a reloaded entry's first round.
                 drop(self.start(entry));
@@ -143,6 +157,11 @@ impl Discovery {
         let wanted = entries(config);
         let mut removals = Vec::new();
         for (name, up) in &self.table.load().upstreams {
+            // In a fleet only the upstream's resolver: an instance whose file
+            // differs must not take away what the resolver put there.
+            if !self.leadership.is_resolver(name) {
+                continue;
+            }
             let keys: BTreeSet<&str> = wanted
                 .iter()
                 .filter(|e| e.upstream == *name)
@@ -154,13 +173,23 @@ impl Discovery {
             return;
         }
         let n = removals.len();
-        match self.table.apply_batch_as(removals, "reload").await {
-            Ok(_) => info!(
+        if self
+            .table
+            .apply_batch_as(removals.clone(), "reload")
+            .await
+            .is_ok()
+        {
+            info!(
                 servers = n,
                 "DNS: removed the servers of entries no longer configured"
-            ),
-            Err(e) => {
-                warn!(error = %e.error, "DNS: the servers of entries no longer configured could not be removed")
+            );
+            return;
+        }
+        // One of them may have gone meanwhile (a resolver stopped a moment
+        // ago was removing it): the rest one by one.
+        for cmd in removals {
+            if let Err(e) = self.table.apply_batch_as(vec![cmd], "reload").await {
+                warn!(error = %e.error, "DNS: a server of an entry no longer configured could not be removed");
             }
         }
     }
@@ -189,15 +218,16 @@ impl Discovery {
             }
         };
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(run::run(entry.clone(), shared, tx));
-        self.running.push((entry, task));
+        let (update, updates) = watch::channel(entry.clone());
+        let task = tokio::spawn(run::run(entry.clone(), shared, tx, updates));
+        self.running.push((entry, task, update));
         rx
     }
 }
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        for (_, t) in &self.running {
+        for (_, t, _) in &self.running {
             t.abort();
         }
     }

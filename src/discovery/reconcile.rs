@@ -28,6 +28,9 @@ pub struct Memory {
     /// weight follows its record when the record changes, and an operator's
     /// weight stays until then.
     pub last: BTreeMap<SocketAddr, (u32, bool)>,
+    /// The entry's parameters changed (a reload): its servers take them at
+    /// the next answer.
+    pub retemplate: bool,
 }
 
 /// One reconciliation.
@@ -103,6 +106,13 @@ fn keep(entry: &Entry, s: &Server, t: &Target, memory: &Memory, out: &mut Step) 
         patch.weight = (s.weight != t.weight).then_some(t.weight);
         patch.backup = (s.backup != t.backup).then_some(t.backup);
     }
+    if memory.retemplate {
+        let want = &entry.template;
+        patch.max_conns = (s.max_conns != want.max_conns).then_some(want.max_conns);
+        patch.max_fails = (s.max_fails != want.max_fails).then_some(want.max_fails);
+        patch.fail_timeout = (s.fail_timeout != want.fail_timeout).then_some(want.fail_timeout);
+        patch.slow_start = (s.slow_start != want.slow_start).then_some(want.slow_start);
+    }
     if !patch.is_empty() {
         out.commands.push(Command::Patch {
             upstream: entry.upstream.clone(),
@@ -161,6 +171,7 @@ impl Memory {
             .iter()
             .map(|t| (t.addr, (t.weight, t.backup)))
             .collect();
+        self.retemplate = false;
     }
 }
 

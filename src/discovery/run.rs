@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -51,7 +51,15 @@ struct Resolving {
 
 /// Runs `entry`'s resolver for the life of the process; `first` is sent once
 /// its first round is done (found, failed, or not this instance's to do).
-pub(super) async fn run(entry: Entry, shared: Arc<Shared>, first: oneshot::Sender<()>) {
+/// A new version of the entry (a reload changed its parameters) comes on
+/// `updates`: it is looked up at once, and what this resolver remembers (the
+/// servers it drained) carries over.
+pub(super) async fn run(
+    entry: Entry,
+    shared: Arc<Shared>,
+    first: oneshot::Sender<()>,
+    mut updates: watch::Receiver<Entry>,
+) {
     let (idle_tx, mut idle_rx) = mpsc::unbounded_channel();
     let mut r = Resolving {
         stats: stats::for_name(&entry.upstream, &entry.key),
@@ -69,6 +77,10 @@ pub(super) async fn run(entry: Entry, shared: Arc<Shared>, first: oneshot::Sende
             Some(id) = idle_rx.recv() => {
                 r.remove_idle(id).await;
                 continue;
+            }
+            Ok(()) = updates.changed() => {
+                r.entry = updates.borrow_and_update().clone();
+                r.memory.retemplate = true;
             }
         }
         next = Instant::now() + r.round().await;
