@@ -213,7 +213,7 @@ async fn a_reload_starts_changes_and_stops_dns_entries() {
     let (one, two) = (format!("one.test:{port}"), format!("two.test:{port}"));
     let at = |i: usize| format!("{}:{port}", IP[i]);
     let entry = |name: &str, weight: u32| {
-        format!("{{ addr = \"{name}\", resolve = true, weight = {weight}, max_fails = 0 }}")
+        format!("{{ addr = \"{name}\", resolve = true, weight = {weight}, max_fails = {weight}0 }}")
     };
     let sy = start(dns.addr, &entry(&one, 1), "");
     let admin = sy.admin();
@@ -240,6 +240,11 @@ async fn a_reload_starts_changes_and_stops_dns_entries() {
         id_of(&list, &at(0)),
         id_one,
         "a server found again keeps its id"
+    );
+    let kept = list.iter().find(|s| s["addr"] == at(0).as_str()).unwrap();
+    assert_eq!(
+        kept["max_fails"], 50,
+        "and takes the entry's other parameters"
     );
     assert_eq!(rows(&list)[1].4, format!("dns: {two}"));
 
