@@ -350,6 +350,16 @@ impl Snapshot {
         Some(panic.status(now_ms, || self.count(now_ms)))
     }
 
+    /// A server's health changed (an active check's verdict): panic mode is
+    /// judged again now, so that an upstream no request reaches still enters
+    /// (and logs, and counts) panic when it happens, not at its next request.
+    pub fn health_changed(&self, now_ms: u64) {
+        if let Some(panic) = &self.panic {
+            panic.recount_now();
+            let _ = panic.status(now_ms, || self.count(now_ms));
+        }
+    }
+
     /// The server with this id, whatever its state.
     pub fn server(&self, id: u32) -> Option<&Arc<Server>> {
         self.servers

@@ -230,3 +230,21 @@ fn a_table_change_is_no_new_entry_and_a_reload_turns_it_off() {
     assert_eq!(picks(&t, 10, now()), BTreeMap::from([(0, 10)]));
     assert_eq!(upstream(&t).snapshot().panic_status(now()), None);
 }
+
+#[test]
+fn a_health_change_judges_panic_again_with_no_request() {
+    let t = table(4, 0, "panic_threshold = 50");
+    set_health(&t, &[0, 1, 2, 3], Health::Healthy);
+    // A count just now: the next is not due for a recount period.
+    let counted = crate::clock::now_ms();
+    let status = upstream(&t).snapshot().panic_status(counted);
+    assert_eq!(status.map(|s| s.in_panic), Some(false));
+    // Three fail their checks; the checker reports each change, and nothing
+    // picks or reads the status.
+    for id in [1, 2, 3] {
+        let s = Arc::clone(upstream(&t).snapshot().server(id).expect("server"));
+        s.runtime.stats.set_health(Health::Unhealthy);
+        t.report_health("u", &s, Health::Healthy, Health::Unhealthy);
+    }
+    assert_eq!(upstream(&t).panic_entries(), 1, "in panic, counted once");
+}

@@ -587,6 +587,9 @@ impl Table {
         };
         info!(%upstream, server = %server.addr, old = %old.as_str(), new = %new.as_str(), "health change");
         let _ = self.events.send(e);
+        if let Some(up) = self.upstream(upstream) {
+            up.snapshot().health_changed(crate::clock::now_ms());
+        }
     }
 
     /// Closes idle connections that timed out, on every server.
