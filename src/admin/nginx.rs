@@ -48,7 +48,7 @@ use crate::config::rules::check_weight;
 use crate::config::{MAX_WEIGHT, MIN_WEIGHT, ServerConfig, check_server_addr, with_default_port};
 use crate::proxy::stats::ListenerCounts;
 use crate::upstream::{
-    AdminState, Command, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
+    AdminState, Command, Origin, Server, ServerPatch, ServerRef, ServerSpec, TableError, Upstream,
 };
 
 /// The API versions answered.
@@ -275,10 +275,15 @@ fn peer(s: &Server, now_ms: u64) -> Value {
     let r: Vec<u64> = st.responses.iter().map(|c| c.load(Relaxed)).collect();
     let state = peer_state(s, now_ms);
     let checks = super::views::ChecksView::of(s);
+    // As NGINX Plus names a peer it resolved: by the entry as configured.
+    let name = match &s.origin {
+        Origin::Dns(entry) => entry.to_string(),
+        _ => s.addr.clone(),
+    };
     let mut m = json!({
         "id": s.id,
         "server": s.sockaddr.to_string(),
-        "name": s.addr,
+        "name": name,
         "backup": s.backup,
         "weight": s.weight,
         "state": state,

@@ -196,6 +196,24 @@ async fn a_records_become_servers_and_follow_the_records() {
 
     let r = Call::get("/api/v1/upstreams/app").send(admin).await;
     assert_eq!(r.json["servers"][0]["origin"], origin.as_str(), "{r}");
+    // The NGINX Plus view names each resolved peer by its entry, as NGINX Plus does.
+    let r = Call::get("/api/9/http/upstreams/app").send(admin).await;
+    let peers: Vec<(String, String)> = r.json["peers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|p| {
+            (
+                p["server"].as_str().unwrap_or("").into(),
+                p["name"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        peers,
+        vec![(at(1), name.clone()), (at(2), name.clone())],
+        "{r}"
+    );
     let labels = format!("name=\"{name}\"");
     assert!(metric(admin, "switchyard_dns_resolutions_total", &labels).await >= 2.0);
     assert_eq!(
