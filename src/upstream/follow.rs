@@ -2,7 +2,7 @@
 //! instance of a fleet follows the shared store. Servers are matched by id, so
 //! one that stays keeps its runtime (counters, health, idle connections).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tracing::warn;
@@ -85,16 +85,17 @@ fn servers_toward(
     want: &[ServerState],
     out: &mut Vec<Command>,
 ) {
-    let wanted_ids: BTreeSet<u32> = want.iter().map(|s| s.id).collect();
+    // By id, both sides: a table of thousands of servers is followed on every
+    // write another instance makes, so no search of one list per server of
+    // the other.
+    let wanted: BTreeMap<u32, &ServerState> = want.iter().map(|w| (w.id, w)).collect();
+    let had: BTreeMap<u32, &ServerState> = have.iter().map(|h| (h.id, h)).collect();
     let mut restores = Vec::new();
     // Removals first, so a server re-added under a new id with the same address
     // does not collide with its old self.
     for h in have {
-        let replaced = want
-            .iter()
-            .find(|w| w.id == h.id)
-            .is_some_and(|w| w.addr != h.addr);
-        if !wanted_ids.contains(&h.id) || replaced {
+        let stays = wanted.get(&h.id).is_some_and(|w| w.addr == h.addr);
+        if !stays {
             out.push(Command::Remove {
                 upstream: upstream.to_string(),
                 server: ServerRef::Id(h.id),
@@ -102,7 +103,7 @@ fn servers_toward(
         }
     }
     for w in want {
-        match have.iter().find(|h| h.id == w.id && h.addr == w.addr) {
+        match had.get(&w.id).filter(|h| h.addr == w.addr) {
             Some(h) => {
                 let patch = patch_between(h, w);
                 if !patch.is_empty() {
