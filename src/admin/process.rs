@@ -27,11 +27,22 @@ pub async fn tls_reload(State(app): State<AppState>) -> Response {
     }
 }
 
+/// How long a reopen waits for the access logs' writers.
+const REOPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `POST /api/v1/logs/reopen`: every access log opens its file again (after
-/// logrotate moved it), as `SIGUSR1` does.
+/// logrotate moved it), as `SIGUSR1` does; the answer comes once they have.
 pub async fn reopen_logs() -> Response {
-    let n = crate::proxy::access_log::reopen_all();
-    axum::Json(serde_json::json!({ "reopened": n })).into_response()
+    let reopen = || crate::proxy::access_log::reopen_all(REOPEN_WITHIN);
+    match tokio::task::spawn_blocking(reopen).await {
+        Ok(n) => axum::Json(serde_json::json!({ "reopened": n })).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ReopenFailed",
+            e.to_string(),
+        )
+        .into_response(),
+    }
 }
 
 /// Re-reads the configuration file and applies what changed (see

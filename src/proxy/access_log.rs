@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 
 use crossbeam_queue::ArrayQueue;
@@ -49,12 +49,22 @@ pub fn dropped_total() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// Asks every open access log to open its file again; how many there are.
-pub fn reopen_all() -> usize {
+/// Asks every open access log to open its file again, and waits (at most
+/// `within`) until each has: a line recorded after this returns goes to the
+/// new file, as logrotate's `postrotate` expects. How many there are.
+/// Blocking: call it off the async runtime.
+pub fn reopen_all(within: Duration) -> usize {
+    let deadline = Instant::now() + within;
     let logs = live();
+    let mut waits = Vec::new();
     for l in &logs {
-        l.shared.reopen.store(true, Ordering::Relaxed);
-        let _ = l.control.send(Msg::Wake);
+        let (tx, rx) = std::sync::mpsc::channel();
+        if l.control.send(Msg::Reopen(tx)).is_ok() {
+            waits.push(rx);
+        }
+    }
+    for rx in waits {
+        let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
     logs.len()
 }
@@ -79,11 +89,11 @@ fn live() -> Vec<Arc<AccessLog>> {
 /// What the writer is asked besides lines.
 enum Msg {
     Flush(Sender<()>),
-    Wake,
+    /// Lines queued so far go to the file as it was; then it is opened again.
+    Reopen(Sender<()>),
 }
 
 struct Shared {
-    reopen: AtomicBool,
     lines: ArrayQueue<Box<Record>>,
 }
 
@@ -118,7 +128,6 @@ impl AccessLog {
         }
         let (control, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
-            reopen: AtomicBool::new(false),
             lines: ArrayQueue::new(QUEUE),
         });
         let log = Arc::new(AccessLog {
@@ -637,11 +646,6 @@ impl Writer {
         self.open();
         let mut flushed = Instant::now();
         loop {
-            if self.shared.reopen.swap(false, Ordering::Relaxed) {
-                self.drain();
-                self.flush();
-                self.open();
-            }
             let msg = rx.recv_timeout(DRAIN_EVERY);
             self.drain();
             match msg {
@@ -650,7 +654,13 @@ impl Writer {
                     flushed = Instant::now();
                     let _ = done.send(());
                 }
-                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {
+                Ok(Msg::Reopen(done)) => {
+                    self.flush();
+                    self.open();
+                    flushed = Instant::now();
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {
                     if flushed.elapsed() >= FLUSH_EVERY {
                         self.flush();
                         flushed = Instant::now();
