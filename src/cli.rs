@@ -499,9 +499,7 @@ fn reopen_access_logs_on_usr1() -> Option<tokio::task::JoinHandle<()>> {
         };
         Some(tokio::spawn(async move {
             while usr1.recv().await.is_some() {
-                let reopen =
-                    || crate::proxy::access_log::reopen_all(std::time::Duration::from_secs(2));
-                let n = tokio::task::spawn_blocking(reopen).await.unwrap_or(0);
+                let n = crate::proxy::access_log::reopen_all().await.unwrap_or(0);
                 info!(access_logs = n, "SIGUSR1: access logs reopened");
             }
         }))

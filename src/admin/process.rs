@@ -27,14 +27,10 @@ pub async fn tls_reload(State(app): State<AppState>) -> Response {
     }
 }
 
-/// How long a reopen waits for the access logs' writers.
-const REOPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// `POST /api/v1/logs/reopen`: every access log opens its file again (after
 /// logrotate moved it), as `SIGUSR1` does; the answer comes once they have.
 pub async fn reopen_logs() -> Response {
-    let reopen = || crate::proxy::access_log::reopen_all(REOPEN_WITHIN);
-    match tokio::task::spawn_blocking(reopen).await {
+    match crate::proxy::access_log::reopen_all().await {
         Ok(n) => axum::Json(serde_json::json!({ "reopened": n })).into_response(),
         Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -49,17 +49,31 @@ pub fn dropped_total() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// How long a reopen waits for the writers.
+const REOPEN_WITHIN: Duration = Duration::from_secs(2);
+
 /// Asks every open access log to open its file again, and waits (at most
-/// `within`) until each has: a line recorded after this returns goes to the
-/// new file, as logrotate's `postrotate` expects. How many there are.
-/// Blocking: call it off the async runtime.
-pub fn reopen_all(within: Duration) -> usize {
+/// [`REOPEN_WITHIN`], on a blocking thread) until each has: a line recorded
+/// after this returns goes to the new file, as logrotate's `postrotate`
+/// expects. How many there are; an error only if the blocking thread failed.
+pub async fn reopen_all() -> Result<usize, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(|| ask_all(Msg::Reopen, REOPEN_WITHIN)).await
+}
+
+/// Writes out what every access log holds, waiting at most `within` (shutdown).
+pub fn flush_all(within: Duration) {
+    ask_all(Msg::Flush, within);
+}
+
+/// Sends every open access log's writer the message `ask` makes, and waits
+/// until each has answered, at most `within` in all; how many logs there are.
+fn ask_all(ask: fn(Sender<()>) -> Msg, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     let logs = live();
     let mut waits = Vec::new();
     for l in &logs {
         let (tx, rx) = std::sync::mpsc::channel();
-        if l.control.send(Msg::Reopen(tx)).is_ok() {
+        if l.control.send(ask(tx)).is_ok() {
             waits.push(rx);
         }
     }
@@ -67,17 +81,6 @@ pub fn reopen_all(within: Duration) -> usize {
         let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
     logs.len()
-}
-
-/// Writes out what every access log holds, waiting at most `within` (shutdown).
-pub fn flush_all(within: Duration) {
-    let deadline = Instant::now() + within;
-    for l in live() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if l.control.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        }
-    }
 }
 
 fn live() -> Vec<Arc<AccessLog>> {
