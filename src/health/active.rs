@@ -502,9 +502,7 @@ pub fn record(
             stats.pick.eligible_since_ms.store(now_ms, Relaxed);
         }
         stats.check_passes.store(passes, Release);
-        if recovers {
-            return Some((health, Health::Healthy));
-        }
+        recovers.then_some((health, Health::Healthy))
     } else {
         stats.checks_failed.fetch_add(1, Relaxed);
         stats.check_passes.store(0, Release);
@@ -515,11 +513,8 @@ pub fn record(
             stats.unhealthy_total.fetch_add(1, Relaxed);
         }
         stats.check_fails.store(fails, Release);
-        if falls {
-            return Some((health, Health::Unhealthy));
-        }
+        falls.then_some((health, Health::Unhealthy))
     }
-    None
 }
 
 #[cfg(test)]
