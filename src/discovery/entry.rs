@@ -66,6 +66,12 @@ impl Entry {
         })
     }
 
+    /// Whether `other` is this entry (the same name in the same upstream),
+    /// its parameters aside.
+    pub fn is(&self, other: &Entry) -> bool {
+        self.upstream == other.upstream && self.key == other.key
+    }
+
     /// A table server for `addr`, with the entry's parameters and the
     /// record's weight and tier.
     pub fn server(&self, target: &Target) -> ServerConfig {

@@ -112,8 +112,7 @@ impl Discovery {
         let mut changed = Vec::new();
         let mut stopped = Vec::new();
         for (entry, task, update) in std::mem::take(&mut self.running) {
-            let same = |e: &&Entry| e.upstream == entry.upstream && e.key == entry.key;
-            match want.iter().find(same) {
+            match want.iter().find(|e| e.is(&entry)) {
                 Some(now) if !all => {
                     if *now != entry {
                         changed.push(format!("re-resolve {} in {}", entry.key, entry.upstream));
@@ -138,9 +137,7 @@ impl Discovery {
             let _ = task.await;
         }
         for entry in want {
-            let running =
-                |(e, _, _): &(Entry, _, _)| e.upstream == entry.upstream && e.key == entry.key;
-            if !self.running.iter().any(running) {
+            if !self.running.iter().any(|(e, _, _)| e.is(&entry)) {
                 changed.push(format!("resolve {} in {}", entry.key, entry.upstream));
                 // Nobody waits for a reloaded entry's first round.
                 drop(self.start(entry));

@@ -124,12 +124,6 @@ impl PanicState {
     pub fn entries(&self) -> u64 {
         self.entries.load(Relaxed)
     }
-
-    /// A server's health changed: the next look counts again, however recent
-    /// the last count.
-    pub(crate) fn recount_now(&self) {
-        self.due_ms.store(0, Relaxed);
-    }
 }
 
 /// Panic mode as one snapshot of an upstream applies it.
@@ -159,8 +153,10 @@ impl Panic {
         }
     }
 
+    /// A server's health changed: the next look counts again, however recent
+    /// the last count.
     pub(crate) fn recount_now(&self) {
-        self.state.recount_now();
+        self.state.due_ms.store(0, Relaxed);
     }
 
     /// The mode for a pick at `now_ms`, counting first (with `count`) when the

@@ -356,7 +356,7 @@ impl Snapshot {
     pub fn health_changed(&self, now_ms: u64) {
         if let Some(panic) = &self.panic {
             panic.recount_now();
-            let _ = panic.status(now_ms, || self.count(now_ms));
+            let _ = self.panic_status(now_ms);
         }
     }
 
